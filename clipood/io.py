@@ -1,0 +1,67 @@
+"""Atomic file writes and small serialisation helpers (never leave a half-written file behind)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the target folder; on success rename it over ``path``.
+
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
+    """Open a temporary file for writing; it replaces ``path`` only when the block succeeds."""
+    with atomic_path(path) as tmp:
+        kwargs = {} if "b" in mode else {"encoding": encoding}
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Save a dict of tensors as safetensors atomically (contiguous CPU copies)."""
+    from safetensors.torch import save_file
+
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+
+
+def load_safetensors(path: str | os.PathLike) -> dict:
+    """Load safetensors; a corrupt or truncated file raises ClipoodError naming it."""
+    from safetensors.torch import load_file
+
+    from .errors import ClipoodError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ClipoodError(f"file not found: {path}")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises several types for corrupt headers/data
+        raise ClipoodError(f"corrupt safetensors file {path} ({type(e).__name__}: {e}); delete it and rerun") from None
