@@ -1,19 +1,388 @@
-"""Placeholder; replaced below."""
+"""Load an open_clip CLIP (pretrained tag, local file, ``local-dir:`` folder or a shipped offline config) and
+encode images (global + local patch features in the joint space) and texts (one or many templates).
+
+The caller chooses device and dtype; nothing here picks a GPU. ``Backbone.text_path`` exposes the text tower
+so that prompt learners can feed token *embeddings* instead of tokens.
+"""
 from __future__ import annotations
 
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ClipoodError, unknown
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
+#: shipped weights for offline configs: model name → file inside the package
+SHIPPED_WEIGHTS = {"clipood-mini": Path(__file__).parent / "mini" / "weights" / "clipood-mini.safetensors"}
 _registered = False
 
 
 def register_model_configs() -> list[str]:
-    """Register clipood's shipped open_clip configs (clipood-tiny, clipood-mini, ...). Idempotent."""
+    """Register clipood's shipped open_clip configs (``clipood-tiny``, ``clipood-mini``). Idempotent."""
     global _registered
     import open_clip
 
-    names = sorted(p.stem for p in _CONFIG_DIR.glob("*.json"))
     if not _registered:
         open_clip.add_model_config(_CONFIG_DIR)
         _registered = True
-    return names
+    return sorted(p.stem for p in _CONFIG_DIR.glob("*.json"))
+
+
+# --------------------------------------------------------------------------------------------- weights
+def _file_fingerprint(path: Path) -> str:
+    """sha256 of size + first 16 MiB: cheap, stable identifier for cache keys."""
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(16 << 20))
+    return h.hexdigest()[:16]
+
+
+def _load_state_dict(path: Path) -> dict:
+    """Read a checkpoint file without unpickling arbitrary objects."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(path))
+        except Exception as e:
+            raise ClipoodError(f"cannot read safetensors checkpoint {path}: {e}; re-download or re-export it") from None
+    else:
+        try:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ClipoodError(
+                f"refusing to load {path}: weights-only loading failed ({type(e).__name__}); it is a pickle with "
+                f"arbitrary objects. Convert it once in a trusted environment to safetensors "
+                f"(safetensors.torch.save_file(state_dict, 'model.safetensors')) and pass that file") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ClipoodError(f"checkpoint {path} does not hold a state dict (got {type(sd).__name__})")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _hf_cached_file(cfg: dict) -> str | None:
+    """Path of a tag's weights in the local Hugging Face cache, or None (never touches the network)."""
+    hub = cfg.get("hf_hub", "")
+    if not hub:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
+    except ImportError:  # pragma: no cover - very old versions
+        return None
+    repo, filename = os.path.split(hub)
+    names = list(_get_safe_alternatives(filename or HF_WEIGHTS_NAME)) + [filename or HF_WEIGHTS_NAME]
+    for name in names:
+        hit = try_to_load_from_cache(repo_id=repo, filename=name)
+        if isinstance(hit, str) and os.path.isfile(hit):
+            return hit
+    return None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _download_tag(model_name: str, tag: str, cfg: dict, timeout: float) -> str:
+    """Fetch a tag's weights; fail within ``timeout`` seconds when no byte arrives (no 45-second retry loop)."""
+    import open_clip
+
+    fix = (f"cannot load pretrained weights for model '{model_name}' tag '{tag}': not in the local cache and "
+           f"{{why}}. Fix: run once with network access to cache them (HF_HUB_OFFLINE unset), or download the "
+           f"weights file and pass pretrained='/path/to/open_clip_model.safetensors' (or 'local-dir:/folder')")
+    if _offline():
+        raise ClipoodError(fix.format(why="HF_HUB_OFFLINE=1 forbids downloads"))
+    result: dict[str, Any] = {}
+
+    def work():
+        try:
+            result["path"] = open_clip.download_pretrained(cfg)
+        except Exception as e:  # noqa: BLE001 - reported below
+            result["error"] = e
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    hub_cache = Path(os.environ.get("HF_HUB_CACHE", Path.home() / ".cache" / "huggingface" / "hub"))
+    while thread.is_alive():
+        thread.join(0.2)
+        if time.monotonic() > deadline:
+            # bytes flowing into an .incomplete blob mean the download works: keep waiting for it
+            if not any(hub_cache.glob("models--*/blobs/*.incomplete")):
+                raise ClipoodError(fix.format(why=f"no download started within {timeout:.0f}s (offline?)"))
+    if "error" in result or not result.get("path"):
+        err = result.get("error")
+        raise ClipoodError(fix.format(why=f"the download failed ({type(err).__name__})"))
+    return result["path"]
+
+
+# --------------------------------------------------------------------------------------------- text path
+class TextPath:
+    """The text tower as explicit steps, for prompt learners that feed token embeddings.
+
+    ``encode_embeddings(text_path.embed(tokens), tokens)`` reproduces ``model.encode_text(tokens)``; replace some
+    rows of ``embed(tokens)`` with learnable context vectors to build a soft prompt.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        tower = getattr(model, "text", None)
+        if tower is not None and not hasattr(tower, "token_embedding"):
+            raise ClipoodError(f"the text tower of {type(model).__name__} ({type(tower).__name__}) does not expose "
+                               f"token embeddings; prompt learning supports open_clip's built-in text transformer")
+        src = tower if tower is not None else model
+        self.token_embedding = src.token_embedding
+        self.positional_embedding = src.positional_embedding
+        self.transformer = src.transformer
+        self.ln_final = src.ln_final
+        self.text_projection = src.text_projection
+        self.pool_type = getattr(src, "pool_type", None) or getattr(model, "text_pool_type", "argmax")
+        self.eos_id = getattr(src, "eos_id", None) or getattr(model, "text_eos_id", None)
+        if getattr(src, "cls_emb", None) is not None or getattr(src, "use_pad_mask", False):
+            raise ClipoodError("text towers with a class token or padding mask are not supported by TextPath")
+        self._mask_owner = src
+
+    @property
+    def attn_mask(self) -> torch.Tensor | None:
+        return getattr(self._mask_owner, "attn_mask", None)
+
+    @property
+    def width(self) -> int:
+        return self.token_embedding.weight.shape[1]
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids (B×L) → token embeddings (B×L×W), before positional embeddings."""
+        return self.token_embedding(tokens)
+
+    def end_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Index of the pooled position of each sequence (the end-of-text token for CLIP)."""
+        if self.pool_type == "argmax":
+            return tokens.argmax(dim=-1)
+        if self.pool_type == "eos":
+            return (tokens == self.eos_id).int().argmax(dim=-1)
+        if self.pool_type == "last":
+            return torch.full((tokens.shape[0],), tokens.shape[1] - 1, dtype=torch.long, device=tokens.device)
+        return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+
+    def encode_embeddings(self, x: torch.Tensor, tokens_or_positions: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (B×L×W) → text features (B×D, not normalised).
+
+        ``tokens_or_positions``: the token ids (B×L; the end position is found as open_clip does) or the end
+        positions themselves (B).
+        """
+        cast = self.transformer.get_cast_dtype() if hasattr(self.transformer, "get_cast_dtype") else x.dtype
+        L = x.shape[1]
+        x = x.to(cast) + self.positional_embedding[:L].to(cast)
+        mask = self.attn_mask
+        if mask is not None:
+            mask = mask[:L, :L]
+        x = self.transformer(x, attn_mask=mask)
+        x = self.ln_final(x)
+        pos = tokens_or_positions if tokens_or_positions.ndim == 1 else self.end_positions(tokens_or_positions)
+        x = x[torch.arange(x.shape[0], device=x.device), pos]
+        if self.text_projection is not None:
+            x = self.text_projection(x) if isinstance(self.text_projection, torch.nn.Linear) else x @ self.text_projection
+        return x
+
+
+# --------------------------------------------------------------------------------------------- backbone
+@dataclass
+class Backbone:
+    """A frozen open_clip model with its eval transform and tokenizer."""
+
+    model: torch.nn.Module
+    preprocess: Callable
+    tokenizer: Callable
+    model_name: str
+    pretrained: str | None
+    identifier: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def embed_dim(self) -> int:
+        proj = getattr(self.model, "text_projection", None)
+        if proj is None and hasattr(self.model, "text"):
+            proj = getattr(self.model.text, "text_projection", None)
+        if isinstance(proj, torch.nn.Linear):
+            return proj.out_features
+        if proj is not None:
+            return proj.shape[1]
+        return int(self.encode_text(["a"]).shape[1])
+
+    @property
+    def image_size(self) -> int:
+        s = getattr(self.model.visual, "image_size", 224)
+        return int(s[0] if isinstance(s, (tuple, list)) else s)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp())
+
+    @property
+    def text_path(self) -> TextPath:
+        return TextPath(self.model)
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts)).to(self.device)
+
+    # ---- images
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, local: bool = False, normalize: bool = True):
+        """Preprocessed images (B×3×H×W) → global features (B×D), and local features (B×P×D) if ``local``."""
+        images = images.to(self.device, self.dtype)
+        if not local:
+            g = self.model.encode_image(images)
+            return F.normalize(g.float(), dim=-1) if normalize else g.float()
+        g, loc = self._encode_with_local(images)
+        if normalize:
+            g, loc = F.normalize(g, dim=-1), F.normalize(loc, dim=-1)
+        return g, loc
+
+    def _encode_with_local(self, x: torch.Tensor):
+        visual = self.model.visual
+        if hasattr(visual, "_embeds") and hasattr(visual, "transformer") and hasattr(visual, "_pool"):
+            # ViT: patch tokens after the final norm, projected into the joint space (as LoCoOp / GL-MCM)
+            h = visual.transformer(visual._embeds(x))
+            pooled, tokens = visual._pool(h)
+            if getattr(visual, "final_ln_after_pool", False):
+                tokens = visual.ln_post(tokens)
+            if visual.proj is not None:
+                pooled, tokens = pooled @ visual.proj, tokens @ visual.proj
+            return pooled.float(), tokens.float()
+        if hasattr(visual, "attnpool") and hasattr(visual, "stem"):
+            # ModifiedResNet: spatial features through the attention pool's value and output projections
+            h = visual.stem(x)
+            for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+                h = layer(h)
+            pooled = visual.attnpool(h)
+            ap = visual.attnpool
+            tokens = h.flatten(2).transpose(1, 2)  # B×HW×C
+            tokens = tokens + ap.positional_embedding[1:].to(tokens.dtype)
+            tokens = ap.c_proj(ap.v_proj(tokens))
+            return pooled.float(), tokens.float()
+        raise ClipoodError(f"local (patch) features are not available for the image tower "
+                           f"{type(visual).__name__}; use a ViT or ModifiedResNet model")
+
+    # ---- texts
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str], templates: Sequence[str] | None = None, batch_size: int = 256,
+                    progress: bool = False, normalize: bool = True) -> torch.Tensor:
+        """Texts → features (N×D). With ``templates``, ``texts`` are class names: each is formatted with every
+        template, features are normalised, averaged over templates and normalised again (CLIP's ensemble)."""
+        from tqdm.auto import tqdm
+
+        texts = list(texts)
+        if not texts:
+            raise ClipoodError("encode_text got an empty list of texts")
+        prompts = [t.format(c) for c in texts for t in templates] if templates else texts
+        out = []
+        for s in tqdm(range(0, len(prompts), batch_size), desc="encode text", disable=not progress,
+                      mininterval=2, leave=False):
+            f = self.model.encode_text(self.tokenize(prompts[s:s + batch_size])).float()
+            out.append(F.normalize(f, dim=-1) if (normalize or templates) else f)
+        feats = torch.cat(out)
+        if templates:
+            feats = feats.view(len(texts), len(templates), -1).mean(1)
+            feats = F.normalize(feats, dim=-1) if normalize else feats
+        return feats
+
+
+def _resolve_model_name(model_name: str) -> None:
+    import open_clip
+
+    if model_name.startswith(("hf-hub:", "local-dir:")):
+        return
+    if model_name not in open_clip.list_models():
+        raise unknown("open_clip model", model_name, open_clip.list_models())
+
+
+def load_clip(model_name: str, pretrained: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
+              dtype: torch.dtype | None = None, download_timeout: float = 8.0) -> Backbone:
+    """Load a frozen CLIP.
+
+    Args:
+        model_name: any open_clip architecture (``ViT-B-16``, ``RN50``, ...) or a shipped offline config
+            (``clipood-tiny``: random weights for tests; ``clipood-mini``: the mini world's pretrained CLIP,
+            loaded from the package when ``pretrained`` is None).
+        pretrained: None (random weights, except shipped models), an open_clip tag (``openai``,
+            ``laion2b_s34b_b88k``, ...), a local ``.safetensors`` / ``.pt`` / ``.bin`` file (``.pt`` is read with
+            weights-only loading), or ``local-dir:/folder`` holding ``open_clip_config.json`` +
+            ``open_clip_model.safetensors``.
+        device, dtype: where the frozen model lives; the caller decides.
+        download_timeout: seconds to wait for a download to start before failing with a clear message.
+    """
+    import open_clip
+
+    register_model_configs()
+    model_name = str(model_name)
+    _resolve_model_name(model_name)
+    kwargs: dict[str, Any] = {}
+    identifier = f"{model_name}|random"
+    if pretrained is None and model_name in SHIPPED_WEIGHTS:
+        pretrained = SHIPPED_WEIGHTS[model_name]
+        if not Path(pretrained).is_file():
+            raise ClipoodError(f"shipped weights for '{model_name}' are missing at {pretrained}; rebuild them with "
+                               f"`python -m clipood.mini.pretrain` or reinstall clipood")
+    state_dict = None
+    if pretrained is None:
+        arg = None
+    elif str(pretrained).startswith("local-dir:"):
+        folder = Path(str(pretrained)[len("local-dir:"):])
+        if not (folder / "open_clip_config.json").is_file():
+            raise ClipoodError(f"local-dir folder {folder} has no open_clip_config.json; it must hold "
+                               f"open_clip_config.json and open_clip_model.safetensors")
+        arg, identifier = str(pretrained), f"{model_name}|local-dir:{folder.resolve()}"
+    elif Path(pretrained).suffix in (".safetensors", ".pt", ".pth", ".bin") or Path(pretrained).exists():
+        path = Path(pretrained)
+        if not path.is_file():
+            raise ClipoodError(f"checkpoint file not found: {path}; pass an existing .safetensors or .pt file "
+                               f"or an open_clip pretrained tag")
+        state_dict = _load_state_dict(path)
+        arg, identifier = None, f"{model_name}|{path.name}:{_file_fingerprint(path)}"
+    else:
+        tag = str(pretrained)
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        if tag not in tags:
+            raise unknown(f"pretrained tag for '{model_name}' (or missing file)", tag, tags or ["<none>"])
+        cfg = open_clip.get_pretrained_cfg(model_name, tag)
+        path = _hf_cached_file(cfg) or _download_tag(model_name, tag, cfg, download_timeout)
+        state_dict = _load_state_dict(Path(path))
+        arg, identifier = None, f"{model_name}|{tag}"
+        kwargs.update(force_quick_gelu=bool(cfg.get("quick_gelu", False)))
+        for src, dst in (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation"),
+                         ("resize_mode", "image_resize_mode")):
+            if cfg.get(src) is not None:
+                kwargs[dst] = cfg[src]
+    import logging
+
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns "No pretrained weights loaded" for random init
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=arg, **kwargs)
+    finally:
+        logging.getLogger().setLevel(level)
+    if state_dict is not None:
+        try:
+            model.load_state_dict(state_dict, strict=True)
+        except RuntimeError as e:
+            first = str(e).splitlines()[1:3]
+            raise ClipoodError(f"weights in {pretrained} do not fit model '{model_name}': {' '.join(first).strip()}"
+                               f" — pass the matching model_name") from None
+    dev = torch.device(device)
+    dt = dtype or torch.float32
+    model = model.to(dev, dt).eval().requires_grad_(False)
+    tokenizer = open_clip.get_tokenizer(model_name)
+    return Backbone(model=model, preprocess=preprocess, tokenizer=tokenizer, model_name=model_name,
+                    pretrained=None if pretrained is None else str(pretrained), identifier=identifier,
+                    device=dev, dtype=dt)

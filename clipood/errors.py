@@ -18,6 +18,5 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 def unknown(kind: str, name: str, choices: Iterable[str]) -> ClipoodError:
     """Build the standard 'unknown X' error listing the valid choices."""
     choices = sorted(set(map(str, choices)))
-    return ClipoodError(
-        f"unknown {kind} '{name}'{did_you_mean(name, choices)}; choose one of: {', '.join(choices)}"
-    )
+    listed = ", ".join(choices) if len(choices) <= 25 else ", ".join(choices[:25]) + f", ... ({len(choices)} in all)"
+    return ClipoodError(f"unknown {kind} '{name}'{did_you_mean(name, choices)}; choose one of: {listed}")

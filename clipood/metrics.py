@@ -152,7 +152,7 @@ def ood_metrics(id_scores: Any, ood_scores: Any, convention: str = "hendrycks") 
 
     # ID positive, score as is; OOD positive, score negated. Both run over the same distinct thresholds.
     fps_in, tps_in = _counts_at_thresholds(id_s, ood_s)
-    fps_out, tps_out = _counts_at_thresholds(ood_s, -id_s)
+    fps_out, tps_out = _counts_at_thresholds(-ood_s, -id_s)
 
     if convention == "hendrycks":
         fpr, tpr = _roc(fps_in, tps_in)
