@@ -84,7 +84,7 @@ def main(argv=None) -> None:
     p.add_argument("--wd", type=float, default=0.1)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (results are reproducible for a fixed value)")
     p.add_argument("--eval-every", type=int, default=500)
     args = p.parse_args(argv)
 
@@ -141,7 +141,7 @@ def main(argv=None) -> None:
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        log["loss"].append(round(float(loss), 4))
+        log["loss"].append(round(float(loss.detach()), 4))
         if (step + 1) % 50 == 0:
             el = time.time() - t0
             print(f"step {step + 1}/{args.steps} loss {np.mean(log['loss'][-50:]):.3f} "
