@@ -1,0 +1,114 @@
+"""The evaluation protocol: Base classes, unseen classes and unseen styles (paper §3.5, Tab. 1–3).
+
+A *split* holds one or more ID sets, several OOD sets and the ID class names. A *method* is a function from
+unit image features (B×D) and the split's label features to cosine logits over K = N + M labels (ID first):
+zero-shot NegLabel uses the frozen text features, a tuned adapter its tuned ones. Rows follow the stable
+``results.json`` schema ``{method, split, dataset, auroc, fpr95, aupr_in, aupr_out, id_acc}`` (fractions).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .errors import ClipoodError
+from .metrics import ood_metrics
+from .scores import compute_score
+
+log = logging.getLogger("clipood")
+METRIC_KEYS = ("auroc", "fpr95", "aupr_in", "aupr_out")
+
+
+@dataclass
+class EvalSplit:
+    """One evaluation split: ID sets (name → spec), OOD sets (name → spec), ID class names."""
+
+    name: str
+    id_sets: dict
+    ood_sets: dict
+    classnames: list[str]
+    description: str = ""
+
+
+@dataclass
+class SplitFeatures:
+    """Image features of a split (unit rows) and its label features C (K×D, ID rows first)."""
+
+    split: EvalSplit
+    id_feats: dict[str, dict[str, torch.Tensor]]
+    ood_feats: dict[str, dict[str, torch.Tensor]]
+    text_features: torch.Tensor
+    num_id: int
+    negatives: list[str] = field(default_factory=list)
+
+
+LogitsFn = Callable[[torch.Tensor, SplitFeatures], torch.Tensor]
+
+
+def zero_shot_logits(image_features: torch.Tensor, sf: SplitFeatures) -> torch.Tensor:
+    """Frozen CLIP: cos(v, c_i) for all K labels (B×K)."""
+    return image_features @ sf.text_features.T
+
+
+@torch.no_grad()
+def _scores(logits_fn: LogitsFn, feats: torch.Tensor, sf: SplitFeatures, score: str, logit_scale: float,
+            groups: int, temperature: float = 1.0, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    scores, preds = [], []
+    for s in range(0, feats.shape[0], batch_size):
+        cos = logits_fn(feats[s:s + batch_size], sf).float()
+        logits = logit_scale * cos
+        scores.append(compute_score(score, logits, sf.num_id, groups=groups, temperature=temperature))
+        preds.append(logits[:, :sf.num_id].argmax(1))
+    return torch.cat(scores), torch.cat(preds)
+
+
+def evaluate_split(method: str, logits_fn: LogitsFn, sf: SplitFeatures, *, score: str = "neglabel",
+                   logit_scale: float = 100.0, groups: int = 1, temperature: float = 1.0,
+                   convention: str = "hendrycks"):
+    """Score every set of a split → (rows, raw scores {set name: 1-D tensor}).
+
+    With one ID set, one row per OOD set; with several ID sets (unseen styles), one row per ID set averaged
+    over the OOD sets (as the paper's Tab. 3). A final ``dataset: "average"`` row averages the rows above.
+    """
+    raw: dict[str, torch.Tensor] = {}
+    ood_scores = {}
+    for name, f in sf.ood_feats.items():
+        ood_scores[name], _ = _scores(logits_fn, f["features"], sf, score, logit_scale, groups, temperature)
+        raw[f"ood/{name}"] = ood_scores[name]
+    rows = []
+    single = len(sf.id_feats) == 1
+    for id_name, f in sf.id_feats.items():
+        id_scores, preds = _scores(logits_fn, f["features"], sf, score, logit_scale, groups, temperature)
+        raw[f"id/{id_name}"] = id_scores
+        acc = float((preds == f["labels"]).float().mean())
+        per_ood = {o: ood_metrics(id_scores, s, convention=convention) for o, s in ood_scores.items()}
+        if single:
+            for o, m in per_ood.items():
+                rows.append({"method": method, "split": sf.split.name, "dataset": o, **m, "id_acc": acc})
+        else:
+            mean = {k: sum(m[k] for m in per_ood.values()) / len(per_ood) for k in METRIC_KEYS}
+            rows.append({"method": method, "split": sf.split.name, "dataset": id_name, **mean, "id_acc": acc})
+    if not rows:
+        raise ClipoodError(f"split {sf.split.name} has no ID or no OOD sets")
+    avg = {k: sum(r[k] for r in rows) / len(rows) for k in (*METRIC_KEYS, "id_acc")}
+    rows.append({"method": method, "split": sf.split.name, "dataset": "average", **avg})
+    return rows, raw
+
+
+def prepare_split(split: EvalSplit, backbone, text_features: torch.Tensor, num_id: int, *, negatives=(),
+                  batch_size: int = 128, accelerator=None, cache_dir=None, progress: bool = True,
+                  root=None, on_corrupt: str = "error") -> SplitFeatures:
+    """Encode every image of a split once (cached) and bundle it with its label features."""
+    from .datasets import build_dataset
+    from .features import extract_features
+
+    def enc(spec, what):
+        ds = build_dataset(spec, transform=backbone.preprocess, root=root, on_corrupt=on_corrupt)
+        return extract_features(backbone, ds, batch_size=batch_size, accelerator=accelerator,
+                                cache_dir=cache_dir, progress=progress, desc=f"{split.name}/{what}")
+
+    id_feats = {n: enc(s, n) for n, s in split.id_sets.items()}
+    ood_feats = {n: enc(s, n) for n, s in split.ood_sets.items()}
+    return SplitFeatures(split, id_feats, ood_feats, text_features, num_id, list(negatives))

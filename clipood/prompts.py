@@ -1,0 +1,212 @@
+"""Label sets (class names + templates), prompt templates and user label files.
+
+Named label sets reuse what the installed packages ship: ImageNet-1k names and the 80 OpenAI templates
+from ``open_clip.zero_shot_metadata``; the ImageNet-R / ImageNet-A 200-class subsets are the open_clip
+ImageNet names at the indices that ``timm`` ships (``timm/data/_info/imagenet_{r,a}_synsets.txt``,
+mapped through ``imagenet_synsets.txt``). CIFAR-10/100 names are written here (neither package ships
+them). Heavy imports happen inside functions only.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .errors import ClipoodError, unknown
+
+__all__ = [
+    "LabelSet", "TEMPLATES", "NEGLABEL_TEMPLATES", "LABEL_SETS", "CIFAR10_CLASSNAMES", "CIFAR100_CLASSNAMES",
+    "get_label_set", "get_templates", "load_label_file", "format_prompts",
+]
+
+# The 7 "select" templates (CLIP's ImageNet notebook subset; used by several OOD papers).
+SELECT7_TEMPLATES = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
+# NegLabel / KR-NFT prompts per part of speech: ID names and noun negatives use 'the nice {}.',
+# adjective negatives 'This is a {} photo.' (methods.md, KR-NFT official code).
+NEGLABEL_TEMPLATES = {"id": "the nice {}.", "noun": "the nice {}.", "adj": "This is a {} photo."}
+
+
+def _openai80() -> tuple[str, ...]:
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    # open_clip stores them as lambdas; calling with '{}' gives back a format string.
+    return tuple(t("{}") if callable(t) else str(t) for t in OPENAI_IMAGENET_TEMPLATES)
+
+
+class _Templates(Mapping):
+    """name → tuple of format strings with one '{}'. 'openai80' is read from open_clip on first access
+    (so importing this module does not import open_clip).
+
+    'neglabel' holds the ID (and noun) template only; the per-part-of-speech prompts are in
+    ``NEGLABEL_TEMPLATES`` and are what ``clipood.negatives`` uses by default.
+    """
+
+    _LAZY = {"openai80": _openai80}
+
+    def __init__(self, **fixed: tuple[str, ...]):
+        self._data = dict(fixed)
+
+    def __getitem__(self, key: str) -> tuple[str, ...]:
+        if key not in self._data and key in self._LAZY:
+            self._data[key] = self._LAZY[key]()
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(sorted(set(self._data) | set(self._LAZY)))
+
+    def __len__(self) -> int:
+        return len(set(self._data) | set(self._LAZY))
+
+
+TEMPLATES: Mapping[str, tuple[str, ...]] = _Templates(
+    simple=("a photo of a {}.",),
+    select7=SELECT7_TEMPLATES,
+    neglabel=(NEGLABEL_TEMPLATES["id"],),
+)
+
+CIFAR10_CLASSNAMES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+
+# CIFAR-100 fine labels in label-index order (alphabetical by the original underscore names),
+# underscores written as spaces.
+CIFAR100_CLASSNAMES = (
+    "apple", "aquarium fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+    "lamp", "lawn mower", "leopard", "lion", "lizard", "lobster", "man", "maple tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak tree", "orange", "orchid", "otter", "palm tree", "pear", "pickup truck", "pine tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
+    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet pepper", "table", "tank", "telephone", "television", "tiger",
+    "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow tree", "wolf", "woman", "worm",
+)
+
+
+@dataclass
+class LabelSet:
+    """A named list of class names (label order = list order) and the templates to embed them with."""
+
+    name: str
+    classnames: list[str]
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+
+    def __len__(self) -> int:
+        return len(self.classnames)
+
+    def prompts(self) -> list[list[str]]:
+        """``format_prompts(self.classnames, self.templates)``: one list of prompts per class."""
+        return format_prompts(self.classnames, self.templates)
+
+
+def _imagenet_names() -> list[str]:
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    return list(IMAGENET_CLASSNAMES)
+
+
+def _timm_info_dir() -> Path:
+    from importlib.util import find_spec
+
+    spec = find_spec("timm")  # locate without importing timm (and torch)
+    if spec is None or not spec.submodule_search_locations:
+        raise ClipoodError("the ImageNet-R/-A class lists come from the 'timm' package; install it (pip install timm)")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "_info"
+
+
+def _imagenet_subset(subset: str) -> list[str]:
+    """open_clip ImageNet names of a 200-class subset ('r' or 'a') via timm's synset files."""
+    info = _timm_info_dir()
+    try:
+        all_synsets = info.joinpath("imagenet_synsets.txt").read_text().split()
+        sub = info.joinpath(f"imagenet_{subset}_synsets.txt").read_text().split()
+    except FileNotFoundError as e:
+        raise ClipoodError(f"timm does not ship {e.filename}; upgrade timm (pip install -U timm)") from None
+    index = {s: i for i, s in enumerate(all_synsets)}
+    names = _imagenet_names()
+    return [names[index[s]] for s in sub]
+
+
+LABEL_SETS = {
+    "imagenet": lambda: _imagenet_names(),
+    "imagenet-r": lambda: _imagenet_subset("r"),
+    "imagenet-a": lambda: _imagenet_subset("a"),
+    "cifar10": lambda: list(CIFAR10_CLASSNAMES),
+    "cifar100": lambda: list(CIFAR100_CLASSNAMES),
+}
+
+
+def get_label_set(name: str) -> LabelSet:
+    """A named label set with the 80 OpenAI templates.
+
+    'imagenet' keeps open_clip's 1000 names as they are, including the two duplicated names
+    ('missile', 'sunglasses'): they are separate classes, so label index i is ImageNet class i.
+    'imagenet-r' / 'imagenet-a' are the 200-class subsets in the order of their class indices.
+    """
+    key = str(name).strip().lower()
+    if key not in LABEL_SETS:
+        raise unknown("label set", name, LABEL_SETS)
+    return LabelSet(name=key, classnames=LABEL_SETS[key](), templates=list(TEMPLATES["openai80"]))
+
+
+def get_templates(name: str) -> list[str]:
+    """Templates by name: 'openai80', 'simple', 'select7', 'neglabel' (see ``TEMPLATES``)."""
+    if name not in TEMPLATES:
+        raise unknown("template set", name, TEMPLATES)
+    return list(TEMPLATES[name])
+
+
+def load_label_file(path: str | os.PathLike) -> list[str]:
+    """Class names from a text file: one per line, in label order; lines starting with '#' are comments.
+
+    Blank lines and duplicate names (compared case-insensitively) raise ``ClipoodError`` naming the
+    file and line, since either would silently shift or merge label indices.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ClipoodError(f"label file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ClipoodError(f"label file {path} is not UTF-8 text ({e.reason}); save it as UTF-8") from None
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for lineno, raw in enumerate(lines, start=1):
+        name = raw.strip()
+        if name.startswith("#"):
+            continue
+        if not name:
+            raise ClipoodError(f"{path}:{lineno}: blank line in label file; remove it (one class name per line)")
+        key = name.lower()
+        if key in seen:
+            raise ClipoodError(
+                f"{path}:{lineno}: duplicate class name '{name}' (first on line {seen[key]}); make names unique"
+            )
+        seen[key] = lineno
+        names.append(name)
+    if not names:
+        raise ClipoodError(f"label file {path} holds no class names")
+    return names
+
+
+def format_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[list[str]]:
+    """``out[i][j] = templates[j].format(classnames[i])`` — one list of prompts per class."""
+    if isinstance(templates, str):
+        templates = [templates]
+    if not templates:
+        raise ClipoodError("no templates given; pass at least one, e.g. 'a photo of a {}.'")
+    for t in templates:
+        if t.count("{}") != 1:
+            raise ClipoodError(f"template {t!r} must contain exactly one '{{}}' placeholder for the class name")
+    return [[t.replace("{}", c) for t in templates] for c in classnames]

@@ -1,0 +1,133 @@
+"""Result tables (Markdown laid out like the paper's Tab. 1–3, results.json) and plots (score histograms, ROC)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .io import atomic_path, atomic_write, write_json
+
+SPLIT_TITLES = {"base": "Base classes (trained ID)", "new_class": "Unseen classes", "new_style": "Unseen styles"}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def markdown_table(rows: Sequence[dict], split: str) -> str:
+    """One table for ``split``: a row per method, AUROC↑ / FPR95↓ per dataset and the average, ID acc."""
+    rows = [r for r in rows if r["split"] == split]
+    if not rows:
+        return ""
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows if r["dataset"] != "average")) + ["average"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    head = "| Method | " + " | ".join(f"{d} AUROC↑ | {d} FPR95↓" for d in datasets) + " | ID acc↑ |"
+    sep = "|---|" + "---:|" * (2 * len(datasets) + 1)
+    lines = [f"### {SPLIT_TITLES.get(split, split)}", "", head, sep]
+    for m in methods:
+        by = {r["dataset"]: r for r in rows if r["method"] == m}
+        cells = []
+        for d in datasets:
+            r = by.get(d)
+            cells += [_pct(r["auroc"]), _pct(r["fpr95"])] if r else ["–", "–"]
+        acc = by.get("average", {}).get("id_acc")
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_pct(acc) if acc is not None else '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(rows: Sequence[dict]) -> str:
+    """Average AUROC / FPR95 / ID acc per method and split (and the Base/New harmonic mean of FPR95, Tab. 6)."""
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    head = "| Method | " + " | ".join(f"{s} AUROC↑ | {s} FPR95↓ | {s} acc↑" for s in splits)
+    has_hm = "base" in splits and "new_class" in splits
+    head += " | H-mean FPR95↓ |" if has_hm else " |"
+    lines = [head, "|---|" + "---:|" * (3 * len(splits) + int(has_hm))]
+    for m in methods:
+        avg = {r["split"]: r for r in rows if r["method"] == m and r["dataset"] == "average"}
+        cells = []
+        for s in splits:
+            r = avg.get(s)
+            cells += [_pct(r["auroc"]), _pct(r["fpr95"]), _pct(r["id_acc"])] if r else ["–"] * 3
+        line = f"| {m} | " + " | ".join(cells)
+        if has_hm:
+            a, b = avg.get("base", {}).get("fpr95"), avg.get("new_class", {}).get("fpr95")
+            hm = 2 * a * b / (a + b) if a is not None and b is not None and a + b > 0 else None
+            line += f" | {_pct(hm) if hm is not None else '–'}"
+        lines.append(line + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(rows: Sequence[dict], out_dir: str | os.PathLike, title: str = "clipood results",
+                  notes: Sequence[str] = ()) -> Path:
+    """Write ``results.json`` and ``results.md`` (summary + one table per split) atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", list(rows))
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    parts = [f"# {title}", "", *notes, "", "AUROC / FPR95 / accuracy in %; hendrycks convention (ID positive).",
+             "", "## Summary (averages)", "", summary_table(rows), ""]
+    parts += [markdown_table(rows, s) for s in splits]
+    with atomic_write(out / "results.md") as f:
+        f.write("\n".join(parts))
+    return out / "results.md"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_histograms(raw: dict[str, dict[str, np.ndarray]], path: str | os.PathLike, title: str = "") -> None:
+    """Score histograms: one panel per method, ID sets filled, OOD sets as outlines."""
+    plt = _plt()
+    methods = list(raw)
+    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 3.6), squeeze=False)
+    for ax, m in zip(axes[0], methods):
+        allv = np.concatenate([np.asarray(v, dtype=float) for v in raw[m].values()])
+        bins = np.linspace(allv.min(), allv.max() + 1e-12, 50)
+        for name, v in raw[m].items():
+            v = np.asarray(v, dtype=float)
+            if name.startswith("id/"):
+                ax.hist(v, bins=bins, alpha=0.45, density=True, label=name)
+            else:
+                ax.hist(v, bins=bins, histtype="step", linewidth=1.4, density=True, label=name)
+        ax.set_title(m)
+        ax.set_xlabel("score (higher = more ID)")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_roc(raw: dict[str, dict[str, np.ndarray]], path: str | os.PathLike, title: str = "") -> None:
+    """ROC curves (ID positive) of every method against the union of OOD sets of the split."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    for m, sets in raw.items():
+        ids = np.concatenate([np.asarray(v, float) for k, v in sets.items() if k.startswith("id/")])
+        oods = np.concatenate([np.asarray(v, float) for k, v in sets.items() if k.startswith("ood/")])
+        thr = np.unique(np.concatenate([ids, oods]))[::-1]
+        ids.sort(), oods.sort()
+        # fraction of scores >= each threshold, via binary search (no n_thr × n matrix)
+        tpr = np.concatenate([[0], 1 - np.searchsorted(ids, thr, "left") / len(ids), [1]])
+        fpr = np.concatenate([[0], 1 - np.searchsorted(oods, thr, "left") / len(oods), [1]])
+        ax.plot(fpr, tpr, label=m)
+    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    ax.axhline(0.95, color="gray", linewidth=0.6, linestyle="--")
+    ax.set_xlabel("false positive rate (OOD accepted)")
+    ax.set_ylabel("true positive rate (ID accepted)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
