@@ -199,19 +199,27 @@ class FeatureTuning(Adapter):
 
     def forward_batch(self, batch: Mapping[str, Any]) -> AdapterOutput:
         v = self.image_features(batch)
+        cond = batch.get("condition_features")
+        if cond is not None:
+            # meta-nets see another feature than the one being scored (the official code conditions all
+            # crops of an image on its single most class-like crop)
+            cond = self.image_features({"image_features": cond})
+            if cond.shape[0] != v.shape[0]:
+                raise ClipoodError(f"condition_features has {cond.shape[0]} rows but image_features {v.shape[0]}")
         with full_precision(v.device):
-            return self._forward(v)
+            return self._forward(v, cond)
 
-    def _forward(self, v: torch.Tensor) -> AdapterOutput:
+    def _forward(self, v: torch.Tensor, cond: torch.Tensor | None = None) -> AdapterOutput:
         c = self.base_text_features
+        h = v if cond is None else cond
         logits, base = [], []
         for g, s, e in self.groups:
             if self.config.mode == "class_specific":
-                ha = self.meta_alpha[g](v) if self.config.conditional else None
-                hb = self.meta_beta[g](v) if self.config.conditional else None
+                ha = self.meta_alpha[g](h) if self.config.conditional else None
+                hb = self.meta_beta[g](h) if self.config.conditional else None
                 lg, bc = _cos_per_row(v, c[s:e], self.alpha[g], self.beta[g], ha, hb)
             else:
-                a, b = self._group_factors(g, v)
+                a, b = self._group_factors(g, h)
                 lg, bc = _cos_shared(v, c[s:e], self._base_cat[s:e], a, b)
             logits.append(lg)
             base.append(bc)

@@ -24,7 +24,20 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _free_form(dotted: str, known: dict[str, Any]) -> bool:
+    """Keys below a section whose default is an empty mapping are free-form (validated by their consumer)."""
+    parts = dotted.split(".")
+    return any(isinstance(known.get(".".join(parts[:i])), Mapping) and not known[".".join(parts[:i])]
+               for i in range(1, len(parts)))
+
+
 def _set(d: dict, dotted: str, value: Any, known: dict[str, Any], where: str) -> None:
+    if _free_form(dotted, known):
+        node = d
+        for p in dotted.split(".")[:-1]:
+            node = node.setdefault(p, {})
+        node[dotted.split(".")[-1]] = value
+        return
     if dotted not in known:
         raise ClipoodError(f"unknown config key '{dotted}' in {where}{did_you_mean(dotted, known)}")
     parts = dotted.split(".")
@@ -91,7 +104,7 @@ def build_config(defaults: Mapping, argv: Sequence[str] = (), presets: Mapping[s
             if not isinstance(v, Mapping):
                 _set(cfg, k, v, known, f"preset '{preset}'")
     for k, v in _flatten(file_data).items():
-        if not isinstance(v, Mapping) or not v:
+        if (not isinstance(v, Mapping) or not v) and not (isinstance(v, Mapping) and _free_form(k, known)):
             _set(cfg, k, v, known, str(config_file))
     for k, v in overrides:
         _set(cfg, k, v, known, "the command line")

@@ -330,7 +330,7 @@ def mine_negatives(
                 eta_sorted[start + r:start + r + part.shape[0]] = torch.quantile(part, q, dim=1)
             bar.update(feats.shape[0])
     eta = torch.empty_like(eta_sorted)
-    eta = eta_sorted
+    eta[torch.tensor(order, dtype=torch.long)] = eta_sorted
 
     if num_negatives is None:
         k = {"noun": math.floor(float(fraction) * n_noun + 1e-9), "adj": math.floor(float(fraction) * n_adj + 1e-9)}

@@ -189,3 +189,147 @@ def zero_shot_methods(cfg) -> list[MethodSpec]:
         # MCM: max softmax over ID labels of cos / T with T = 1 (logits are 100·cos, so temperature 100)
         methods.insert(0, MethodSpec("MCM (zero-shot)", zero_shot_logits, "mcm", float(cfg["eval"]["logit_scale"])))
     return methods
+
+
+# ------------------------------------------------------------------------------------------------ training
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "method_name": "KR-NFT",
+    "adapter": {"name": "nft", "options": {}},
+    "losses": {"cls": 1.0, "ood": 0.3, "kr": 100.0, "kr_logit": 0.0, "kr_prob": 0.0},
+    "cls_groups": 1,
+    "shots": 4,
+    "crops": {"num_crops": 32, "num_selected": 8, "scale": [0.08, 1.0], "ratio": [0.75, 1.3333333],
+              "flip": True, "color_jitter": False, "grayscale": False, "prompt": "a photo of a {}."},
+    "train": {},
+    "resume": True,
+    "init_adapter": None,
+    "train_data": {},
+}
+
+
+def train_config(cfg):
+    from dataclasses import fields
+
+    from .engine import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    extra = sorted(set(cfg.get("train", {})) - names)
+    if extra:
+        from .errors import did_you_mean
+
+        raise ClipoodError(f"unknown config key 'train.{extra[0]}'{did_you_mean(extra[0], names)}")
+    return TrainConfig(**{**cfg.get("train", {}), "seed": cfg["train"].get("seed", cfg["seed"])})
+
+
+def build_crop_data(bench: Benchmark, base_sf: SplitFeatures, cfg, accelerator):
+    """Few-shot sample of the training pool → P crops per image → Q ID + Q negative crops, encoded once and
+    cached (a second run with other loss weights re-encodes nothing)."""
+    from .crops import CropConfig, build_crop_cache
+    from .datasets import build_dataset
+    from .fewshot import sample_few_shot
+
+    if bench.train_spec is None:
+        spec = cfg.get("train_data")
+        if not spec:
+            raise ClipoodError("no training data: set train_data (a dataset spec) for this benchmark")
+        bench.train_spec = spec
+    ds = build_dataset(bench.train_spec, root=cfg.get("data_root"))
+    labels = [lab for _, lab in ds.samples]
+    idx = sample_few_shot(labels, cfg["shots"], seed=cfg["seed"], classnames=ds.classnames)
+    c = dict(cfg["crops"])
+    c["scale"], c["ratio"] = tuple(c["scale"]), tuple(c["ratio"])
+    crop_cfg = CropConfig(**c, seed=cfg["seed"])
+    names = ds.classnames or base_sf.split.classnames
+    return build_crop_cache(bench.backbone, ds, idx, crop_cfg, names, accelerator=accelerator,
+                            cache_dir=cache_root(cfg) / "crops", progress=bool(cfg.get("progress")))
+
+
+def build_method(cfg, text_features, num_id):
+    """Adapter (by registry name, seeded) + weighted loss terms from the config."""
+    from ._compat import import_adapters
+    from .method import Method
+
+    adapters = import_adapters()
+    torch.manual_seed(cfg["seed"])
+    a = cfg["adapter"]
+    if cfg.get("init_adapter"):
+        adapter = adapters.load_adapter(cfg["init_adapter"], text_features=text_features)
+    else:
+        adapter = adapters.build_adapter(a["name"], text_features, num_id, **dict(a.get("options") or {}))
+    return Method(adapter, cfg["losses"], logit_scale=cfg["eval"]["logit_scale"],
+                  options={"cls_groups": cfg["cls_groups"], "seed": cfg["seed"]})
+
+
+def transfer_adapter(adapter, text_features: torch.Tensor, num_id: int):
+    """The same trained transform on other label features (unseen classes get their own ID names and mined
+    negatives). Returns None when the adapter's weights are tied to the training rows (class-specific)."""
+    base = adapter.base_text_features
+    if base.shape == text_features.shape and torch.equal(base.cpu(), text_features.cpu()) and adapter.num_id == num_id:
+        return adapter
+    try:
+        new = type(adapter)(text_features.to(base.device), num_id, config=adapter.config)
+        new.load_state_dict(adapter.state_dict(), strict=True)
+    except (RuntimeError, ClipoodError):
+        return None
+    return new.eval()
+
+
+def adapter_method(name: str, adapter) -> MethodSpec:
+    """Evaluate a trained adapter with the NegLabel score on its tuned features (paper §3.5)."""
+    cache: dict[int, Any] = {}
+
+    def logits_fn(feats, sf):
+        key = id(sf)
+        if key not in cache:
+            cache[key] = transfer_adapter(adapter, sf.text_features, sf.num_id)
+            if cache[key] is None:
+                log.warning("%s cannot transfer to split %s (class-specific weights): frozen features used",
+                            name, sf.split.name)
+        a = cache[key]
+        if a is None:
+            return feats @ sf.text_features.T
+        dev = a.base_text_features.device
+        return a(feats.to(dev)).logits.cpu()
+
+    return MethodSpec(name, logits_fn, "neglabel", 1.0)
+
+
+def plot_loss(history, path) -> None:
+    if not history:
+        return
+    from .io import atomic_path
+    from .report import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    steps = [h["step"] for h in history]
+    for k in sorted(k for k in history[0] if k.endswith("loss")):
+        ax.plot(steps, [h[k] for h in history], label=k)
+    ax.set_xlabel("step")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def train_and_evaluate(cfg, bench: Benchmark, sfs: list[SplitFeatures], accelerator, out_dir) -> dict:
+    """Crop cache → adapter → fit → checkpoint → evaluation rows for this method on every split."""
+    from ._compat import import_adapters
+    from .engine import CropTrainData, fit
+
+    out = Path(out_dir)
+    tcfg = train_config(cfg)
+    crops = build_crop_data(bench, sfs[0], cfg, accelerator)
+    method = build_method(cfg, sfs[0].text_features.to(accelerator.device), sfs[0].num_id)
+    data = CropTrainData(crops, condition=tcfg.condition)
+    result = fit(method, data, tcfg, accelerator, out, resume=bool(cfg.get("resume", True)),
+                 progress=bool(cfg.get("progress")))
+    adapter = accelerator.unwrap_model(method).adapter.eval()
+    if accelerator.is_main_process:
+        import_adapters().save_adapter(adapter, out / "adapter", include_base=True)
+        plot_loss(result.history, out / "loss.png")
+    accelerator.wait_for_everyone()
+    rows, raw = evaluate_methods([adapter_method(cfg["method_name"], adapter)], sfs, cfg)
+    return {"rows": rows, "raw": raw, "result": result, "adapter": adapter, "crops": crops}

@@ -40,7 +40,8 @@ class FakeEncoder:
 
 
 def _words(prefix, n):
-    return [f"{prefix}{i:03d}" for i in range(n)]
+    # varied lengths, so length-sorted encoding order differs from corpus order
+    return [f"{prefix}{'z' * ((7 * i) % 5)}{i:03d}" for i in range(n)]
 
 
 ID = ["cat", "dog", "fox", "owl", "bee", "elk", "yak"]

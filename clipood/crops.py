@@ -1,0 +1,468 @@
+"""Outlier samples by cropping (KR-NFT §3.4, after ID-like): P random crops per few-shot image, ranked by cosine
+similarity to the text feature of the image's label; the Q most similar are ID crops (D_p, labelled y), the Q least
+similar are negative crops (D_n: background, no object of interest).
+
+Unlike the official code (which re-crops and re-encodes every step), the frozen image encoder runs once: crop
+features are cached as safetensors and training reads the cache. Crops are seeded per image from
+``(cfg.seed, dataset index)`` with a private ``torch.Generator``, so the result depends neither on the global RNG
+nor on the number of processes.
+
+Settings (``CropConfig``): the default (P=16, Q=4, flip only) suits the mini world; ``CropConfig.official()``
+(P=128, Q=32, flip, no colour augmentation) is what the released code does; ``CropConfig.paper()`` (P=256, Q=32,
+colour jitter 0.4/0.4/0.4/0.1 and grayscale p=0.2) is what §4.1 says.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .errors import ClipoodError
+from .features import cache_key, dataset_fingerprint
+from .io import load_safetensors, save_safetensors
+
+log = logging.getLogger("clipood")
+_FORMAT = "clipood-crops-v1"
+
+
+# --------------------------------------------------------------------------------------------- config
+@dataclass
+class CropConfig:
+    """How crops are made and selected (help per field; checked in ``__post_init__``)."""
+
+    num_crops: int = 16                      #: P random crops per image (paper 256, official code 128)
+    num_selected: int = 4                    #: Q ID crops and Q negative crops per image (paper / code 32); 2Q ≤ P
+    scale: tuple[float, float] = (0.08, 1.0)  #: RandomResizedCrop area fraction range
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  #: RandomResizedCrop aspect-ratio range (w / h)
+    flip: bool = True                        #: random horizontal flip, p = 0.5
+    color_jitter: bool = False               #: colour jitter on every crop (paper: on; official code: off)
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  #: brightness, contrast, saturation, hue
+    grayscale: bool = False                  #: random grayscale (paper: on; official code: off)
+    grayscale_p: float = 0.2                 #: probability of grayscale when ``grayscale`` is on
+    prompt: str = "a photo of a {}."         #: text that ranks the crops, formatted with the class name
+    seed: int = 0                            #: crop seed; crops of image i depend only on (seed, i)
+
+    def __post_init__(self) -> None:
+        self.scale = _pair("scale", self.scale)
+        self.ratio = _pair("ratio", self.ratio)
+        self.jitter = tuple(float(v) for v in self.jitter)  # type: ignore[assignment]
+        for name in ("num_crops", "num_selected", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ClipoodError(f"crop config: {name} must be an integer, got {v!r}")
+        P, Q = self.num_crops, self.num_selected
+        if P < 1:
+            raise ClipoodError(f"crop config: num_crops P={P} must be >= 1")
+        if Q < 1:
+            raise ClipoodError(f"crop config: num_selected Q={Q} must be >= 1")
+        if 2 * Q > P:
+            raise ClipoodError(f"crop config: num_selected Q={Q} needs num_crops P >= {2 * Q} (the top Q and bottom Q "
+                               f"crops must not overlap), got P={P}; raise num_crops or lower num_selected")
+        lo, hi = self.scale
+        if not (0 < lo <= hi <= 1):
+            raise ClipoodError(f"crop config: scale={self.scale} must satisfy 0 < min <= max <= 1")
+        lo, hi = self.ratio
+        if not (0 < lo <= hi):
+            raise ClipoodError(f"crop config: ratio={self.ratio} must satisfy 0 < min <= max")
+        if len(self.jitter) != 4 or any(v < 0 for v in self.jitter) or self.jitter[3] > 0.5:
+            raise ClipoodError(f"crop config: jitter={self.jitter} must be 4 values (brightness, contrast, saturation"
+                               f", hue) >= 0 with hue <= 0.5")
+        if not 0 <= self.grayscale_p <= 1:
+            raise ClipoodError(f"crop config: grayscale_p={self.grayscale_p} must be in [0, 1]")
+        if self.seed < 0:
+            raise ClipoodError(f"crop config: seed={self.seed} must be >= 0")
+        if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:
+            raise ClipoodError(f"crop config: prompt {self.prompt!r} must contain exactly one '{{}}' for the class name")
+
+    @classmethod
+    def official(cls, **overrides: Any) -> "CropConfig":
+        """The released KR-NFT code: 128 crops, top/bottom 32, flip, no colour jitter or grayscale."""
+        return cls(**{"num_crops": 128, "num_selected": 32, **overrides})
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> "CropConfig":
+        """KR-NFT §4.1: 256 crops with colour jitter and grayscale, top/bottom 32."""
+        return cls(**{"num_crops": 256, "num_selected": 32, "color_jitter": True, "grayscale": True, **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CropConfig":
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(d) - known)
+        if extra:
+            from .errors import unknown
+
+            raise unknown("crop config field", extra[0], known)
+        return cls(**d)
+
+
+def _pair(name: str, v: Any) -> tuple[float, float]:
+    try:
+        a, b = (float(x) for x in v)
+    except (TypeError, ValueError):
+        raise ClipoodError(f"crop config: {name} must be two numbers (min, max), got {v!r}") from None
+    return (a, b)
+
+
+# --------------------------------------------------------------------------------------------- making crops
+def crop_seed(seed: int, key: Any) -> int:
+    """63-bit generator seed for one image from (config seed, seed key), stable across runs and machines."""
+    digest = hashlib.sha256(f"clipood-crops|{int(seed)}|{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
+    return float(torch.empty(1, dtype=torch.float64).uniform_(lo, hi, generator=g))
+
+
+def _randint(g: torch.Generator, lo: int, hi_inclusive: int) -> int:
+    return int(torch.randint(lo, hi_inclusive + 1, (1,), generator=g))
+
+
+def sample_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+               g: torch.Generator) -> tuple[int, int, int, int]:
+    """RandomResizedCrop's box (top, left, h, w) — torchvision's algorithm, drawn from ``g``."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * _uniform(g, scale[0], scale[1])
+        aspect = math.exp(_uniform(g, log_ratio[0], log_ratio[1]))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return _randint(g, 0, height - h), _randint(g, 0, width - w), h, w
+    in_ratio = width / height  # fallback: central crop
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def preprocess_params(backbone) -> dict:
+    """Output size, resize interpolation and Normalize mean/std of ``backbone.preprocess``."""
+    from torchvision.transforms import InterpolationMode
+
+    mean = std = None
+    interpolation = InterpolationMode.BICUBIC
+    for t in getattr(backbone.preprocess, "transforms", []):
+        if type(t).__name__ == "Normalize" and hasattr(t, "mean"):
+            mean, std = tuple(float(x) for x in t.mean), tuple(float(x) for x in t.std)
+        elif type(t).__name__ == "Resize" and hasattr(t, "interpolation"):
+            interpolation = t.interpolation
+    if mean is None:
+        raise ClipoodError(f"backbone {backbone.identifier}: no Normalize found in its preprocess "
+                           f"({backbone.preprocess}); crops need the model's mean/std")
+    return {"size": int(backbone.image_size), "mean": mean, "std": std, "interpolation": interpolation}
+
+
+def make_crops(image, cfg: CropConfig, seed_key: Any, backbone=None, *, size: int | None = None,
+               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+               interpolation=None) -> torch.Tensor:
+    """P augmented crops of one PIL image → P×3×S×S, normalised like ``backbone.preprocess``.
+
+    Each crop: RandomResizedCrop(S, cfg.scale, cfg.ratio) resized with the backbone's interpolation (bicubic,
+    antialiased, on the PIL image as open_clip's Resize does), then optional flip, colour jitter (random order of
+    brightness / contrast / saturation / hue, as torchvision's ColorJitter) and grayscale, then Normalize.
+    Randomness comes from a private generator seeded by ``crop_seed(cfg.seed, seed_key)`` (seed_key = the image's
+    index in its dataset). Pass ``backbone`` or explicit ``size`` / ``mean`` / ``std``.
+    """
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    if backbone is not None:
+        p = preprocess_params(backbone)
+        size = size or p["size"]
+        mean, std = mean or p["mean"], std or p["std"]
+        interpolation = interpolation or p["interpolation"]
+    if size is None or mean is None or std is None:
+        raise ClipoodError("make_crops needs a backbone or explicit size, mean and std")
+    interpolation = interpolation or InterpolationMode.BICUBIC
+    image = image.convert("RGB") if image.mode != "RGB" else image
+    width, height = image.size
+    g = torch.Generator().manual_seed(crop_seed(cfg.seed, seed_key))
+    b, c, s, h = cfg.jitter
+    out = torch.empty(cfg.num_crops, 3, size, size)
+    for k in range(cfg.num_crops):
+        top, left, ch, cw = sample_box(height, width, cfg.scale, cfg.ratio, g)
+        crop = TF.resized_crop(image, top, left, ch, cw, [size, size], interpolation=interpolation, antialias=True)
+        if cfg.flip and _uniform(g, 0.0, 1.0) < 0.5:
+            crop = TF.hflip(crop)
+        if cfg.color_jitter:
+            crop = _jitter(crop, b, c, s, h, g)
+        if cfg.grayscale and _uniform(g, 0.0, 1.0) < cfg.grayscale_p:
+            crop = TF.rgb_to_grayscale(crop, num_output_channels=3)
+        out[k] = TF.normalize(TF.to_tensor(crop), mean, std)
+    return out
+
+
+def _jitter(img, brightness: float, contrast: float, saturation: float, hue: float, g: torch.Generator):
+    import torchvision.transforms.functional as TF
+
+    order = torch.randperm(4, generator=g).tolist()
+    factors = [_uniform(g, max(0.0, 1 - v), 1 + v) if v > 0 else None for v in (brightness, contrast, saturation)]
+    factors.append(_uniform(g, -hue, hue) if hue > 0 else None)
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for i in order:
+        if factors[i] is not None:
+            img = ops[i](img, factors[i])
+    return img
+
+
+# --------------------------------------------------------------------------------------------- selection
+def select_crops(crop_features: torch.Tensor, text_feature: torch.Tensor, q: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank P crops (P×D, unit rows) by cosine to the label's text feature (D, unit) → (top Q, bottom Q) indices.
+
+    One ordering is used: similarity descending, ties by ascending crop index. ``top`` is its first Q (most
+    similar first); ``bottom`` is its last Q reversed (least similar first), so the two never overlap when 2Q ≤ P.
+    """
+    P = crop_features.shape[0]
+    if not 1 <= q or 2 * q > P:
+        raise ClipoodError(f"select_crops: q={q} needs 1 <= q and 2q <= P={P}")
+    sims = crop_features.float() @ text_feature.float().reshape(-1)
+    order = torch.sort(sims, descending=True, stable=True).indices
+    return order[:q], order[P - q:].flip(0)
+
+
+# --------------------------------------------------------------------------------------------- cache
+_TENSORS = ("id_features", "id_labels", "id_image", "id_similarity", "neg_features", "neg_image", "neg_similarity",
+            "top_features", "image_features", "image_labels", "image_indices")
+
+
+@dataclass
+class CropCache:
+    """Features of selected crops for n images (Q ID and Q negative crops each; D = embedding size).
+
+    id_features (n·Q×D, unit) with id_labels (n·Q) and id_image (n·Q: position of the source image in the
+    ``indices`` passed to ``build_crop_cache``); id_similarity (n·Q) their cosine to the label prompt.
+    neg_features (n·Q×D), neg_image (n·Q), neg_similarity (n·Q). top_features (n×D): each image's single most
+    class-like crop (the official code conditions the meta-nets on it). image_features (n×D): the whole image
+    through ``backbone.preprocess``; image_labels (n); image_indices (n): dataset index of each image.
+    Rows of image i are i·Q … i·Q+Q−1, most (ID) resp. least (negative) similar first.
+    """
+
+    id_features: torch.Tensor
+    id_labels: torch.Tensor
+    id_image: torch.Tensor
+    id_similarity: torch.Tensor
+    neg_features: torch.Tensor
+    neg_image: torch.Tensor
+    neg_similarity: torch.Tensor
+    top_features: torch.Tensor
+    image_features: torch.Tensor
+    image_labels: torch.Tensor
+    image_indices: torch.Tensor
+
+    @property
+    def num_images(self) -> int:
+        return int(self.image_features.shape[0])
+
+    @property
+    def num_selected(self) -> int:
+        n = self.num_images
+        return int(self.id_features.shape[0] // n) if n else 0
+
+    def validate(self, num_images: int | None = None, num_selected: int | None = None) -> None:
+        """Raise ClipoodError unless all shapes agree (and match the expected n, Q when given)."""
+        n = self.num_images if num_images is None else num_images
+        q = self.num_selected if num_selected is None else num_selected
+        d = self.image_features.shape[-1] if self.image_features.ndim == 2 else -1
+        want = {"id_features": (n * q, d), "neg_features": (n * q, d), "top_features": (n, d),
+                "image_features": (n, d), "id_labels": (n * q,), "id_image": (n * q,), "id_similarity": (n * q,),
+                "neg_image": (n * q,), "neg_similarity": (n * q,), "image_labels": (n,), "image_indices": (n,)}
+        for name, shape in want.items():
+            got = tuple(getattr(self, name).shape)
+            if got != shape:
+                raise ClipoodError(f"crop cache field {name} has shape {got}, expected {shape}")
+
+    def stats(self) -> dict:
+        """Counts and mean similarities (a quick look at how separated ID and negative crops are)."""
+        return {"images": self.num_images, "classes": int(self.image_labels.unique().numel()),
+                "selected_per_image": self.num_selected, "id_crops": int(self.id_features.shape[0]),
+                "neg_crops": int(self.neg_features.shape[0]), "dim": int(self.image_features.shape[-1]),
+                "mean_id_similarity": float(self.id_similarity.mean()) if self.id_similarity.numel() else float("nan"),
+                "mean_neg_similarity": float(self.neg_similarity.mean()) if self.neg_similarity.numel() else float("nan")}
+
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
+        """Write all tensors to one safetensors file (atomically)."""
+        meta = {"format": _FORMAT, **({k: json.dumps(v) for k, v in metadata.items()} if metadata else {})}
+        save_safetensors({k: getattr(self, k) for k in _TENSORS}, path, metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CropCache":
+        """Read a file written by ``save``; a corrupt or incomplete file raises ClipoodError naming it."""
+        t = load_safetensors(path)
+        missing = [k for k in _TENSORS if k not in t]
+        if missing:
+            raise ClipoodError(f"crop cache {path} lacks {', '.join(missing)}; delete it and rebuild")
+        cache = cls(**{k: t[k] for k in _TENSORS})
+        try:
+            cache.validate()
+        except ClipoodError as e:
+            raise ClipoodError(f"crop cache {path}: {e}; delete it and rebuild") from None
+        return cache
+
+
+def crop_cache_path(backbone, dataset, indices: Sequence[int], cfg: CropConfig, classnames: Sequence[str],
+                    cache_dir: str | os.PathLike) -> Path:
+    """``<cache_dir>/crops-<key>.safetensors``; the key covers backbone, dataset files, indices, config, names."""
+    key = cache_key(_FORMAT, backbone.identifier, dataset_fingerprint(dataset), [int(i) for i in indices],
+                    asdict(cfg), list(classnames))
+    return Path(cache_dir) / f"crops-{key}.safetensors"
+
+
+class _CropImages(torch.utils.data.Dataset):
+    """Position p of this shard → (p, P crops, the whole preprocessed image, label)."""
+
+    def __init__(self, backbone, dataset, indices: Sequence[int], positions: Sequence[int], cfg: CropConfig):
+        self.dataset, self.indices, self.positions, self.cfg = dataset, indices, positions, cfg
+        self.preprocess = backbone.preprocess
+        self.params = preprocess_params(backbone)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int):
+        pos = self.positions[i]
+        idx = int(self.indices[pos])
+        image = self.dataset.load_image(idx)
+        crops = make_crops(image, self.cfg, idx, **self.params)
+        return pos, crops, self.preprocess(image), int(self.dataset.samples[idx][1])
+
+
+def _collate(items):
+    pos, crops, full, labels = zip(*items)
+    return list(pos), torch.stack(crops), torch.stack(full), list(labels)
+
+
+@torch.no_grad()
+def build_crop_cache(backbone, dataset, indices: Sequence[int] | None, cfg: CropConfig,
+                     classnames: Sequence[str] | None = None, *, accelerator=None,
+                     cache_dir: str | os.PathLike | None = None, batch_size: int = 256, num_workers: int = 0,
+                     progress: bool = True) -> CropCache:
+    """Crop, encode and select: P crops per image of ``dataset[indices]`` → Q ID and Q negative crop features.
+
+    Crops are ranked by cosine to ``backbone.encode_text(classnames, templates=[cfg.prompt])[label]``.
+    With an Accelerate ``accelerator``, rank r encodes positions p with p % world_size == r; results are
+    gathered and put back in position order, so every rank returns identical tensors (and, crops being seeded
+    by dataset index, the same tensors as a single process). With ``cache_dir`` the result is read from / written
+    to ``crops-<key>.safetensors`` there (main process writes, atomically; a corrupt file is deleted and rebuilt).
+    ``batch_size`` counts images sent to the encoder at once (crops + whole images); ``num_workers`` DataLoader
+    workers make the crops.
+    """
+    from tqdm.auto import tqdm
+
+    indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
+    if not indices:
+        raise ClipoodError(f"build_crop_cache: no images selected from dataset {getattr(dataset, 'name', '?')}")
+    classnames = list(classnames if classnames is not None else (getattr(dataset, "classnames", None) or []))
+    if not classnames:
+        raise ClipoodError(f"build_crop_cache: dataset {getattr(dataset, 'name', '?')} has no class names; pass "
+                           f"classnames= to rank crops by their label prompt")
+    n, Q = len(indices), cfg.num_selected
+    labels = [int(dataset.samples[i][1]) for i in indices]
+    bad = [y for y in labels if not 0 <= y < len(classnames)]
+    if bad:
+        raise ClipoodError(f"build_crop_cache: label {bad[0]} has no class name ({len(classnames)} names given)")
+    main = accelerator is None or accelerator.is_main_process
+
+    path = None
+    if cache_dir is not None:
+        path = crop_cache_path(backbone, dataset, indices, cfg, classnames, cache_dir)
+        cached = _try_load(path, n, Q)
+        if accelerator is not None and accelerator.num_processes > 1:
+            # every rank must take the same branch (the build below is collective)
+            flags = accelerator.gather(torch.tensor([cached is not None], device=accelerator.device))
+            if not bool(flags.all()):
+                cached = None
+        if cached is not None:
+            log.info("crop-feature cache hit (%s): no image re-encoded", path)
+            return cached
+        if main and path.exists():
+            path.unlink(missing_ok=True)
+
+    world = 1 if accelerator is None else accelerator.num_processes
+    rank = 0 if accelerator is None else accelerator.process_index
+    positions = list(range(rank, n, world))
+    text = backbone.encode_text(classnames, templates=[cfg.prompt]).float().cpu()
+    per_batch = max(1, batch_size // (cfg.num_crops + 1))
+    loader = torch.utils.data.DataLoader(_CropImages(backbone, dataset, indices, positions, cfg),
+                                         batch_size=per_batch, shuffle=False, num_workers=num_workers,
+                                         collate_fn=_collate)
+    P, m = cfg.num_crops, len(positions)
+    rows: list[torch.Tensor] = []  # per image: (2Q + 2)×D  [ID crops | negative crops | top crop | whole image]
+    sims: list[torch.Tensor] = []  # per image: 2Q
+    bar = tqdm(total=m, desc="crops", disable=not (progress and main), mininterval=2, leave=False)
+    for pos, crops, full, labs in loader:
+        b = len(pos)
+        x = torch.cat([crops.flatten(0, 1), full])  # b·P crops then b whole images
+        feats = torch.cat([backbone.encode_images(x[s:s + batch_size]).float().cpu()
+                           for s in range(0, x.shape[0], batch_size)])
+        crop_feats, full_feats = feats[:b * P].view(b, P, -1), feats[b * P:]
+        for j in range(b):
+            t = text[labs[j]]
+            top, bottom = select_crops(crop_feats[j], t, Q)
+            sel = torch.cat([crop_feats[j][top], crop_feats[j][bottom]])
+            rows.append(torch.cat([sel, crop_feats[j][top[:1]], full_feats[j:j + 1]]))
+            sims.append(sel @ t)
+        bar.update(b)
+    bar.close()
+    D = int(text.shape[1])
+    packed = torch.stack(rows) if rows else torch.empty(0, 2 * Q + 2, D)
+    sim = torch.stack(sims) if sims else torch.empty(0, 2 * Q)
+    pos_t = torch.tensor(positions, dtype=torch.long)
+    if world > 1:
+        packed, sim, pos_t = _gather_padded(accelerator, packed, sim, pos_t, math.ceil(n / world))
+    order = torch.argsort(pos_t)
+    packed, sim, pos_t = packed[order], sim[order], pos_t[order]
+    if not torch.equal(pos_t, torch.arange(n)):
+        raise ClipoodError(f"build_crop_cache: gathered {pos_t.numel()} images, expected positions 0..{n - 1}")
+
+    lab = torch.tensor(labels, dtype=torch.long)
+    img = torch.arange(n).repeat_interleave(Q)
+    cache = CropCache(
+        id_features=packed[:, :Q].reshape(n * Q, D).contiguous(), id_labels=lab.repeat_interleave(Q),
+        id_image=img, id_similarity=sim[:, :Q].reshape(-1).contiguous(),
+        neg_features=packed[:, Q:2 * Q].reshape(n * Q, D).contiguous(), neg_image=img.clone(),
+        neg_similarity=sim[:, Q:].reshape(-1).contiguous(),
+        top_features=packed[:, 2 * Q].contiguous(), image_features=packed[:, 2 * Q + 1].contiguous(),
+        image_labels=lab, image_indices=torch.tensor(indices, dtype=torch.long))
+    cache.validate(n, Q)
+    if path is not None and main:
+        cache.save(path, metadata={"backbone": backbone.identifier, "config": asdict(cfg), "images": n})
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return cache
+
+
+def _try_load(path: Path, n: int, q: int) -> CropCache | None:
+    if not path.is_file():
+        return None
+    try:
+        cache = CropCache.load(path)
+        cache.validate(n, q)
+        return cache
+    except ClipoodError as e:
+        log.warning("crop-feature cache %s is unusable (%s); rebuilding it", path, e)
+        return None
+
+
+def _gather_padded(accelerator, packed, sim, pos, rows_per_rank: int):
+    """All-gather per-rank results padded to the same row count (padding rows carry position −1)."""
+    pad = rows_per_rank - packed.shape[0]
+    if pad:
+        packed = torch.cat([packed, packed.new_zeros(pad, *packed.shape[1:])])
+        sim = torch.cat([sim, sim.new_zeros(pad, *sim.shape[1:])])
+        pos = torch.cat([pos, pos.new_full((pad,), -1)])
+    dev = accelerator.device
+    packed, sim, pos = (accelerator.gather(t.to(dev)).cpu() for t in (packed, sim, pos))
+    keep = pos >= 0
+    return packed[keep], sim[keep], pos[keep]

@@ -1,0 +1,124 @@
+"""Method = an adapter + weighted loss terms. ``forward(batch)`` returns ``{"loss": total, "<term>_loss": ...}``
+so the training loop stays generic (the open_clip / timm "task" pattern).
+
+A training batch from the crop cache carries ``id_features`` (n×D) with ``id_labels`` (n), ``neg_features``
+(m×D) and optionally ``id_condition`` / ``neg_condition`` (features the meta-nets see instead of the crop
+itself). Loss terms are plain functions registered by name; KR composes with *any* adapter because it only
+needs ``AdapterOutput.base_cos`` (or the frozen text features for the logit / probability variants).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from . import losses as L
+from .errors import ClipoodError, unknown
+
+
+@dataclass
+class Outputs:
+    """What loss terms see: adapter outputs for ID and negative crops plus the batch and settings."""
+
+    id_out: Any
+    neg_out: Any | None
+    batch: Mapping[str, torch.Tensor]
+    num_id: int
+    logit_scale: float
+    base_text_features: torch.Tensor
+    options: dict = field(default_factory=dict)
+
+
+def _cls(o: Outputs) -> torch.Tensor:
+    """Eq. 7: CE over all K labels for ID crops (grouped negatives optional, as in the official code)."""
+    return L.classification_loss(o.logit_scale * o.id_out.logits, o.batch["id_labels"], num_id=o.num_id,
+                                 groups=int(o.options.get("cls_groups", 1)), seed=int(o.options.get("seed", 0)))
+
+
+def _ood(o: Outputs) -> torch.Tensor:
+    """Eq. 8: log Σ_ID softmax for negative (background) crops."""
+    if o.neg_out is None:
+        raise ClipoodError("the 'ood' loss needs negative crops (neg_features) in the batch")
+    return L.ood_loss(o.logit_scale * o.neg_out.logits, o.num_id)
+
+
+def _base_cos(o: Outputs) -> torch.Tensor:
+    parts = [x.base_cos for x in (o.id_out, o.neg_out) if x is not None and x.base_cos is not None]
+    if not parts:
+        raise ClipoodError("the 'kr' loss needs an adapter whose output carries base_cos (tuned text features)")
+    return torch.cat([p.reshape(-1) for p in parts]) if len(parts) > 1 else parts[0]
+
+
+def _kr(o: Outputs) -> torch.Tensor:
+    """Eq. 9: 1 − mean cos(c_i, c'_i) over all rows (and images, for image-conditional adapters)."""
+    return L.kr_cos_loss(_base_cos(o))
+
+
+def _frozen_logits(o: Outputs, feats: torch.Tensor) -> torch.Tensor:
+    return o.logit_scale * (feats @ o.base_text_features.T)
+
+
+def _kr_logit(o: Outputs) -> torch.Tensor:
+    """KR on logits (Fig. 4c): tuned vs frozen logits of the same crops."""
+    t = torch.cat([o.id_out.logits] + ([o.neg_out.logits] if o.neg_out is not None else []))
+    f = torch.cat([o.batch["id_features"]] + ([o.batch["neg_features"]] if o.neg_out is not None else []))
+    return L.kr_logit_loss(o.logit_scale * t, _frozen_logits(o, f))
+
+
+def _kr_prob(o: Outputs) -> torch.Tensor:
+    """KR on probabilities (Fig. 4c): KL(frozen softmax ‖ tuned softmax)."""
+    t = torch.cat([o.id_out.logits] + ([o.neg_out.logits] if o.neg_out is not None else []))
+    f = torch.cat([o.batch["id_features"]] + ([o.batch["neg_features"]] if o.neg_out is not None else []))
+    return L.kr_prob_loss(o.logit_scale * t, _frozen_logits(o, f))
+
+
+LOSS_TERMS: dict[str, Callable[[Outputs], torch.Tensor]] = {
+    "cls": _cls, "ood": _ood, "kr": _kr, "kr_logit": _kr_logit, "kr_prob": _kr_prob,
+}
+
+
+class Method(nn.Module):
+    """An adapter trained with ``Σ weight · term`` (Eq. 10 for KR-NFT: cls + λ1·ood + λ2·kr)."""
+
+    def __init__(self, adapter: nn.Module, loss_weights: Mapping[str, float], *, logit_scale: float = 100.0,
+                 options: Mapping[str, Any] | None = None):
+        super().__init__()
+        for name, w in loss_weights.items():
+            if name not in LOSS_TERMS:
+                raise unknown("loss term", name, LOSS_TERMS)
+            if not isinstance(w, (int, float)) or w < 0 or w != w:
+                raise ClipoodError(f"loss weight for '{name}' must be a number >= 0, got {w!r}")
+        if not any(w > 0 for w in loss_weights.values()):
+            raise ClipoodError("every loss weight is 0: nothing to train (set e.g. losses.cls=1)")
+        self.adapter = adapter
+        self.loss_weights = {k: float(v) for k, v in loss_weights.items() if v > 0}
+        self.logit_scale = float(logit_scale)
+        self.options = dict(options or {})
+
+    @property
+    def needs_negatives(self) -> bool:
+        return "ood" in self.loss_weights or bool(self.options.get("always_neg", False))
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        a = self.adapter
+        id_in = {"image_features": batch["id_features"]}
+        if batch.get("id_condition") is not None:
+            id_in["condition_features"] = batch["id_condition"]
+        id_out = a(id_in)
+        neg_out = None
+        if self.needs_negatives and batch.get("neg_features") is not None:
+            neg_in = {"image_features": batch["neg_features"]}
+            if batch.get("neg_condition") is not None:
+                neg_in["condition_features"] = batch["neg_condition"]
+            neg_out = a(neg_in)
+        o = Outputs(id_out, neg_out, batch, a.num_id, self.logit_scale, a.base_text_features, self.options)
+        out: dict[str, torch.Tensor] = {}
+        total = None
+        for name, w in self.loss_weights.items():
+            v = LOSS_TERMS[name](o)
+            out[f"{name}_loss"] = v.detach()
+            total = w * v if total is None else total + w * v
+        out["loss"] = total
+        return out
