@@ -380,7 +380,7 @@ def build_crop_cache(backbone, dataset, indices: Sequence[int] | None, cfg: Crop
         cached = _try_load(path, n, Q)
         if accelerator is not None and accelerator.num_processes > 1:
             # every rank must take the same branch (the build below is collective)
-            flags = accelerator.gather(torch.tensor([cached is not None], device=accelerator.device))
+            flags = accelerator.gather(torch.tensor([int(cached is not None)], device=accelerator.device))
             if not bool(flags.all()):
                 cached = None
         if cached is not None:

@@ -28,6 +28,8 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "cpu": None,
     "progress": True,
     "mini": {"seed": 0, "root": None},
+    "id_data": {},
+    "ood_data": {},
     "negatives": {
         "num": 40, "fraction": 0.15, "quantile": 0.95, "corpus": None,
         "id_template": "a photo of a {}.", "noun_template": "a photo of a {}.", "adj_template": "a {} texture.",
@@ -86,6 +88,26 @@ def setup_benchmark(cfg, accelerator) -> Benchmark:
         return Benchmark(backbone, mini_splits(world), corpus, mini_train_spec(world), world, notes)
     from .prompts import get_label_set
     from .suites import check_suite, get_suite
+
+    if cfg["benchmark"] == "custom":
+        # any dataset specs: id_data (one spec) and ood_data (name → spec), e.g. generated ImageFolders
+        from .datasets import build_dataset, spec_from_dict
+
+        if not cfg.get("id_data") or not cfg.get("ood_data"):
+            raise ClipoodError("benchmark=custom needs id_data (a dataset spec) and ood_data (name: spec, ...)")
+        id_spec = spec_from_dict(cfg["id_data"])
+        names = build_dataset(id_spec, root=cfg.get("data_root")).classnames
+        if not names:
+            raise ClipoodError("benchmark=custom: the ID dataset has no class names (use an ImageFolder with one "
+                               "folder per class, or set classnames in id_data)")
+        import dataclasses
+
+        from .datasets import ImageFolderSpec
+
+        ood = {k: spec_from_dict(v) for k, v in cfg["ood_data"].items()}
+        ood = {k: dataclasses.replace(v, ood=True) if isinstance(v, ImageFolderSpec) else v for k, v in ood.items()}
+        split = EvalSplit("base", {"id": id_spec}, ood, list(names), "custom datasets")
+        return Benchmark(backbone, [split], _corpus(cfg), None, None, notes)
 
     suite = get_suite(cfg["benchmark"], root=cfg.get("data_root"))
     check_suite(suite, cfg.get("data_root"))

@@ -1,0 +1,34 @@
+"""Small shared test utilities: generated image folders and a recipe runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_image_folder(root: Path, classes: dict[str, tuple[int, int, int]], n: int = 4, size: int = 64,
+                      seed: int = 0, pseudo: bool = False) -> Path:
+    """Class folders of noisy coloured squares (or one pseudo-class ``images/`` folder when ``pseudo``)."""
+    rng = np.random.default_rng(seed)
+    for name, colour in classes.items():
+        d = root / ("images" if pseudo else name)
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arr = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+            a, b = rng.integers(4, size // 2, 2)
+            arr[a:a + size // 3, b:b + size // 3] = colour
+            Image.fromarray(arr).save(d / f"{name}_{i}.png")
+    return root
+
+
+def run_script(args: list[str], env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CLIPOOD_THREADS": "1",
+           "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
