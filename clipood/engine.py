@@ -220,7 +220,7 @@ class _StopFlag:
 
 
 def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: str | os.PathLike, *,
-        resume: bool = True, progress: bool = True) -> TrainResult:
+        resume: bool = True, progress: bool = True, signature: dict | None = None) -> TrainResult:
     """Train ``method`` (an adapter + loss terms) on ``data``; checkpoints go to ``output_dir/checkpoints``.
 
     With ``resume`` the latest checkpoint there is loaded and training continues where it stopped, producing
@@ -248,9 +248,16 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    state = {"step": 0, "epoch": 0, "batch": 0, "config": asdict(cfg)}
+    signature = json.loads(json.dumps(signature if signature is not None else asdict(cfg), default=str))
+    state = {"step": 0, "epoch": 0, "batch": 0, "signature": signature}
     result = TrainResult(steps=0)
     if resume and (ck := latest_checkpoint(ckpt_root)) is not None:
+        old = json.loads((ck / "trainer_state.json").read_text()).get("signature")
+        if old != signature:
+            diff = sorted(k for k in set(_flat(old or {})) | set(_flat(signature))
+                          if _flat(old or {}).get(k) != _flat(signature).get(k))
+            raise ClipoodError(f"{ckpt_root} holds checkpoints of another configuration (differs in: "
+                               f"{', '.join(diff[:6])}); set another output_dir, or resume=false to start over")
         state = load_checkpoint(ck, method.adapter, opt)
         result.resumed_from = str(ck)
         if accelerator.is_main_process:
@@ -258,6 +265,10 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
     model, opt = accelerator.prepare(method, opt)
     inner = accelerator.unwrap_model(model)
     history_path = out / "train_log.jsonl"
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if state["step"] == 0:
+            history_path.write_text("")
     t0 = time.time()
     step = state["step"]
     bar = tqdm(total=total, initial=step, desc="train", disable=not (progress and accelerator.is_main_process),
@@ -318,6 +329,16 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
     result.steps = step
     result.seconds = time.time() - t0
     return result
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _ckpt(accelerator, ckpt_root, inner, opt, state, cfg):

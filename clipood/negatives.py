@@ -299,8 +299,8 @@ def mine_negatives(
 
     corpus = corpus.clean()
     id_keys = {_norm_name(c) for c in id_classnames}
-    cands = ([(w, "noun") for w in corpus.nouns if _norm_name(w) not in id_keys]
-             + [(w, "adj") for w in corpus.adjectives if _norm_name(w) not in id_keys])
+    cands = ([(w, "noun") for w in corpus.nouns ]
+             + [(w, "adj") for w in corpus.adjectives ])
     n_noun = sum(p == "noun" for _, p in cands)
     n_adj = len(cands) - n_noun
     if not cands:

@@ -27,7 +27,8 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "cpu": None,
     "progress": True,
-    "mini": {"seed": 0, "root": None},
+    "mini": {"seed": 0, "root": None, "train_per_class": 16, "test_per_class": 50, "ood_per_set": 250,
+             "style_per_class": 30},
     "id_data": {},
     "ood_data": {},
     "negatives": {
@@ -80,7 +81,10 @@ def setup_benchmark(cfg, accelerator) -> Benchmark:
         from .mini.build import MiniWorldConfig, build_world
         from .mini.protocol import mini_corpus, mini_splits, mini_train_spec
 
-        mcfg = MiniWorldConfig(seed=int(get(cfg, "mini.seed", 0)))
+        m = cfg["mini"]
+        mcfg = MiniWorldConfig(seed=int(m["seed"]), train_per_class=int(m["train_per_class"]),
+                               test_per_class=int(m["test_per_class"]), ood_per_set=int(m["ood_per_set"]),
+                               style_per_class=int(m["style_per_class"]))
         with accelerator.main_process_first():
             world = build_world(mcfg, root=get(cfg, "mini.root"), progress=accelerator.is_main_process and cfg["progress"])
         corpus = mini_corpus(world) if not get(cfg, "negatives.corpus") else _corpus(cfg)
@@ -346,8 +350,10 @@ def train_and_evaluate(cfg, bench: Benchmark, sfs: list[SplitFeatures], accelera
     crops = build_crop_data(bench, sfs[0], cfg, accelerator)
     method = build_method(cfg, sfs[0].text_features.to(accelerator.device), sfs[0].num_id)
     data = CropTrainData(crops, condition=tcfg.condition)
+    sig_keys = ("model", "pretrained", "benchmark", "mini", "seed", "negatives", "adapter", "losses", "cls_groups",
+                "shots", "crops", "train", "init_adapter", "train_data")
     result = fit(method, data, tcfg, accelerator, out, resume=bool(cfg.get("resume", True)),
-                 progress=bool(cfg.get("progress")))
+                 progress=bool(cfg.get("progress")), signature={k: cfg.get(k) for k in sig_keys})
     adapter = accelerator.unwrap_model(method).adapter.eval()
     if accelerator.is_main_process:
         import_adapters().save_adapter(adapter, out / "adapter", include_base=True)
