@@ -379,6 +379,12 @@ def load_clip(model_name: str, pretrained: str | os.PathLike | None = None, *, d
             first = str(e).splitlines()[1:3]
             raise ClipoodError(f"weights in {pretrained} do not fit model '{model_name}': {' '.join(first).strip()}"
                                f" — pass the matching model_name") from None
+    if pretrained is None:
+        # random weights differ per seed: key caches by their content, not only by the architecture name
+        h = hashlib.sha256()
+        for t in model.state_dict().values():
+            h.update(t.detach().cpu().reshape(-1)[:16384].float().numpy().tobytes())
+        identifier = f"{model_name}|random:{h.hexdigest()[:16]}"
     dev = torch.device(device)
     dt = dtype or torch.float32
     model = model.to(dev, dt).eval().requires_grad_(False)

@@ -299,8 +299,8 @@ def mine_negatives(
 
     corpus = corpus.clean()
     id_keys = {_norm_name(c) for c in id_classnames}
-    cands = ([(w, "noun") for w in corpus.nouns ]
-             + [(w, "adj") for w in corpus.adjectives ])
+    cands = ([(w, "noun") for w in corpus.nouns if _norm_name(w) not in id_keys]
+             + [(w, "adj") for w in corpus.adjectives if _norm_name(w) not in id_keys])
     n_noun = sum(p == "noun" for _, p in cands)
     n_adj = len(cands) - n_noun
     if not cands:
@@ -353,7 +353,7 @@ def mine_negatives(
 
 
 _CACHE_KEYS = ("format", "backbone", "id_names_sha256", "num_id", "corpus_sha256", "num_negatives",
-               "fraction", "quantile", "id_template", "noun_template", "adj_template")
+               "fraction", "quantile", "id_template", "noun_template")
 
 
 def mine_or_load(
