@@ -353,7 +353,7 @@ def mine_negatives(
 
 
 _CACHE_KEYS = ("format", "backbone", "id_names_sha256", "num_id", "corpus_sha256", "num_negatives",
-               "fraction", "quantile", "id_template", "noun_template")
+               "fraction", "quantile", "id_template", "noun_template", "adj_template")
 
 
 def mine_or_load(

@@ -182,17 +182,15 @@ def test_mine_or_load_reuses_and_remines(tmp_path, corpus):
         dict(num_negatives=16), dict(quantile=0.9), dict(adj_template="a {} thing."),
         dict(id_template="a photo of a {}."), dict(noun_template="a {}."),
     ]
-    for change in changes:
+    variants = [((ID, corpus), change) for change in changes] + [
+        ((ID + ["emu"], corpus), {}),
+        ((ID, Corpus(corpus.nouns[:-1], corpus.adjectives)), {}),
+    ]
+    for (ids, corp), change in variants:  # each differs from the base settings in one thing only
+        mine_or_load(path, enc, ID, corpus, **kw)
         before = enc.calls
-        mine_or_load(path, enc, ID, corpus, **{**kw, "backbone": "other", **change})
+        mine_or_load(path, enc, ids, corp, **{**kw, **change})
         assert enc.calls > before, change
-    before = enc.calls
-    mine_or_load(path, enc, ID + ["emu"], corpus, **{**kw, "noun_template": "a {}."})
-    assert enc.calls > before
-    before = enc.calls
-    mine_or_load(path, enc, ID + ["emu"], Corpus(corpus.nouns[:-1], corpus.adjectives),
-                 **{**kw, "noun_template": "a {}."})
-    assert enc.calls > before
     path.write_text("garbage\tline\n")
     before = enc.calls
     mine_or_load(path, enc, ID, corpus, **kw)
