@@ -71,6 +71,26 @@ def _load_state_dict(path: Path) -> dict:
     return sd
 
 
+def _mismatch_summary(expected: dict, got: dict) -> str:
+    """One short line on why a state dict does not fit (torch's message lists every key, one per line)."""
+
+    def first(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f", ... ({len(names)} in all)" if len(names) > 3 else "")
+
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = [f"{k} {tuple(got[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(set(expected) & set(got))
+              if hasattr(got[k], "shape") and tuple(got[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} tensor(s) of the wrong shape (checkpoint vs model: {first(shapes)})")
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) ({first(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) ({first(unexpected)})")
+    return "; ".join(parts) or "the state dict does not load"
+
+
 def _hf_cached_file(cfg: dict) -> str | None:
     """Path of a tag's weights in the local Hugging Face cache, or None (never touches the network)."""
     hub = cfg.get("hf_hub", "")
@@ -289,13 +309,37 @@ class Backbone:
         out = []
         for s in tqdm(range(0, len(prompts), batch_size), desc="encode text", disable=not progress,
                       mininterval=2, leave=False):
-            f = self.model.encode_text(self.tokenize(prompts[s:s + batch_size])).float()
+            f = self._encode_tokens(self.tokenize(prompts[s:s + batch_size])).float()
             out.append(F.normalize(f, dim=-1) if (normalize or templates) else f)
         feats = torch.cat(out)
         if templates:
             feats = feats.view(len(texts), len(templates), -1).mean(1)
             feats = F.normalize(feats, dim=-1) if normalize else feats
         return feats
+
+
+    def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``model.encode_text`` but only over the positions up to the last end-of-text token of the batch.
+
+        Exact for causal, end-token-pooled text towers (CLIP's): later positions cannot influence earlier ones.
+        Short prompts ("the nice cat.") then cost ~10 positions instead of 77 (≈3× faster mining).
+        """
+        try:
+            tp = self._text_path_cache
+        except AttributeError:
+            try:
+                tp = TextPath(self.model)
+                if tp.pool_type not in ("argmax", "eos") or tp.attn_mask is None:
+                    tp = None
+            except ClipoodError:
+                tp = None
+            self._text_path_cache = tp
+        if tp is None:
+            return self.model.encode_text(tokens)
+        ends = tp.end_positions(tokens)
+        L = int(ends.max()) + 1
+        t = tokens[:, :L]
+        return tp.encode_embeddings(tp.embed(t), ends)
 
 
 def _resolve_model_name(model_name: str) -> None:
@@ -375,10 +419,10 @@ def load_clip(model_name: str, pretrained: str | os.PathLike | None = None, *, d
     if state_dict is not None:
         try:
             model.load_state_dict(state_dict, strict=True)
-        except RuntimeError as e:
-            first = str(e).splitlines()[1:3]
-            raise ClipoodError(f"weights in {pretrained} do not fit model '{model_name}': {' '.join(first).strip()}"
-                               f" — pass the matching model_name") from None
+        except RuntimeError:
+            raise ClipoodError(f"weights in {pretrained} do not fit model '{model_name}': "
+                               f"{_mismatch_summary(model.state_dict(), state_dict)} — pass the matching "
+                               f"model_name (or the checkpoint saved for this model)") from None
     if pretrained is None:
         # random weights differ per seed: key caches by their content, not only by the architecture name
         h = hashlib.sha256()

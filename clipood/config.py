@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -55,6 +56,20 @@ def _set(d: dict, dotted: str, value: Any, known: dict[str, Any], where: str) ->
     node[parts[-1]] = value
 
 
+_SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _numbers(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-5`` (no dot) as a string; make such values floats, as users mean them."""
+    if isinstance(value, str) and _SCI.match(value.strip()):
+        return float(value)
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    return value
+
+
 def parse_overrides(args: Sequence[str]) -> list[tuple[str, Any]]:
     """``["a.b=3", "name=x"]`` → ``[("a.b", 3), ("name", "x")]`` (values parsed as YAML)."""
     import yaml
@@ -66,7 +81,7 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[str, Any]]:
         k, v = a.split("=", 1)
         k = k.strip().lstrip("-").replace("-", "_") if k.startswith("--") else k.strip()
         try:
-            out.append((k, yaml.safe_load(v) if v != "" else None))
+            out.append((k, _numbers(yaml.safe_load(v)) if v != "" else None))
         except yaml.YAMLError:
             out.append((k, v))
     return out
@@ -86,7 +101,7 @@ def load_yaml(path: str | os.PathLike) -> dict:
         raise ClipoodError(f"config file {p}{line} is not valid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise ClipoodError(f"config file {p} must hold a mapping of keys to values")
-    return data
+    return _numbers(data)
 
 
 def build_config(defaults: Mapping, argv: Sequence[str] = (), presets: Mapping[str, Mapping] | None = None,

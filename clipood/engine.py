@@ -50,23 +50,27 @@ class TrainConfig:
     def __post_init__(self):
         for k in ("epochs", "batch_size"):
             v = getattr(self, k)
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ClipoodError(f"train.{k} must be an integer >= 1, got {v!r}")
         for k in ("warmup_steps", "max_steps", "checkpoint_every", "log_every"):
             v = getattr(self, k)
             if not isinstance(v, int) or v < 0:
                 raise ClipoodError(f"train.{k} must be an integer >= 0, got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ClipoodError(f"train.lr must be a positive number, got {self.lr!r}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ClipoodError("train.weight_decay and train.grad_clip must be >= 0")
+        if isinstance(self.lr, bool) or not (isinstance(self.lr, (int, float)) and self.lr > 0
+                                              and math.isfinite(self.lr)):
+            raise ClipoodError(f"train.lr must be a positive number (e.g. train.lr=0.001), got {self.lr!r}")
+        for k in ("weight_decay", "grad_clip", "momentum"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ClipoodError(f"train.{k} must be a number >= 0, got {v!r}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ClipoodError(f"train.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.schedule not in ("constant", "cosine"):
             raise ClipoodError(f"train.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.condition not in ("self", "top_crop"):
             raise ClipoodError(f"train.condition must be 'self' or 'top_crop', got {self.condition!r}")
-        if self.keep_checkpoints < 1:
+        if isinstance(self.keep_checkpoints, bool) or not isinstance(self.keep_checkpoints, int) \
+                or self.keep_checkpoints < 1:
             raise ClipoodError("train.keep_checkpoints must be >= 1")
 
 

@@ -8,6 +8,7 @@ needs ``AdapterOutput.base_cos`` (or the frozen text features for the logit / pr
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -79,19 +80,27 @@ LOSS_TERMS: dict[str, Callable[[Outputs], torch.Tensor]] = {
 }
 
 
+def check_loss_weights(loss_weights: Mapping[str, float]) -> None:
+    """Raise ClipoodError unless every term is known and every weight is a finite number >= 0 (not all 0)."""
+    if not isinstance(loss_weights, Mapping):
+        raise ClipoodError(f"losses must map loss terms to weights (e.g. cls: 1, kr: 100), got {loss_weights!r}")
+    for name, w in loss_weights.items():
+        if name not in LOSS_TERMS:
+            raise unknown("loss term", name, LOSS_TERMS)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ClipoodError(f"loss weight for '{name}' (losses.{name}) must be a number >= 0, got {w!r}; "
+                               f"use 0 to turn the term off")
+    if not any(w > 0 for w in loss_weights.values()):
+        raise ClipoodError("every loss weight is 0: nothing to train (set e.g. losses.cls=1)")
+
+
 class Method(nn.Module):
     """An adapter trained with ``Σ weight · term`` (Eq. 10 for KR-NFT: cls + λ1·ood + λ2·kr)."""
 
     def __init__(self, adapter: nn.Module, loss_weights: Mapping[str, float], *, logit_scale: float = 100.0,
                  options: Mapping[str, Any] | None = None):
         super().__init__()
-        for name, w in loss_weights.items():
-            if name not in LOSS_TERMS:
-                raise unknown("loss term", name, LOSS_TERMS)
-            if not isinstance(w, (int, float)) or w < 0 or w != w:
-                raise ClipoodError(f"loss weight for '{name}' must be a number >= 0, got {w!r}")
-        if not any(w > 0 for w in loss_weights.values()):
-            raise ClipoodError("every loss weight is 0: nothing to train (set e.g. losses.cls=1)")
+        check_loss_weights(loss_weights)
         self.adapter = adapter
         self.loss_weights = {k: float(v) for k, v in loss_weights.items() if v > 0}
         self.logit_scale = float(logit_scale)

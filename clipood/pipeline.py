@@ -69,10 +69,46 @@ class Benchmark:
     notes: list[str] = field(default_factory=list)
 
 
+def check_config(cfg) -> None:
+    """Validate the cheap settings before any model, image or cache is touched, so that a typo or an
+    out-of-range value fails in seconds instead of after the features are encoded."""
+    from .metrics import CONVENTIONS
+    from .scores import get_score
+
+    e = cfg.get("eval") or {}
+    if e.get("score") is not None:
+        get_score(e["score"])
+    if e.get("convention") is not None and e["convention"] not in CONVENTIONS:
+        from .errors import unknown
+
+        raise unknown("metric convention (eval.convention)", e["convention"], CONVENTIONS)
+    if "losses" not in cfg:  # not a training recipe
+        return
+    from ._compat import import_adapters
+    from .crops import CropConfig
+    from .method import check_loss_weights
+
+    check_loss_weights(cfg["losses"])
+    train_config(cfg)
+    c = dict(cfg.get("crops") or {})
+    for k in ("scale", "ratio"):
+        if isinstance(c.get(k), list):
+            c[k] = tuple(c[k])
+    CropConfig(**c, seed=cfg["seed"])
+    shots = cfg.get("shots")
+    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 0):
+        raise ClipoodError(f"shots={shots!r} is invalid; use an integer >= 1 (or 0 for every training image)")
+    a = cfg.get("adapter") or {}
+    if not cfg.get("init_adapter"):
+        spec = import_adapters().get_adapter_spec(a.get("name"))
+        spec.config_cls.from_dict(dict(a.get("options") or {}), source="adapter.options")
+
+
 def setup_benchmark(cfg, accelerator) -> Benchmark:
     """Load the backbone and the benchmark named by ``cfg['benchmark']`` (``mini`` = the embedded default)."""
     from .backbone import load_clip
 
+    check_config(cfg)
     backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
     notes = []
     if cfg["model"] == "clipood-tiny":
@@ -243,7 +279,8 @@ def train_config(cfg):
     if extra:
         from .errors import did_you_mean
 
-        raise ClipoodError(f"unknown config key 'train.{extra[0]}'{did_you_mean(extra[0], names)}")
+        raise ClipoodError(f"unknown config key 'train.{extra[0]}'{did_you_mean(extra[0], names)}; "
+                           f"valid train keys: {', '.join(sorted(names))}")
     return TrainConfig(**{**cfg.get("train", {}), "seed": cfg["train"].get("seed", cfg["seed"])})
 
 
