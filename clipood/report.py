@@ -91,15 +91,19 @@ def plot_histograms(raw: dict[str, dict[str, np.ndarray]], path: str | os.PathLi
     fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 3.6), squeeze=False)
     for ax, m in zip(axes[0], methods):
         allv = np.concatenate([np.asarray(v, dtype=float) for v in raw[m].values()])
+        # probabilities pile up at 0 or 1: show them as log-odds (monotone, so the ranking is unchanged)
+        prob = allv.min() >= 0 and allv.max() <= 1
+        tf = (lambda x: np.log(np.clip(x, 1e-12, 1)) - np.log(np.clip(1 - x, 1e-12, 1))) if prob else (lambda x: x)
+        allv = tf(allv)
         bins = np.linspace(allv.min(), allv.max() + 1e-12, 50)
         for name, v in raw[m].items():
-            v = np.asarray(v, dtype=float)
+            v = tf(np.asarray(v, dtype=float))
             if name.startswith("id/"):
                 ax.hist(v, bins=bins, alpha=0.45, density=True, label=name)
             else:
                 ax.hist(v, bins=bins, histtype="step", linewidth=1.4, density=True, label=name)
         ax.set_title(m)
-        ax.set_xlabel("score (higher = more ID)")
+        ax.set_xlabel("log-odds of score (higher = more ID)" if prob else "score (higher = more ID)")
         ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
