@@ -14,15 +14,14 @@ import math
 import os
 import shutil
 import signal
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+
 
 import torch
 
 from .errors import ClipoodError
-from .io import load_safetensors, save_safetensors, write_json
+from .io import load_safetensors, make_temp_dir, save_safetensors, write_json
 
 log = logging.getLogger("clipood")
 
@@ -144,7 +143,7 @@ def save_checkpoint(ckpt_root: Path, adapter, optimizer, state: dict, keep: int)
     """Write ``step-NNNNNN/`` atomically (temporary folder, then rename) and prune old checkpoints."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{state['step']:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=ckpt_root))
+    tmp = make_temp_dir(ckpt_root, ".tmp-")
     try:
         save_safetensors(adapter.state_dict(), tmp / "adapter.safetensors")
         tensors, meta = _flatten_optimizer(optimizer.state_dict())
@@ -273,6 +272,10 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
         out.mkdir(parents=True, exist_ok=True)
         if state["step"] == 0:
             history_path.write_text("")
+        else:
+            _truncate_history(history_path, state["step"])
+        for stale in ckpt_root.glob(".tmp-*"):  # a checkpoint being written when the process was killed
+            shutil.rmtree(stale, ignore_errors=True)
     t0 = time.time()
     step = state["step"]
     bar = tqdm(total=total, initial=step, desc="train", disable=not (progress and accelerator.is_main_process),
@@ -295,7 +298,7 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
                 loss = outd["loss"]
                 if not torch.isfinite(loss.detach()).all():
                     last = latest_checkpoint(ckpt_root)
-                    raise NonFiniteLoss(f"loss became {float(loss)} at step {step + 1} (epoch {epoch + 1}); "
+                    raise NonFiniteLoss(f"loss became {float(loss.detach())} at step {step + 1} (epoch {epoch + 1}); "
                                         f"training stopped, last good checkpoint: {last or 'none'}. Lower train.lr "
                                         f"or the loss weights")
                 accelerator.backward(loss)
@@ -333,6 +336,24 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
     result.steps = step
     result.seconds = time.time() - t0
     return result
+
+
+def _truncate_history(path: Path, step: int) -> None:
+    """Keep the log records of steps <= ``step`` (the checkpoint resumed from): a run killed after logging a
+    step but before checkpointing it replays that step, which must not appear twice."""
+    from .io import atomic_write
+
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+            continue
+    with atomic_write(path) as f:
+        f.write("".join(f"{line}\n" for line in keep))
 
 
 def _flat(d, prefix=""):

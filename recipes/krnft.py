@@ -75,7 +75,8 @@ def main(argv):
         write_json(f"{cfg['output_dir']}/config.json", cfg)
         r = trained["result"]
         notes = bench.notes + [f"{cfg['method_name']}: {r.steps} steps in {r.seconds:.1f}s"
-                               + (f" (resumed from {r.resumed_from})" if r.resumed_from else "")]
+                               + (f" (resumed from {r.resumed_from})" if r.resumed_from else ""),
+                               f"processes: {acc.num_processes}"]
         md = write_outputs(rows, raw, cfg["output_dir"], f"{cfg['method_name']} vs zero-shot NegLabel", notes,
                            plots=cfg["eval"]["plots"])
         print("\n".join(notes))

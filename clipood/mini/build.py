@@ -21,14 +21,14 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..errors import ClipoodError
+from ..io import make_temp_dir
 from .shapes import SHAPE_NAMES
 from .world import BACKGROUNDS, COLOURS, STYLES, render, sample_scene
 
@@ -139,7 +139,7 @@ def build_world(cfg: MiniWorldConfig | None = None, root: str | os.PathLike | No
     if (final / "manifest.json").is_file() and not force:
         return final
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cfg.key()}.", dir=root))
+    tmp = make_temp_dir(root, f".{cfg.key()}.")
     shapes = assign_shapes(cfg.seed, cfg.num_base, cfg.num_new, cfg.num_ood_shapes)
     _SIZE[0] = cfg.image_size
     s = cfg.seed

@@ -10,7 +10,6 @@ and ``pretrain_log.json`` (loss curve and periodic zero-shot accuracy) into ``--
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path

@@ -227,8 +227,8 @@ def caption(scene: Scene, rng: np.random.Generator, p_colour: float = 0.45, p_ba
     if scene.kind == "clutter":
         names = [o["shape"] for o in scene.objects]
         a, b = names[0], names[1]
-        return str(rng.choice([f"a {a} and a {b}", f"many small shapes", f"a {a}, a {b} and more",
-                               f"a photo of many shapes", f"small {a} and {b} shapes"]))
+        return str(rng.choice([f"a {a} and a {b}", "many small shapes", f"a {a}, a {b} and more",
+                               "a photo of many shapes", f"small {a} and {b} shapes"]))
     obj = scene.objects[0]
     noun = obj["shape"]
     if rng.random() < p_colour and scene.style != "sketch":
