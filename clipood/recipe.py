@@ -11,7 +11,7 @@ from .errors import ClipoodError
 
 def setup_logging(is_main: bool = True) -> None:
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(message)s")
-    for noisy in ("accelerate", "open_clip", "root", "datasets", "httpx", "huggingface_hub"):
+    for noisy in ("accelerate", "open_clip", "datasets", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
@@ -60,6 +60,6 @@ def run(main: Callable[[list[str]], Any]) -> None:
     except ClipoodError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         raise SystemExit(130) from None
