@@ -10,7 +10,9 @@ from .errors import ClipoodError
 
 
 def setup_logging(is_main: bool = True) -> None:
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(message)s")
+    # open_clip logs chatter through the root logger: keep the root at WARNING, clipood's own logger at INFO
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("clipood").setLevel(logging.INFO if is_main else logging.WARNING)
     for noisy in ("accelerate", "open_clip", "datasets", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
