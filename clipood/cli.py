@@ -18,17 +18,13 @@ commands:
 
 
 def _eval(argv):
-    from .pipeline import (COMMON_DEFAULTS, evaluate_methods, make_accelerator, prepare_splits,
-                           setup_benchmark, write_outputs, zero_shot_methods)
-    from .recipe import config_from_argv, seed_everything, setup_logging
+    """Same as recipes/zeroshot.py, installed as a command."""
+    from .pipeline import COMMON_DEFAULTS, start_run, write_outputs
+    from .recipe import config_from_argv
     from .report import summary_table
 
     cfg = config_from_argv({**COMMON_DEFAULTS, "output_dir": "outputs/eval"}, argv)
-    acc = make_accelerator(cfg)
-    setup_logging(acc.is_main_process)
-    seed_everything(cfg["seed"])
-    bench = setup_benchmark(cfg, acc)
-    rows, raw = evaluate_methods(zero_shot_methods(cfg), prepare_splits(bench, cfg, acc), cfg)
+    acc, bench, _, rows, raw = start_run(cfg)
     if acc.is_main_process:
         md = write_outputs(rows, raw, cfg["output_dir"], "Zero-shot OOD detection", bench.notes, cfg["eval"]["plots"])
         print(summary_table(rows))

@@ -179,6 +179,23 @@ def load_checkpoint(path: Path, adapter, optimizer) -> dict:
     return json.loads((path / "trainer_state.json").read_text())
 
 
+def check_resumable(output_dir: str | os.PathLike, signature: dict) -> Path | None:
+    """The checkpoint a run in ``output_dir`` would resume from, or None. Raises ClipoodError when that folder
+    holds checkpoints of another configuration (recipes call this first, before any expensive work)."""
+    ckpt_root = Path(output_dir) / "checkpoints"
+    ck = latest_checkpoint(ckpt_root)
+    if ck is None:
+        return None
+    signature = json.loads(json.dumps(signature, default=str))
+    old = json.loads((ck / "trainer_state.json").read_text()).get("signature")
+    if old != signature:
+        a, b = _flat(old or {}), _flat(signature)
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise ClipoodError(f"{ckpt_root} holds checkpoints of another configuration (differs in: "
+                           f"{', '.join(diff[:6])}); set another output_dir, or resume=false to start over")
+    return ck
+
+
 # ------------------------------------------------------------------------------------------------ loop
 @dataclass
 class TrainResult:
@@ -254,13 +271,7 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
     signature = json.loads(json.dumps(signature if signature is not None else asdict(cfg), default=str))
     state = {"step": 0, "epoch": 0, "batch": 0, "signature": signature}
     result = TrainResult(steps=0)
-    if resume and (ck := latest_checkpoint(ckpt_root)) is not None:
-        old = json.loads((ck / "trainer_state.json").read_text()).get("signature")
-        if old != signature:
-            diff = sorted(k for k in set(_flat(old or {})) | set(_flat(signature))
-                          if _flat(old or {}).get(k) != _flat(signature).get(k))
-            raise ClipoodError(f"{ckpt_root} holds checkpoints of another configuration (differs in: "
-                               f"{', '.join(diff[:6])}); set another output_dir, or resume=false to start over")
+    if resume and (ck := check_resumable(out, signature)) is not None:
         state = load_checkpoint(ck, method.adapter, opt)
         result.resumed_from = str(ck)
         if accelerator.is_main_process:

@@ -31,9 +31,11 @@ COMMON_DEFAULTS: dict[str, Any] = {
              "style_per_class": 30},
     "id_data": {},
     "ood_data": {},
+    # None = the benchmark's default: the mini world uses 40 negatives and "a photo of a {}." prompts; real
+    # benchmarks NegLabel's rule (lowest 15 % per part of speech) and its prompts ("the nice {}.", ...)
     "negatives": {
-        "num": 40, "fraction": 0.15, "quantile": 0.95, "corpus": None,
-        "id_template": "a photo of a {}.", "noun_template": "a photo of a {}.", "adj_template": "a {} texture.",
+        "num": None, "fraction": 0.15, "quantile": 0.95, "corpus": None,
+        "id_template": None, "noun_template": None, "adj_template": None,
     },
     "eval": {"score": "neglabel", "groups": 1, "logit_scale": 100.0, "batch_size": 256,
              "convention": "hendrycks", "plots": True, "mcm": True},
@@ -109,6 +111,7 @@ def setup_benchmark(cfg, accelerator) -> Benchmark:
     from .backbone import load_clip
 
     check_config(cfg)
+    _fill_negative_defaults(cfg)
     backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
     notes = []
     if cfg["model"] == "clipood-tiny":
@@ -159,6 +162,20 @@ def setup_benchmark(cfg, accelerator) -> Benchmark:
         classnames = build_dataset(suite.id, root=cfg.get("data_root")).classnames
     split = EvalSplit("base", {suite.name: suite.id}, suite.ood, list(classnames), suite.description)
     return Benchmark(backbone, [split], _corpus(cfg), None, None, notes)
+
+
+MINI_NEGATIVES = {"num": 40, "id_template": "a photo of a {}.", "noun_template": "a photo of a {}.",
+                  "adj_template": "a {} texture."}
+NEGLABEL_NEGATIVES = {"num": None, "id_template": "the nice {}.", "noun_template": "the nice {}.",
+                      "adj_template": "This is a {} photo."}
+
+
+def _fill_negative_defaults(cfg) -> None:
+    """Resolve ``None`` negative-label settings to the benchmark's defaults (in place)."""
+    src = MINI_NEGATIVES if cfg["benchmark"] == "mini" else NEGLABEL_NEGATIVES
+    for k, v in src.items():
+        if cfg["negatives"].get(k) is None:
+            cfg["negatives"][k] = v
 
 
 def _corpus(cfg):
@@ -387,10 +404,8 @@ def train_and_evaluate(cfg, bench: Benchmark, sfs: list[SplitFeatures], accelera
     crops = build_crop_data(bench, sfs[0], cfg, accelerator)
     method = build_method(cfg, sfs[0].text_features.to(accelerator.device), sfs[0].num_id)
     data = CropTrainData(crops, condition=tcfg.condition)
-    sig_keys = ("model", "pretrained", "benchmark", "mini", "seed", "negatives", "adapter", "losses", "cls_groups",
-                "shots", "crops", "train", "init_adapter", "train_data")
     result = fit(method, data, tcfg, accelerator, out, resume=bool(cfg.get("resume", True)),
-                 progress=bool(cfg.get("progress")), signature={k: cfg.get(k) for k in sig_keys})
+                 progress=bool(cfg.get("progress")), signature=run_signature(cfg))
     adapter = accelerator.unwrap_model(method).adapter.eval()
     if accelerator.is_main_process:
         import_adapters().save_adapter(adapter, out / "adapter", include_base=True)
@@ -398,3 +413,35 @@ def train_and_evaluate(cfg, bench: Benchmark, sfs: list[SplitFeatures], accelera
     accelerator.wait_for_everyone()
     rows, raw = evaluate_methods([adapter_method(cfg["method_name"], adapter)], sfs, cfg)
     return {"rows": rows, "raw": raw, "result": result, "adapter": adapter, "crops": crops}
+
+
+#: the config keys that decide a training run's weights: a checkpoint resumes only when they match
+SIGNATURE_KEYS = ("model", "pretrained", "benchmark", "mini", "seed", "negatives", "adapter", "losses",
+                  "cls_groups", "shots", "crops", "train", "init_adapter", "train_data")
+
+
+def run_signature(cfg) -> dict:
+    _fill_negative_defaults(cfg)
+    return {k: cfg.get(k) for k in SIGNATURE_KEYS}
+
+
+def check_resume(cfg, output_dir=None) -> None:
+    """Fail at once (before any model or data is loaded) when ``output_dir`` holds another run's checkpoints."""
+    from .engine import check_resumable
+
+    if cfg.get("resume", True):
+        check_resumable(output_dir or cfg["output_dir"], run_signature(cfg))
+
+
+def start_run(cfg):
+    """Accelerator, logging, seed, benchmark, cached split features and the zero-shot rows: what every recipe
+    does first. Returns ``(accelerator, benchmark, split_features, rows, raw_scores)``."""
+    from .recipe import seed_everything, setup_logging
+
+    acc = make_accelerator(cfg)
+    setup_logging(acc.is_main_process)
+    seed_everything(cfg["seed"])
+    bench = setup_benchmark(cfg, acc)
+    sfs = prepare_splits(bench, cfg, acc)
+    rows, raw = evaluate_methods(zero_shot_methods(cfg), sfs, cfg)
+    return acc, bench, sfs, rows, raw

@@ -17,9 +17,7 @@ def main(argv):
     from pathlib import Path
 
     from clipood.config import build_config, split_config_arg
-    from clipood.pipeline import (evaluate_methods, make_accelerator, prepare_splits, setup_benchmark,
-                                  train_and_evaluate, write_outputs, zero_shot_methods)
-    from clipood.recipe import seed_everything, setup_logging
+    from clipood.pipeline import check_config, check_resume, start_run, train_and_evaluate, write_outputs
     from clipood.report import summary_table
 
     spec = importlib.util.spec_from_file_location("_krnft", Path(__file__).with_name("krnft.py"))
@@ -32,20 +30,20 @@ def main(argv):
         from clipood.errors import ClipoodError
 
         raise ClipoodError("no variants: pass --config recipes/configs/ablation_mini.yaml or set variants")
-    acc = make_accelerator(cfg)
-    setup_logging(acc.is_main_process)
-    seed_everything(cfg["seed"])
-    bench = setup_benchmark(cfg, acc)
-    sfs = prepare_splits(bench, cfg, acc)
     cfg["eval"]["mcm"] = False
-    rows, raw = evaluate_methods(zero_shot_methods(cfg), sfs, cfg)
     base = {k: v for k, v in cfg.items() if k != "variants"}
-    notes = list(bench.notes)
-    for name, overrides in cfg["variants"].items():
+    variants = {}
+    for name, overrides in cfg["variants"].items():  # check every variant before any work
         vcfg = copy.deepcopy(base)
         _merge(vcfg, overrides)
         vcfg["method_name"] = name
         vcfg["output_dir"] = str(Path(cfg["output_dir"]) / re.sub(r"[^A-Za-z0-9_.-]+", "_", name))
+        check_config(vcfg)
+        check_resume(vcfg)
+        variants[name] = vcfg
+    acc, bench, sfs, rows, raw = start_run(cfg)
+    notes = list(bench.notes)
+    for name, vcfg in variants.items():
         out = train_and_evaluate(vcfg, bench, sfs, acc, vcfg["output_dir"])
         rows += out["rows"]
         for split, by_method in out["raw"].items():

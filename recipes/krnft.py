@@ -54,19 +54,15 @@ PRESETS = {
 
 
 def main(argv):
-    from clipood.pipeline import (evaluate_methods, make_accelerator, prepare_splits, setup_benchmark,
-                                  train_and_evaluate, write_outputs, zero_shot_methods)
-    from clipood.recipe import config_from_argv, seed_everything, setup_logging
+    from clipood.pipeline import check_config, check_resume, start_run, train_and_evaluate, write_outputs
+    from clipood.recipe import config_from_argv
     from clipood.report import summary_table
 
     cfg = config_from_argv(DEFAULTS, argv, PRESETS)
-    acc = make_accelerator(cfg)
-    setup_logging(acc.is_main_process)
-    seed_everything(cfg["seed"])
-    bench = setup_benchmark(cfg, acc)
-    sfs = prepare_splits(bench, cfg, acc)
     cfg["eval"]["mcm"] = False
-    rows, raw = evaluate_methods(zero_shot_methods(cfg), sfs, cfg)
+    check_config(cfg)
+    check_resume(cfg)
+    acc, bench, sfs, rows, raw = start_run(cfg)
     trained = train_and_evaluate(cfg, bench, sfs, acc, cfg["output_dir"])
     rows += trained["rows"]
     for split, by_method in trained["raw"].items():

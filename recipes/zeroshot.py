@@ -14,18 +14,12 @@ DEFAULTS = {**COMMON_DEFAULTS, "output_dir": "outputs/zeroshot"}
 
 
 def main(argv):
-    from clipood.pipeline import (evaluate_methods, make_accelerator, prepare_splits, setup_benchmark,
-                                  write_outputs, zero_shot_methods)
-    from clipood.recipe import config_from_argv, seed_everything, setup_logging
+    from clipood.pipeline import start_run, write_outputs
+    from clipood.recipe import config_from_argv
     from clipood.report import summary_table
 
     cfg = config_from_argv(DEFAULTS, argv)
-    acc = make_accelerator(cfg)
-    setup_logging(acc.is_main_process)
-    seed_everything(cfg["seed"])
-    bench = setup_benchmark(cfg, acc)
-    sfs = prepare_splits(bench, cfg, acc)
-    rows, raw = evaluate_methods(zero_shot_methods(cfg), sfs, cfg)
+    acc, bench, _, rows, raw = start_run(cfg)
     if acc.is_main_process:
         md = write_outputs(rows, raw, cfg["output_dir"], "Zero-shot OOD detection", bench.notes,
                            plots=cfg["eval"]["plots"])
