@@ -32,6 +32,17 @@ def _free_form(dotted: str, known: dict[str, Any]) -> bool:
                for i in range(1, len(parts)))
 
 
+def flat_leaves(d: Mapping | None, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (leaves only)."""
+    out: dict[str, Any] = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, Mapping):
+            out.update(flat_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _set(d: dict, dotted: str, value: Any, known: dict[str, Any], where: str) -> None:
     if _free_form(dotted, known):
         node = d

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .config import flat_leaves
 from .errors import ClipoodError
 from .io import load_safetensors, make_temp_dir, save_safetensors, write_json
 
@@ -189,7 +190,7 @@ def check_resumable(output_dir: str | os.PathLike, signature: dict) -> Path | No
     signature = json.loads(json.dumps(signature, default=str))
     old = json.loads((ck / "trainer_state.json").read_text()).get("signature")
     if old != signature:
-        a, b = _flat(old or {}), _flat(signature)
+        a, b = flat_leaves(old or {}), flat_leaves(signature)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         raise ClipoodError(f"{ckpt_root} holds checkpoints of another configuration (differs in: "
                            f"{', '.join(diff[:6])}); set another output_dir, or resume=false to start over")
@@ -365,16 +366,6 @@ def _truncate_history(path: Path, step: int) -> None:
             continue
     with atomic_write(path) as f:
         f.write("".join(f"{line}\n" for line in keep))
-
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _ckpt(accelerator, ckpt_root, inner, opt, state, cfg):

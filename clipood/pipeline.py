@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import get
+from .config import flat_leaves, get
 from .errors import ClipoodError
 from .evaluate import EvalSplit, SplitFeatures, evaluate_split, prepare_split
 
@@ -27,6 +27,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "cpu": None,
     "progress": True,
+    "log_with": None,  # an Accelerate tracker for training logs: tensorboard, wandb, ... (must be installed)
     "mini": {"seed": 0, "root": None, "train_per_class": 16, "test_per_class": 50, "ood_per_set": 250,
              "style_per_class": 30},
     "id_data": {},
@@ -58,7 +59,13 @@ def make_accelerator(cfg):
     cpu = get(cfg, "cpu")
     if cpu is None:
         cpu = not torch.cuda.is_available()
-    return Accelerator(cpu=bool(cpu))
+    log_with = cfg.get("log_with")
+    kwargs = {"log_with": log_with, "project_dir": cfg.get("output_dir")} if log_with else {}
+    try:
+        return Accelerator(cpu=bool(cpu), **kwargs)
+    except (ValueError, ImportError) as e:
+        raise ClipoodError(f"log_with={log_with!r} is not available ({e}); install that tracker or drop "
+                           f"log_with") from None
 
 
 @dataclass
@@ -404,8 +411,15 @@ def train_and_evaluate(cfg, bench: Benchmark, sfs: list[SplitFeatures], accelera
     crops = build_crop_data(bench, sfs[0], cfg, accelerator)
     method = build_method(cfg, sfs[0].text_features.to(accelerator.device), sfs[0].num_id)
     data = CropTrainData(crops, condition=tcfg.condition)
+    if cfg.get("log_with"):
+        import json as _json
+
+        flat = {k: v for k, v in flat_leaves(cfg).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(cfg["method_name"].replace(" ", "_"), config=_json.loads(_json.dumps(flat)))
     result = fit(method, data, tcfg, accelerator, out, resume=bool(cfg.get("resume", True)),
                  progress=bool(cfg.get("progress")), signature=run_signature(cfg))
+    if cfg.get("log_with"):
+        accelerator.end_training()
     adapter = accelerator.unwrap_model(method).adapter.eval()
     if accelerator.is_main_process:
         import_adapters().save_adapter(adapter, out / "adapter", include_base=True)
