@@ -152,18 +152,31 @@ def save_checkpoint(ckpt_root: Path, adapter, optimizer, state: dict, keep: int)
         write_json(tmp / "optimizer.json", meta)
         write_json(tmp / "trainer_state.json", state)
         if final.exists():
-            shutil.rmtree(final)
+            # never delete in place: a kill mid-delete would leave a half checkpoint under a valid name.
+            # Renames are atomic; a kill between the two leaves the previous checkpoint as the latest.
+            _discard(final)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old)
     return final
 
 
+def _discard(folder: Path) -> None:
+    """Rename out of the ``step-*`` namespace first (atomic), then delete."""
+    trash = folder.with_name(f".tmp-trash-{folder.name}-{os.getpid()}")
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+CHECKPOINT_FILES = ("adapter.safetensors", "optimizer.safetensors", "optimizer.json", "trainer_state.json")
+
+
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    cands = sorted(p for p in Path(ckpt_root).glob("step-*") if (p / "trainer_state.json").is_file())
+    """The newest complete ``step-*`` checkpoint (every file present), or None."""
+    cands = sorted(p for p in Path(ckpt_root).glob("step-*") if all((p / f).is_file() for f in CHECKPOINT_FILES))
     return cands[-1] if cands else None
 
 
