@@ -15,7 +15,7 @@ import torch
 
 from .errors import ClipoodError
 from .metrics import ood_metrics
-from .scores import compute_score
+from .scores import compute_score, neglabel_log_odds
 
 log = logging.getLogger("clipood")
 METRIC_KEYS = ("auroc", "fpr95", "aupr_in", "aupr_out")
@@ -59,7 +59,11 @@ def _scores(logits_fn: LogitsFn, feats: torch.Tensor, sf: SplitFeatures, score: 
     for s in range(0, feats.shape[0], batch_size):
         cos = logits_fn(feats[s:s + batch_size], sf).float()
         logits = logit_scale * cos
-        scores.append(compute_score(score, logits, sf.num_id, groups=groups, temperature=temperature))
+        if score == "neglabel" and groups == 1:
+            # same ranking as Eq. 2 without float saturation ties (see scores.neglabel_log_odds)
+            scores.append(neglabel_log_odds(logits, sf.num_id))
+        else:
+            scores.append(compute_score(score, logits.double(), sf.num_id, groups=groups, temperature=temperature))
         preds.append(logits[:, :sf.num_id].argmax(1))
     return torch.cat(scores), torch.cat(preds)
 

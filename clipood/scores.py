@@ -69,6 +69,19 @@ def _max_softmax(z: torch.Tensor) -> torch.Tensor:
     return torch.exp(z.amax(dim=-1) - torch.logsumexp(z, dim=-1))
 
 
+def neglabel_log_odds(logits: torch.Tensor, num_id: int) -> torch.Tensor:
+    """log(S / (1 − S)) = LSE(l_ID) − LSE(l_neg) of the one-group NegLabel score, in float64.
+
+    A strictly increasing function of Eq. 2, so every ranking metric (AUROC, FPR@95, AUPR) is the same as for
+    S in exact arithmetic — but it never saturates: in float32, S rounds to exactly 1.0 once the log-odds pass
+    ≈ 17 (common with 100·cos logits), which turns confident ID and OOD images into ties. Evaluation uses it.
+    """
+    x = _check_logits(logits, "logits").double()
+    k = x.shape[1]
+    n = _check_int(num_id, "num_id", 1, k - 1, f"logits has {k} columns (ID first, then negatives)")
+    return torch.logsumexp(x[:, :n], dim=1) - torch.logsumexp(x[:, n:], dim=1)
+
+
 def neglabel_score(logits: torch.Tensor, num_id: int, groups: int = 1, seed: int = 0) -> torch.Tensor:
     """NegLabel score (Jiang et al., ICLR 2024), Eq. 2, with the grouping strategy of their code.
 

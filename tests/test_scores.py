@@ -197,3 +197,23 @@ def test_compute_score_slices_id_columns():
     np.testing.assert_allclose(compute_score("glmcm", x, n, local_logits=loc).numpy(), ref, rtol=1e-12)
     with pytest.raises(ClipoodError, match="needs local_logits"):
         compute_score("glmcm", x, n)
+
+
+def test_neglabel_log_odds_ranks_like_eq2_without_saturation():
+    from clipood.scores import neglabel_log_odds, neglabel_score
+
+    g = torch.Generator().manual_seed(3)
+    logits = 100 * torch.nn.functional.normalize(torch.randn(200, 30, generator=g), dim=1)
+    lo = neglabel_log_odds(logits, 10)
+    # exact formula in float64: log Σ_ID e^l − log Σ_neg e^l
+    x = logits.double().numpy()
+    ref = np.log(np.exp(x[:, :10]).sum(1)) - np.log(np.exp(x[:, 10:]).sum(1))
+    assert np.allclose(lo.numpy(), ref, atol=1e-9)
+    # strictly increasing in S where S is representable: same order as the float64 score
+    s64 = neglabel_score(logits.double(), 10)
+    ok = (s64 > 1e-12) & (s64 < 1 - 1e-12)
+    assert torch.equal(torch.argsort(lo[ok]), torch.argsort(s64[ok]))
+    # where float32 S saturates to exactly 1.0 the log-odds still tell images apart
+    big = torch.tensor([[60.0, 0.0, 0.0], [40.0, 0.0, 0.0]])
+    assert neglabel_score(big, 1)[0] == neglabel_score(big, 1)[1] == 1.0
+    assert neglabel_log_odds(big, 1)[0] > neglabel_log_odds(big, 1)[1]
