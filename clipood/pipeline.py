@@ -32,6 +32,9 @@ COMMON_DEFAULTS: dict[str, Any] = {
              "style_per_class": 30},
     "id_data": {},
     "ood_data": {},
+    # real benchmarks: more evaluation splits (paper Tab. 2 and 3), suite names from clipood.suites
+    "new_class_suites": [],
+    "new_style_suites": [],
     # None = the benchmark's default: the mini world uses 40 negatives and "a photo of a {}." prompts; real
     # benchmarks NegLabel's rule (lowest 15 % per part of speech) and its prompts ("the nice {}.", ...)
     "negatives": {
@@ -114,12 +117,19 @@ def check_config(cfg) -> None:
 
 
 def setup_benchmark(cfg, accelerator) -> Benchmark:
-    """Load the backbone and the benchmark named by ``cfg['benchmark']`` (``mini`` = the embedded default)."""
+    """The benchmark named by ``cfg['benchmark']`` (``mini`` = the embedded default) and the backbone. Data are
+    checked first (a missing file is reported before minutes of weight loading)."""
     from .backbone import load_clip
 
     check_config(cfg)
     _fill_negative_defaults(cfg)
-    backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
+    bench = _setup_data(cfg, accelerator)
+    bench.backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
+    return bench
+
+
+def _setup_data(cfg, accelerator) -> Benchmark:
+    backbone = None  # loaded by setup_benchmark once the data are known to be there
     notes = []
     if cfg["model"] == "clipood-tiny":
         notes.append("> **clipood-tiny has random weights: these numbers are meaningless (smoke test only).**")
@@ -159,16 +169,33 @@ def setup_benchmark(cfg, accelerator) -> Benchmark:
         split = EvalSplit("base", {"id": id_spec}, ood, list(names), "custom datasets")
         return Benchmark(backbone, [split], _corpus(cfg), None, None, notes)
 
-    suite = get_suite(cfg["benchmark"], root=cfg.get("data_root"))
-    check_suite(suite, cfg.get("data_root"))
-    if suite.label_set:
-        classnames = get_label_set(suite.label_set).classnames
-    else:
+    root = cfg.get("data_root")
+    suite = get_suite(cfg["benchmark"], root=root)
+    extra = [("new_class", n) for n in cfg.get("new_class_suites") or []]
+    extra += [("new_style", n) for n in cfg.get("new_style_suites") or []]
+    suites = [("base", suite)] + [(k, get_suite(n, root=root)) for k, n in extra]
+    problems = []
+    for _, s_ in suites:  # report every missing file of every suite at once
+        try:
+            check_suite(s_, root)
+        except ClipoodError as e:
+            problems.append(str(e))
+    if problems:
+        raise ClipoodError(" | ".join(problems))
+
+    def names(s_):
+        if s_.label_set:
+            return list(get_label_set(s_.label_set).classnames)
         from .datasets import build_dataset
 
-        classnames = build_dataset(suite.id, root=cfg.get("data_root")).classnames
-    split = EvalSplit("base", {suite.name: suite.id}, suite.ood, list(classnames), suite.description)
-    return Benchmark(backbone, [split], _corpus(cfg), None, None, notes)
+        return list(build_dataset(s_.id, root=root).classnames)
+
+    splits = []
+    for kind, s_ in suites:
+        # unseen styles keep the Base OOD sets (paper §4.1); unseen classes bring their own
+        ood = suite.ood if kind == "new_style" else s_.ood
+        splits.append(EvalSplit(kind, {s_.name: s_.id}, ood, names(s_), s_.description))
+    return Benchmark(backbone, splits, _corpus(cfg), None, None, notes)
 
 
 MINI_NEGATIVES = {"num": 40, "id_template": "a photo of a {}.", "noun_template": "a photo of a {}.",
@@ -221,8 +248,12 @@ def label_features(backbone, classnames, corpus, cfg, accelerator=None):
 def prepare_splits(bench: Benchmark, cfg, accelerator) -> list[SplitFeatures]:
     """Label features + cached image features for every split of the benchmark."""
     out = []
+    labels = {}  # splits with the same ID classes (Base and unseen styles) share their label features
     for split in bench.splits:
-        C, num_id, negs = label_features(bench.backbone, split.classnames, bench.corpus, cfg, accelerator)
+        key = tuple(split.classnames)
+        if key not in labels:
+            labels[key] = label_features(bench.backbone, split.classnames, bench.corpus, cfg, accelerator)
+        C, num_id, negs = labels[key]
         sf = prepare_split(split, bench.backbone, C, num_id, negatives=negs.words,
                            batch_size=get(cfg, "eval.batch_size", 256), accelerator=accelerator,
                            cache_dir=cache_root(cfg) / "features", progress=bool(cfg.get("progress")),
@@ -243,15 +274,34 @@ class MethodSpec:
 
 def evaluate_methods(methods: list[MethodSpec], sfs: list[SplitFeatures], cfg) -> tuple[list[dict], dict]:
     """Rows for every method × split, and raw scores ``{split: {method: {set: scores}}}`` for the plots."""
+    from .evaluate import METRIC_KEYS
+
     e = cfg["eval"]
     rows, raw = [], {}
+    groups: dict[str, list[SplitFeatures]] = {}
     for sf in sfs:
-        raw[sf.split.name] = {}
+        groups.setdefault(sf.split.name, []).append(sf)
+    for split, members in groups.items():
+        raw[split] = {m.name: {} for m in methods}
         for m in methods:
-            r, s = evaluate_split(m.name, m.logits_fn, sf, score=m.score, logit_scale=e["logit_scale"],
-                                  groups=e["groups"], temperature=m.temperature, convention=e["convention"])
-            rows += r
-            raw[sf.split.name][m.name] = {k: v.numpy() for k, v in s.items()}
+            collapsed = []
+            for sf in members:
+                r, sc = evaluate_split(m.name, m.logits_fn, sf, score=m.score, logit_scale=e["logit_scale"],
+                                       groups=e["groups"], temperature=m.temperature, convention=e["convention"])
+                if len(members) == 1:
+                    rows += r
+                    raw[split][m.name].update({k: v.numpy() for k, v in sc.items()})
+                else:
+                    # several ID datasets in one split (CIFAR-10, CIFAR-100, ... as in Tab. 2): one row each,
+                    # averaged over that dataset's own OOD sets, then the average over datasets
+                    ident = next(iter(sf.split.id_sets))
+                    avg = dict(r[-1], dataset=ident)
+                    collapsed.append(avg)
+                    raw[split][m.name].update({k if k.startswith("id/") else f"ood/{ident}:{k[4:]}": v.numpy()
+                                               for k, v in sc.items()})
+            if collapsed:
+                mean = {k: sum(c[k] for c in collapsed) / len(collapsed) for k in (*METRIC_KEYS, "id_acc")}
+                rows += collapsed + [{"method": m.name, "split": split, "dataset": "average", **mean}]
     return rows, raw
 
 

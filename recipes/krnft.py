@@ -31,6 +31,8 @@ PRESETS = {
     # the paper's §4.1 setting (ImageNet-1k, ViT-B/16)
     "paper": {
         "model": "ViT-B-16", "pretrained": "openai", "benchmark": "imagenet", "shots": 4,
+        "new_class_suites": ["cifar10", "cifar100", "cub", "stanford_cars", "food101", "oxford_pets"],
+        "new_style_suites": ["imagenet-sketch", "imagenet-a", "imagenet-r", "imagenet-v2"],
         "negatives": {"num": 10000, "id_template": "the nice {}.", "noun_template": "the nice {}.",
                       "adj_template": "This is a {} photo."},
         "crops": {"num_crops": 256, "num_selected": 32, "color_jitter": True, "grayscale": True},
@@ -41,6 +43,8 @@ PRESETS = {
     # what the released code does (methods.md): P 128, no jitter, λ2 10, M 10,500, h 64, grouped L_cls
     "official": {
         "model": "ViT-B-16", "pretrained": "openai", "benchmark": "imagenet", "shots": 4,
+        "new_class_suites": ["cifar10", "cifar100", "cub", "stanford_cars", "food101", "oxford_pets"],
+        "new_style_suites": ["imagenet-sketch", "imagenet-a", "imagenet-r", "imagenet-v2"],
         "negatives": {"num": 10500, "id_template": "the nice {}.", "noun_template": "the nice {}.",
                       "adj_template": "This is a {} photo."},
         "crops": {"num_crops": 128, "num_selected": 32, "color_jitter": False, "grayscale": False},
