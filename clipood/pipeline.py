@@ -41,6 +41,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
         "num": None, "fraction": 0.15, "quantile": 0.95, "corpus": None,
         "id_template": None, "noun_template": None, "adj_template": None,
     },
+    # score: what tuned methods are scored with (zero-shot rows are always NegLabel, plus MCM where enabled)
     "eval": {"score": "neglabel", "groups": 1, "logit_scale": 100.0, "batch_size": 256,
              "convention": "hendrycks", "plots": True, "mcm": True},
 }
@@ -321,6 +322,9 @@ def zero_shot_methods(cfg) -> list[MethodSpec]:
     from .evaluate import zero_shot_logits
 
     methods = [MethodSpec("NegLabel (zero-shot)", zero_shot_logits, "neglabel", 1.0)]
+    score = get(cfg, "eval.score", "neglabel")
+    if score not in ("neglabel", "mcm"):  # the tuned methods' score gets its zero-shot baseline too
+        methods.append(MethodSpec(f"{score} (zero-shot)", zero_shot_logits, score, 1.0))
     if get(cfg, "eval.mcm", True):
         # MCM: max softmax over ID labels of cos / T with T = 1 (logits are 100·cos, so temperature 100)
         methods.insert(0, MethodSpec("MCM (zero-shot)", zero_shot_logits, "mcm", float(cfg["eval"]["logit_scale"])))
@@ -411,8 +415,8 @@ def transfer_adapter(adapter, text_features: torch.Tensor, num_id: int):
     return new.eval()
 
 
-def adapter_method(name: str, adapter) -> MethodSpec:
-    """Evaluate a trained adapter with the NegLabel score on its tuned features (paper §3.5)."""
+def adapter_method(name: str, adapter, score: str = "neglabel", temperature: float = 1.0) -> MethodSpec:
+    """Evaluate a trained adapter with a score on its tuned features (NegLabel by default, paper §3.5)."""
     cache: dict[int, Any] = {}
 
     def logits_fn(feats, sf):
@@ -428,7 +432,7 @@ def adapter_method(name: str, adapter) -> MethodSpec:
         dev = a.base_text_features.device
         return a(feats.to(dev)).logits.cpu()
 
-    return MethodSpec(name, logits_fn, "neglabel", 1.0)
+    return MethodSpec(name, logits_fn, score, temperature)
 
 
 def plot_loss(history, path) -> None:
@@ -475,7 +479,10 @@ def train_and_evaluate(cfg, bench: Benchmark, sfs: list[SplitFeatures], accelera
         import_adapters().save_adapter(adapter, out / "adapter", include_base=True)
         plot_loss(result.history, out / "loss.png")
     accelerator.wait_for_everyone()
-    rows, raw = evaluate_methods([adapter_method(cfg["method_name"], adapter)], sfs, cfg)
+    score = cfg["eval"]["score"]
+    # MCM's temperature 1 on raw cosine = logit_scale on the scaled logits; other scores take the logits as is
+    temp = float(cfg["eval"]["logit_scale"]) if score in ("mcm", "glmcm") else 1.0
+    rows, raw = evaluate_methods([adapter_method(cfg["method_name"], adapter, score, temp)], sfs, cfg)
     return {"rows": rows, "raw": raw, "result": result, "adapter": adapter, "crops": crops}
 
 
