@@ -51,3 +51,16 @@ def test_rows_for_single_and_multi_dataset_splits():
     acc = float(((f["features"] @ c10.text_features[:2].T).argmax(1) == f["labels"]).float().mean())
     assert by[("new_class", "cifar10")]["id_acc"] == acc
     assert set(raw["new_class"]["zs"]) >= {"id/cifar10", "ood/cifar10:o1", "id/cifar100", "ood/cifar100:o2"}
+
+
+def test_configured_score_gets_a_zero_shot_row_and_scores_as_formula():
+    from clipood.pipeline import zero_shot_methods
+
+    cfg = {"eval": {"score": "energy", "mcm": False, "logit_scale": 100.0, "groups": 1, "convention": "hendrycks"}}
+    ms = zero_shot_methods(cfg)
+    assert [m.name for m in ms] == ["NegLabel (zero-shot)", "energy (zero-shot)"]
+    sf = _sf("base", "base", 3)
+    rows, raw = evaluate_methods([ms[1]], [sf], cfg)
+    f = sf.id_feats["base"]["features"]
+    want = torch.logsumexp(100 * f @ sf.text_features[:sf.num_id].T, dim=1)  # energy over ID columns, T = 1
+    assert np.allclose(raw["base"]["energy (zero-shot)"]["id/base"], want.double().numpy(), atol=1e-6)
