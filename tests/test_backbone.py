@@ -112,3 +112,21 @@ def test_weights_that_do_not_fit(tmp_path):
     save_file({"visual.conv1.weight": torch.zeros(3, 3)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ClipoodError, match="do not fit model 'clipood-tiny'"):
         load_clip("clipood-tiny", pretrained=tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("text_extra", [{}, {"no_causal_mask": True, "pool_type": "last"}])
+def test_text_path_on_custom_text_tower(tmp_path, text_extra):
+    """CustomTextCLIP (model.text = TextTransformer), causal/argmax and bidirectional/last-token variants."""
+    import open_clip
+
+    cfg = json.loads((clipood.backbone._CONFIG_DIR / "clipood-tiny.json").read_text())
+    cfg = {**cfg, "custom_text": True, "text_cfg": {**cfg["text_cfg"], **text_extra}}
+    name = f"ct-{len(text_extra)}"
+    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / f"{name}.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model(name).eval()
+    assert type(model).__name__ == "CustomTextCLIP"
+    tok = open_clip.get_tokenizer("clipood-tiny")(["a photo of a cat.", "x y z"])
+    tp = clipood.backbone.TextPath(model)
+    assert torch.allclose(model.encode_text(tok), tp.encode_embeddings(tp.embed(tok), tok), atol=1e-6)
