@@ -79,3 +79,16 @@ def load_safetensors(path: str | os.PathLike) -> dict:
         return load_file(str(path))
     except Exception as e:  # safetensors raises several types for corrupt headers/data
         raise ClipoodError(f"corrupt safetensors file {path} ({type(e).__name__}: {e}); delete it and rerun") from None
+
+
+def read_text_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """Lines of a UTF-8 text file; a missing or non-UTF-8 file raises ClipoodError naming ``what`` and the path."""
+    from .errors import ClipoodError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ClipoodError(f"{what} not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ClipoodError(f"{what} {path} is not UTF-8 text ({e.reason}); save it as UTF-8") from None

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import torch
 
 from .errors import ClipoodError
-from .io import atomic_write
+from .io import atomic_write, read_text_lines
 from .prompts import NEGLABEL_TEMPLATES
 
 __all__ = [
@@ -98,12 +98,7 @@ class Corpus:
 
 
 def _read_words(path: Path, default_pos: str) -> Corpus:
-    if not path.is_file():
-        raise ClipoodError(f"word file not found: {path}")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise ClipoodError(f"word file {path} is not UTF-8 text ({e.reason}); save it as UTF-8") from None
+    lines = read_text_lines(path, "word file")
     by_pos: dict[str, list[str]] = {"noun": [], "adj": []}
     for lineno, raw in enumerate(lines, start=1):
         line = raw.strip()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .errors import ClipoodError, unknown
+from .io import read_text_lines
 
 __all__ = [
     "LabelSet", "TEMPLATES", "NEGLABEL_TEMPLATES", "LABEL_SETS", "CIFAR10_CLASSNAMES", "CIFAR100_CLASSNAMES",
@@ -174,12 +175,7 @@ def load_label_file(path: str | os.PathLike) -> list[str]:
     file and line, since either would silently shift or merge label indices.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ClipoodError(f"label file not found: {path}")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise ClipoodError(f"label file {path} is not UTF-8 text ({e.reason}); save it as UTF-8") from None
+    lines = read_text_lines(path, "label file")
     names: list[str] = []
     seen: dict[str, int] = {}
     for lineno, raw in enumerate(lines, start=1):
