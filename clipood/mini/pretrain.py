@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .shapes import SHAPE_NAMES
+from .shapes import DIGIT_NAMES, SHAPE_NAMES
 from .world import STYLES, caption, render, sample_scene
 
 MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
@@ -28,16 +28,18 @@ STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
 def _scene_for(i: int, seed: int):
     rng = np.random.default_rng([seed, i])
     u = rng.random()
-    if u < 0.07:
-        scene = sample_scene(rng, kind="texture")
-    elif u < 0.09:
-        scene = sample_scene(rng, kind="noise")
-    elif u < 0.13:
-        scene = sample_scene(rng, kind="clutter")
-    else:
-        style = str(rng.choice(STYLES, p=[0.4, 0.2, 0.2, 0.2]))
-        scene = sample_scene(rng, shape=str(rng.choice(SHAPE_NAMES)), style=style)
-    return scene
+    style = str(rng.choice(STYLES, p=[0.4, 0.2, 0.2, 0.2]))
+    if u < 0.10:
+        return sample_scene(rng, kind="texture")
+    if u < 0.12:
+        return sample_scene(rng, kind="noise")
+    if u < 0.16:
+        return sample_scene(rng, kind="clutter", shapes=SHAPE_NAMES + DIGIT_NAMES)
+    if u < 0.22:
+        return sample_scene(rng, kind=str(rng.choice(["row", "pair"])), shapes=SHAPE_NAMES, style=style)
+    if u < 0.32:
+        return sample_scene(rng, shape=str(rng.choice(DIGIT_NAMES)), style=style)
+    return sample_scene(rng, shape=str(rng.choice(SHAPE_NAMES)), style=style)
 
 
 def render_pool(n: int, seed: int, render_size: int = 64, image_size: int = 32, progress: bool = True):
@@ -73,6 +75,14 @@ def zero_shot_accuracy(model, tokenizer, imgs, labels, classnames, template="a p
     return correct / len(imgs)
 
 
+def _save(model, path: Path, seed: int) -> None:
+    from ..io import save_safetensors
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    save_safetensors(state, path, metadata={"format": "pt", "seed": str(seed)})
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="clipood/mini/weights")
@@ -85,6 +95,7 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=1, help="torch threads (results are reproducible for a fixed value)")
     p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--snapshot-dir", default=None, help="also save the weights at every evaluation here")
     args = p.parse_args(argv)
 
     import open_clip
@@ -149,13 +160,14 @@ def main(argv=None) -> None:
             accs = {s: zero_shot_accuracy(model, tokenizer, a, l, SHAPE_NAMES) for s, (a, l) in probe.items()}
             print(f"step {step + 1}: zero-shot 36-way accuracy {accs}", flush=True)
             log["eval"].append({"step": step + 1, **accs, "minutes": round((time.time() - t0) / 60, 1)})
+            if args.snapshot_dir:
+                _save(model, Path(args.snapshot_dir) / f"step{step + 1:05d}.safetensors", args.seed)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from ..io import save_safetensors, write_json
+    from ..io import write_json
 
-    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    save_safetensors(state, out / "clipood-mini.safetensors", metadata={"format": "pt", "seed": args.seed})
+    _save(model, out / "clipood-mini.safetensors", args.seed)
     log["minutes"] = round((time.time() - t0) / 60, 1)
     write_json(out / "pretrain_log.json", log)
     print(f"saved {out / 'clipood-mini.safetensors'} after {log['minutes']} min", flush=True)

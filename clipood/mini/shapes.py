@@ -2,7 +2,8 @@
 
 Each shape is a list of primitives ``(kind, points[, width])`` in the square [-1, 1]²:
 ``"fill"`` polygons are painted, ``"hole"`` polygons are cut out again, ``"stroke"`` polylines are drawn with a
-width relative to the shape radius. Names are real English words so captions use real tokens.
+width relative to the shape radius. Names are real English words so captions use real tokens. Two families:
+36 shapes (the classes of the benchmark) and 10 stroke digits ("zero" … "nine", a glyph family for OOD).
 """
 from __future__ import annotations
 
@@ -111,5 +112,35 @@ def _rot(deg: float) -> np.ndarray:
     return np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
 
 
+def _arc(rx: float, ry: float, cx: float, cy: float, d0: float, d1: float, n: int = 24) -> np.ndarray:
+    """Points on an elliptic arc from angle d0 to d1 (degrees; 0 = right, 90 = down in image coordinates)."""
+    t = np.radians(np.linspace(d0, d1, n))
+    return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], 1)
+
+
+def _digits() -> dict[str, list]:
+    """Hand-drawn-like stroke digits (the glyph family), named by their English words."""
+    w = 0.2
+    P = np.array
+    D: dict[str, list] = {}
+    D["zero"] = [("stroke", _arc(0.55, 0.9, 0, 0, 0, 360, 40), w)]
+    D["one"] = [("stroke", P([[-0.35, -0.6], [0.05, -1.0], [0.05, 1.0]]), w), ("stroke", P([[-0.35, 1], [0.45, 1]]), w)]
+    D["two"] = [("stroke", np.concatenate([_arc(0.5, 0.45, 0, -0.5, 200, 380), P([[0.45, -0.3], [-0.55, 1], [0.6, 1]])]), w)]
+    D["three"] = [("stroke", _arc(0.5, 0.47, 0, -0.5, 200, 450), w), ("stroke", _arc(0.55, 0.5, 0, 0.47, 270, 520), w)]
+    D["four"] = [("stroke", P([[0.3, 1], [0.3, -1], [-0.6, 0.35], [0.65, 0.35]]), w)]
+    D["five"] = [("stroke", np.concatenate([P([[0.55, -1], [-0.4, -1], [-0.45, -0.15]]),
+                                            _arc(0.55, 0.55, 0, 0.4, 235, 495)]), w)]
+    D["six"] = [("stroke", np.concatenate([_arc(0.6, 1.0, 0.05, 0.0, 290, 180, 16), _arc(0.55, 0.5, 0, 0.45, 180, 540)]), w)]
+    D["seven"] = [("stroke", P([[-0.6, -1], [0.6, -1], [-0.1, 1]]), w)]
+    D["eight"] = [("stroke", _arc(0.42, 0.42, 0, -0.55, 0, 360, 30), w), ("stroke", _arc(0.52, 0.5, 0, 0.48, 0, 360, 30), w)]
+    D["nine"] = [("stroke", _arc(0.5, 0.45, 0, -0.5, 0, 360, 30), w), ("stroke", P([[0.5, -0.5], [0.35, 1]]), w)]
+    return D
+
+
 SHAPES: dict[str, list] = _shapes()
 SHAPE_NAMES: list[str] = list(SHAPES)
+#: the glyph family: digits, named by words ("seven"); never ID classes, used as a far-OOD set
+DIGITS: dict[str, list] = _digits()
+DIGIT_NAMES: list[str] = list(DIGITS)
+#: everything a scene can hold as an object
+OBJECTS: dict[str, list] = {**SHAPES, **DIGITS}
