@@ -49,7 +49,7 @@ class MiniWorldConfig:
     image_size: int = 64
     num_base: int = 10
     num_new: int = 10
-    num_ood_shapes: int = 8  # named in the corpus; the rest of the 36 shapes are "rare" (not named)
+    num_ood_shapes: int = 14  # named in the corpus; the rest of the 48 shapes are "rare" (not named)
     train_per_class: int = 16
     test_per_class: int = 50
     ood_per_set: int = 250
@@ -76,8 +76,8 @@ class MiniWorldConfig:
         return f"mini-world{FORMAT_VERSION}-s{self.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
-def assign_shapes(seed: int, num_base: int = 10, num_new: int = 10, num_ood: int = 8) -> dict[str, list[str]]:
-    """Deterministic split of the 36 shapes into base / new / ood (in corpus) / rare (not in corpus)."""
+def assign_shapes(seed: int, num_base: int = 10, num_new: int = 10, num_ood: int = 14) -> dict[str, list[str]]:
+    """Deterministic split of the 48 shapes into base / new / ood (in corpus) / rare (not in corpus)."""
     order = np.random.default_rng([seed, 99]).permutation(len(SHAPE_NAMES))
     names = [SHAPE_NAMES[i] for i in order]
     a, b, c = num_base, num_base + num_new, num_base + num_new + num_ood

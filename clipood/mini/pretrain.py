@@ -112,7 +112,7 @@ def main(argv=None) -> None:
     t0 = time.time()
     imgs, scenes = render_pool(args.pool, args.seed)
     print(f"rendered {len(imgs)} images in {time.time() - t0:.0f}s", flush=True)
-    # held-out probe sets: all 36 shapes, photo and sketch style
+    # held-out probe sets: every shape, photo and sketch style
     probe = {}
     for style in ("photo", "sketch"):
         rng = np.random.default_rng([args.seed + 1, STYLES.index(style)])
@@ -158,7 +158,7 @@ def main(argv=None) -> None:
                   f"scale {float(scale):.1f} {el / (step + 1):.2f}s/step", flush=True)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             accs = {s: zero_shot_accuracy(model, tokenizer, a, l, SHAPE_NAMES) for s, (a, l) in probe.items()}
-            print(f"step {step + 1}: zero-shot 36-way accuracy {accs}", flush=True)
+            print(f"step {step + 1}: zero-shot {len(SHAPE_NAMES)}-way accuracy {accs}", flush=True)
             log["eval"].append({"step": step + 1, **accs, "minutes": round((time.time() - t0) / 60, 1)})
             if args.snapshot_dir:
                 _save(model, Path(args.snapshot_dir) / f"step{step + 1:05d}.safetensors", args.seed)

@@ -23,6 +23,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35), "green": (35, 160, 55), "blue": (35, 75, 215), "yellow": (240, 210, 30),
     "orange": (245, 135, 20), "purple": (135, 50, 185), "pink": (245, 120, 185), "cyan": (30, 200, 215),
     "brown": (125, 75, 35), "black": (25, 25, 25), "white": (245, 245, 245), "gray": (130, 130, 130),
+    "navy": (20, 30, 110), "teal": (20, 125, 120), "olive": (120, 125, 30), "maroon": (120, 20, 40),
+    "lime": (160, 230, 40), "violet": (190, 130, 235), "gold": (205, 160, 40), "beige": (225, 205, 165),
 }
 BACKGROUNDS = list(PATTERNS)
 STYLES = ["photo", "outline", "sketch", "painting"]
