@@ -195,7 +195,7 @@ def test_shipped_weights_beat_chance_by_a_clear_margin():
 
 def test_pretraining_script_is_deterministic(tmp_path):
     """Two short runs of the shipped pretraining script give byte-identical weights (the full run is the
-    same script with --steps 3000 --pool 100000)."""
+    same script with its default --steps and --pool)."""
     from clipood.mini import pretrain
 
     args = ["--steps", "3", "--pool", "64", "--batch-size", "16", "--eval-every", "3", "--threads", "1"]
@@ -216,3 +216,23 @@ def test_pretraining_script_is_deterministic(tmp_path):
 
     shipped = load_file(str(SHIPPED_WEIGHTS["clipood-mini"]))
     assert not all(torch.equal(shipped[k], a[k]) for k in a)
+
+
+def test_pretraining_stop_after_equals_the_snapshot_of_the_full_schedule(tmp_path):
+    """--stop-after N saves exactly the step-N weights of the --steps schedule (what --snapshot-dir keeps)."""
+    from safetensors.torch import load_file
+
+    from clipood.mini import pretrain
+
+    args = ["--steps", "4", "--pool", "64", "--batch-size", "16", "--eval-every", "2", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        pretrain.main(args + ["--out", str(tmp_path / "full"), "--snapshot-dir", str(tmp_path / "snap")])
+        pretrain.main(args + ["--out", str(tmp_path / "cut"), "--stop-after", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    snap = load_file(str(tmp_path / "snap" / "step00002.safetensors"))
+    cut = load_file(str(tmp_path / "cut" / "clipood-mini.safetensors"))
+    full = load_file(str(tmp_path / "full" / "clipood-mini.safetensors"))
+    assert snap.keys() == cut.keys() and all(torch.equal(snap[k], cut[k]) for k in snap)
+    assert not all(torch.equal(full[k], cut[k]) for k in full)  # two more steps change the weights
