@@ -103,6 +103,8 @@ def main(argv=None) -> None:
     p.add_argument("--stop-after", type=int, default=1600,
                    help="stop after this many steps of the --steps schedule (the learning rate has not decayed "
                         "to zero yet) and save those weights; the shipped weights are step 1,600 of 3,200")
+    p.add_argument("--init", default=None,
+                   help="start from these clipood-mini weights (a second, annealing stage with a fresh optimiser)")
     args = p.parse_args(argv)
 
     import open_clip
@@ -113,6 +115,11 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     register_model_configs()
     model = open_clip.create_model("clipood-mini", pretrained=None)
+    if args.init:
+        from ..io import load_safetensors
+
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in load_safetensors(args.init).items()})
     tokenizer = open_clip.get_tokenizer("clipood-mini")
     loss_fn = open_clip.ClipLoss()
 
