@@ -144,7 +144,8 @@ def test_captions_use_real_words():
     vocab = set(vocabulary()) | plurals | {
         "a", "an", "the", "of", "on", "in", "pencil", "line", "random", "blurry", "and", "more"}
     for i in range(300):
-        sc = sample_scene(rng, style=STYLES[i % 4], kind=["object", "texture", "clutter", "noise", "row", "pair"][i % 6])
+        kind = ["object", "texture", "clutter", "noise", "row", "pair"][i % 6]
+        sc = sample_scene(rng, style=STYLES[i % 4], kind=kind)
         for w in caption(sc, rng).replace(".", "").replace(",", "").split():
             assert w in vocab, w
 
