@@ -1,0 +1,100 @@
+"""Typed schemas of the settings every run shares (backbone, benchmark, negatives, evaluation, crops).
+
+Each field has a type, the default of the default run (the embedded mini world) and a one-line help that
+``--help`` prints. Method-specific sections (adapter, loss weights) live in the layer above ``adapters``
+(:mod:`clipood_recipes.settings`); this module knows no method. ``None`` where a benchmark decides
+(negatives on the mini world vs NegLabel's rule on real benchmarks) is resolved by
+:func:`clipood.benchmarks.resolve_defaults` before ``--help`` prints and before the run starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+__all__ = ["MiniSettings", "NegativeSettings", "EvalSettings", "CropSettings", "RunSettings", "opt"]
+
+
+def opt(default: Any, help: str) -> Any:  # noqa: A002 - the field's help text
+    """A dataclass field with a default (copied for lists and dicts) and a one-line help."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def section(cls: type, help: str, **values: Any) -> Any:  # noqa: A002
+    """A nested settings section (its defaults, optionally changed by ``values``)."""
+    return field(default_factory=lambda: cls(**values), metadata={"help": help})
+
+
+@dataclass
+class MiniSettings:
+    seed: int = opt(0, "which procedural mini world (each seed is another world, built once and cached)")
+    root: Optional[str] = opt(None, "where mini worlds are built (None = $CLIPOOD_DATA/mini or ~/.cache)")
+    train_per_class: int = opt(16, "training images per Base class (the few-shot pool)")
+    test_per_class: int = opt(50, "test images per class")
+    ood_per_set: int = opt(250, "images per OOD set")
+    style_per_class: int = opt(30, "images per class in each unseen style")
+
+
+@dataclass
+class NegativeSettings:
+    num: Optional[int] = opt(None, "M mined negative labels (None = the benchmark's default: 40 on the mini "
+                                   "world, NegLabel's 15 % rule elsewhere)")
+    fraction: float = opt(0.15, "NegLabel: share of the corpus kept per part of speech when num is None")
+    quantile: float = opt(0.95, "NegLabel: the η-quantile of similarity that ranks candidate words")
+    corpus: Optional[str] = opt(None, "word file (one word a line) instead of the shipped WordNet lists")
+    id_template: Optional[str] = opt(None, "prompt of the ID labels (None = the benchmark's default)")
+    noun_template: Optional[str] = opt(None, "prompt of negative nouns (None = the benchmark's default)")
+    adj_template: Optional[str] = opt(None, "prompt of negative adjectives (None = the benchmark's default)")
+
+
+@dataclass
+class EvalSettings:
+    score: str = opt("neglabel", "score of tuned methods: neglabel | mcm | ... (clipood.scores)")
+    groups: int = opt(1, "NegLabel grouping: negatives split into this many groups, scores averaged")
+    logit_scale: float = opt(100.0, "CLIP logit scale applied to cosines (logits = scale · cos)")
+    batch_size: int = opt(256, "images per encoding batch")
+    convention: str = opt("hendrycks", "metric convention: hendrycks (ID positive) | openood")
+    plots: bool = opt(True, "write score histograms and ROC curves")
+    mcm: bool = opt(True, "add the zero-shot MCM row")
+
+
+@dataclass
+class CropSettings:
+    """How training crops are cut and chosen (paper §3.4); the run's seed seeds them."""
+
+    num_crops: int = opt(32, "P random crops per training image (paper 256, released code 128)")
+    num_selected: int = opt(8, "Q ID crops and Q negative crops kept per image (paper 32); 2Q <= P")
+    scale: Tuple[float, float] = opt((0.08, 1.0), "RandomResizedCrop area fraction range")
+    ratio: Tuple[float, float] = opt((0.75, 1.3333333), "RandomResizedCrop aspect-ratio range (w / h)")
+    flip: bool = opt(True, "random horizontal flip (p = 0.5)")
+    color_jitter: bool = opt(False, "colour jitter on every crop (paper: on; released code: off)")
+    jitter: Tuple[float, float, float, float] = opt((0.4, 0.4, 0.4, 0.1),
+                                                    "brightness, contrast, saturation, hue of the jitter")
+    grayscale: bool = opt(False, "random grayscale (paper: on; released code: off)")
+    grayscale_p: float = opt(0.2, "probability of grayscale when grayscale is on")
+    prompt: str = opt("a photo of a {}.", "text that ranks the crops, formatted with the class name")
+
+
+@dataclass
+class RunSettings:
+    """What every run has: where it writes, which backbone, which benchmark, negatives and evaluation."""
+
+    output_dir: str = opt("outputs/run", "folder for results.json, results.md, plots (and checkpoints)")
+    preset: Optional[str] = opt(None, "name of the complete setting this run starts from (recipes/configs)")
+    model: str = opt("clipood-mini", "open_clip model name, clipood-mini (shipped) or local-dir:PATH")
+    pretrained: Optional[str] = opt(None, "open_clip pretrained tag or a weights file (None = shipped)")
+    benchmark: str = opt("mini", "mini (embedded world) | imagenet | ... (clipood.suites) | custom")
+    data_root: Optional[str] = opt(None, "root of real datasets (None = $CLIPOOD_DATA)")
+    cache_dir: Optional[str] = opt(None, "feature / crop / negatives cache (None = $CLIPOOD_CACHE or ~/.cache)")
+    seed: int = opt(0, "seed of everything the run draws (shots, crops, adapter init, data order)")
+    cpu: Optional[bool] = opt(None, "force the CPU (None = GPU when there is one)")
+    progress: bool = opt(True, "progress bars")
+    log_with: Optional[str] = opt(None, "an Accelerate tracker for training logs (tensorboard, wandb, ...)")
+    mini: MiniSettings = section(MiniSettings, "the embedded mini world (benchmark=mini)")
+    id_data: Dict[str, Any] = opt({}, "benchmark=custom: the ID dataset spec")
+    ood_data: Dict[str, Any] = opt({}, "benchmark=custom: OOD dataset specs, name: spec")
+    new_class_suites: List[str] = opt([], "unseen-class suites evaluated as split new_class (paper Tab. 2)")
+    new_style_suites: List[str] = opt([], "unseen-style suites evaluated as split new_style (paper Tab. 3)")
+    negatives: NegativeSettings = section(NegativeSettings, "NegLabel negative mining (Eq. 1)")
+    eval: EvalSettings = section(EvalSettings, "evaluation")
