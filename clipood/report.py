@@ -135,3 +135,33 @@ def plot_roc(raw: dict[str, dict[str, np.ndarray]], path: str | os.PathLike, tit
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def write_outputs(rows: Sequence[dict], raw: dict, out_dir: str | os.PathLike, title: str, notes: Sequence[str] = (),
+                  plots: bool = True) -> Path:
+    """results.json, results.md and (with ``plots``) a histogram and a ROC plot per split."""
+    out = Path(out_dir)
+    md = write_results(rows, out, title=title, notes=notes)
+    if plots:
+        for split, by_method in raw.items():
+            plot_histograms(by_method, out / f"hist_{split}.png", title=f"{title}: {split}")
+            plot_roc(by_method, out / f"roc_{split}.png", title=f"ROC: {split}")
+    return md
+
+
+def plot_loss(history: Sequence[dict], path: str | os.PathLike) -> None:
+    """Every ``*loss`` column of the training log against the step (symlog y axis)."""
+    if not history:
+        return
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    steps = [h["step"] for h in history]
+    for k in sorted(k for k in history[0] if k.endswith("loss")):
+        ax.plot(steps, [h[k] for h in history], label=k)
+    ax.set_xlabel("step")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

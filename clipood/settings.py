@@ -8,10 +8,14 @@ Each field has a type, the default of the default run (the embedded mini world) 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["MiniSettings", "NegativeSettings", "EvalSettings", "CropSettings", "RunSettings", "opt"]
+from .errors import ClipoodError
+
+__all__ = ["MiniSettings", "NegativeSettings", "EvalSettings", "CropSettings", "TrainConfig", "RunSettings", "opt",
+           "section"]
 
 
 def opt(default: Any, help: str) -> Any:  # noqa: A002 - the field's help text
@@ -74,6 +78,56 @@ class CropSettings:
     grayscale: bool = opt(False, "random grayscale (paper: on; released code: off)")
     grayscale_p: float = opt(0.2, "probability of grayscale when grayscale is on")
     prompt: str = opt("a photo of a {}.", "text that ranks the crops, formatted with the class name")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (the YAML section ``train``; checked in ``__post_init__``)."""
+
+    epochs: int = opt(30, "passes over the few-shot training images")
+    batch_size: int = opt(8, "images per global step; each brings Q ID crops and Q negative crops")
+    lr: float = opt(1e-3, "peak learning rate")
+    weight_decay: float = opt(0.01, "weight decay (AdamW: decoupled)")
+    optimizer: str = opt("adamw", "adamw | sgd (torch.optim)")
+    momentum: float = opt(0.9, "SGD momentum")
+    schedule: str = opt("cosine", "constant | cosine (to 0 at the last step), after the warm-up")
+    warmup_steps: int = opt(0, "linear warm-up steps (lr·(s+1)/warmup)")
+    grad_clip: float = opt(0.0, "gradient-norm clip (0 = off)")
+    max_steps: int = opt(0, "0 = epochs × steps per epoch; > 0 stops there (smoke tests, the official 1,200)")
+    checkpoint_every: int = opt(0, "steps between checkpoints (0 = at epoch ends only)")
+    keep_checkpoints: int = opt(2, "checkpoints kept")
+    log_every: int = opt(10, "steps between tracker logs")
+    seed: Optional[int] = opt(None, "data-order seed (None = the run's seed; 0 when fit() is called bare)")
+    condition: str = opt("self", "meta-net input for crops: self | top_crop (released code)")
+
+    def __post_init__(self):
+        for k in ("epochs", "batch_size"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ClipoodError(f"train.{k} must be an integer >= 1, got {v!r}")
+        for k in ("warmup_steps", "max_steps", "checkpoint_every", "log_every"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ClipoodError(f"train.{k} must be an integer >= 0, got {v!r}")
+        if isinstance(self.lr, bool) or not (isinstance(self.lr, (int, float)) and self.lr > 0
+                                              and math.isfinite(self.lr)):
+            raise ClipoodError(f"train.lr must be a positive number (e.g. train.lr=0.001), got {self.lr!r}")
+        for k in ("weight_decay", "grad_clip", "momentum"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ClipoodError(f"train.{k} must be a number >= 0, got {v!r}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ClipoodError(f"train.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ClipoodError(f"train.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.condition not in ("self", "top_crop"):
+            raise ClipoodError(f"train.condition must be 'self' or 'top_crop', got {self.condition!r}")
+        if isinstance(self.keep_checkpoints, bool) or not isinstance(self.keep_checkpoints, int) \
+                or self.keep_checkpoints < 1:
+            raise ClipoodError("train.keep_checkpoints must be >= 1")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ClipoodError(f"train.seed must be an integer (or null for the run's seed), got {self.seed!r}")
+
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The ``clipood`` command line: ``clipood eval``, ``clipood mine``, ``clipood build-mini``, ``clipood adapters``.
 
-Every subcommand takes ``key=value`` overrides like the recipes (``clipood eval mini.seed=2``); ``--help``
-prints the defaults. Errors are one line on stderr and exit status 2.
+Every subcommand takes ``--config FILE`` and ``key=value`` overrides like the recipes (``clipood eval
+mini.seed=2``); ``--help`` after a subcommand prints the values it would use. Errors are one line on stderr
+and exit status 2.
 """
 from __future__ import annotations
 
@@ -18,24 +19,26 @@ commands:
 
 
 def _eval(argv):
-    """Same as recipes/zeroshot.py, installed as a command."""
-    from .pipeline import COMMON_DEFAULTS, start_run, write_outputs
-    from .recipe import config_from_argv
-    from .report import summary_table
+    """Same as recipes/zeroshot.py, installed as a command (output_dir defaults to outputs/eval)."""
+    from .configure import load_settings
+    from .krnft import ZeroShotRecipe
+    from .settings import ZeroShotSettings
 
-    cfg = config_from_argv({**COMMON_DEFAULTS, "output_dir": "outputs/eval"}, argv)
-    acc, bench, _, rows, raw = start_run(cfg)
-    if acc.is_main_process:
-        md = write_outputs(rows, raw, cfg["output_dir"], "Zero-shot OOD detection", bench.notes, cfg["eval"]["plots"])
-        print(summary_table(rows))
-        print(f"wrote {md}")
+    recipe = ZeroShotRecipe(load_settings(ZeroShotSettings, ["output_dir=outputs/eval", *argv], doc=_eval.__doc__))
+    recipe.setup()
+    recipe.save()
 
 
 def _mine(argv):
-    from .pipeline import COMMON_DEFAULTS, label_features, make_accelerator, setup_benchmark
-    from .recipe import config_from_argv, setup_logging
+    """Mine NegLabel negatives (Eq. 1) for the Base split's ID classes and write them to ``output``."""
+    from clipood.benchmarks import label_features, make_accelerator, setup_benchmark
+    from clipood.recipe import setup_logging, use_cpu_threads
 
-    cfg = config_from_argv({**COMMON_DEFAULTS, "output": "negatives.tsv"}, argv)
+    from .configure import load_settings
+    from .settings import MineSettings
+
+    cfg = load_settings(MineSettings, argv, doc=_mine.__doc__)
+    use_cpu_threads()
     acc = make_accelerator(cfg)
     setup_logging(acc.is_main_process)
     bench = setup_benchmark(cfg, acc)
@@ -47,8 +50,8 @@ def _mine(argv):
 
 
 def _build_mini(argv):
-    from .config import build_config
-    from .mini.build import MiniWorldConfig, build_world
+    from clipood.config import build_config
+    from clipood.mini.build import MiniWorldConfig, build_world
 
     cfg = build_config({"seed": 0, "root": None}, argv)
     print(build_world(MiniWorldConfig(seed=int(cfg["seed"])), root=cfg["root"]))
@@ -69,7 +72,7 @@ COMMANDS = {"eval": _eval, "mine": _mine, "build-mini": _build_mini, "adapters":
 
 
 def main(argv=None) -> None:
-    from .errors import ClipoodError, unknown
+    from clipood.errors import ClipoodError, unknown
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
