@@ -56,6 +56,8 @@ class Benchmark:
     train_spec: Any = None
     world_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    #: mined negatives per ID label set (``tuple(classnames)``), filled by :func:`prepare_splits`
+    negatives: dict = field(default_factory=dict)
 
 
 def check_run_settings(cfg) -> None:
@@ -218,6 +220,7 @@ def prepare_splits(bench: Benchmark, cfg, accelerator) -> list[SplitFeatures]:
         if key not in labels:
             labels[key] = label_features(bench.backbone, split.classnames, bench.corpus, cfg, accelerator)
         C, num_id, negs = labels[key]
+        bench.negatives[key] = negs
         sf = prepare_split(split, bench.backbone, C, num_id, negatives=negs.words,
                            batch_size=cfg["eval"]["batch_size"], accelerator=accelerator,
                            cache_dir=cache_root(cfg) / "features", progress=bool(cfg.get("progress")),

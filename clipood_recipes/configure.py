@@ -54,6 +54,8 @@ def finish(cfg: dict) -> dict:
     check_run_settings(cfg)
     if "adapter" in cfg:
         check_training(cfg)
+        if cfg.get("method_name") is None:
+            cfg["method_name"] = "KR-NFT" if cfg["adapter"]["name"] == "nft" else cfg["adapter"]["name"]
     return cfg
 
 

@@ -103,7 +103,7 @@ class KRNFTRecipe(ZeroShotRecipe):
     def evaluate(self, cfg: dict | None = None) -> None:
         """Rows of the trained adapter on every split (its learned transform applied to each label set)."""
         cfg = cfg or self.cfg
-        detector, splits, notes = adapter_detector(cfg, self.adapter, self.splits)
+        detector, splits, notes = adapter_detector(cfg, self.adapter, self.splits, self.bench)
         rows, raw = evaluate_detectors([detector], splits, cfg)
         self.notes += notes
         self.rows += rows

@@ -14,19 +14,32 @@ from ._compat import import_adapters
 
 log = logging.getLogger("clipood")
 
-__all__ = ["build_adapter_for", "build_method", "adapter_detector", "save_trained_adapter", "relabel"]
+__all__ = ["label_context", "build_adapter_for", "build_method", "adapter_detector", "save_trained_adapter"]
+
+
+def label_context(cfg: dict, sf, bench, device=None):
+    """The :class:`adapters.AdapterContext` of one split: its ID names and mined negatives with the templates
+    their rows were encoded with, those frozen rows (no re-encoding), and the backbone's text path."""
+    adapters = import_adapters()
+    n = cfg["negatives"]
+    negs = bench.negatives[tuple(sf.split.classnames)]
+    by_pos = {"noun": n["noun_template"], "adj": n["adj_template"]}
+    feats = sf.text_features if device is None else sf.text_features.to(device)
+    return adapters.AdapterContext.from_backbone(
+        bench.backbone, list(sf.split.classnames), list(negs.words), id_templates=[n["id_template"]],
+        neg_templates=[by_pos[p] for p in negs.pos], text_features=feats)
 
 
 def build_adapter_for(cfg: dict, sf, bench, device):
-    """The config's adapter (by registry name, seeded by the run's seed) over the Base split's label features,
-    or the saved adapter of ``init_adapter``."""
+    """The config's adapter (by registry name, seeded by the run's seed) on the Base split's label context,
+    or the saved adapter of ``init_adapter`` on that context."""
     adapters = import_adapters()
     torch.manual_seed(cfg["seed"])
-    text_features = sf.text_features.to(device)
+    context = label_context(cfg, sf, bench, device)
     if cfg.get("init_adapter"):
-        return adapters.load_adapter(cfg["init_adapter"], text_features=text_features)
+        return adapters.load_adapter(cfg["init_adapter"], context=context).to(device)
     a = cfg["adapter"]
-    return adapters.build_adapter(a["name"], text_features, sf.num_id, **dict(a["options"]))
+    return adapters.build_adapter(a["name"], context, **dict(a["options"]))
 
 
 def build_method(cfg: dict, sf, bench, accelerator) -> Method:
@@ -40,23 +53,7 @@ def save_trained_adapter(adapter, directory) -> None:
     import_adapters().save_adapter(adapter, directory, include_base=True)
 
 
-def relabel(adapter, sf):
-    """The same trained adapter on another split's label features (unseen classes bring their own ID names
-    and mined negatives). Raises ClipoodError when the adapter's weights are tied to its training rows."""
-    base = adapter.base_text_features
-    if base.shape == sf.text_features.shape and torch.equal(base.cpu(), sf.text_features.cpu()) \
-            and adapter.num_id == sf.num_id:
-        return adapter
-    try:
-        new = type(adapter)(sf.text_features.to(base.device), sf.num_id, config=adapter.config)
-        new.load_state_dict(adapter.state_dict(), strict=True)
-    except (RuntimeError, ClipoodError) as e:
-        raise ClipoodError(f"adapter '{adapter.name}' cannot move to the labels of split {sf.split.name} "
-                           f"({str(e).splitlines()[0]})") from None
-    return new.eval()
-
-
-def adapter_detector(cfg: dict, adapter, splits) -> tuple[Detector, list, list[str]]:
+def adapter_detector(cfg: dict, adapter, splits, bench) -> tuple[Detector, list, list[str]]:
     """The trained adapter scored on its tuned features (NegLabel by default, paper §3.5), the splits it can
     be evaluated on, and a note for each split it cannot move to (weights tied to the training labels) —
     those are left out of the tables, never scored with frozen features in its name. MCM's temperature 1 on
@@ -66,7 +63,7 @@ def adapter_detector(cfg: dict, adapter, splits) -> tuple[Detector, list, list[s
     moved, usable, notes = {}, [], []
     for sf in splits:
         try:
-            moved[id(sf)] = relabel(adapter, sf)
+            moved[id(sf)] = adapter.for_labels(label_context(cfg, sf, bench, adapter.base_text_features.device))
             usable.append(sf)
         except ClipoodError as e:
             notes.append(f"{cfg['method_name']}: not evaluated on {sf.split.name}: {e}")

@@ -38,7 +38,8 @@ class TrainRunSettings(RunSettings):
     output_dir: str = opt("outputs/krnft", "folder for results, plots, the adapter and checkpoints")
     preset: Optional[str] = opt("mini", "name of the complete setting this run starts from (recipes/configs)")
     eval: EvalSettings = section(EvalSettings, "evaluation", mcm=False)
-    method_name: str = opt("KR-NFT", "the tuned method's row name in the tables")
+    method_name: Optional[str] = opt(None, "the tuned method's row name (None = KR-NFT for nft, else the "
+                                           "adapter's name)")
     adapter: AdapterSettings = section(AdapterSettings, "the adapter trained", options={"hidden_dim": 32})
     losses: LossWeights = section(LossWeights, "loss weights (Eq. 10)")
     cls_groups: int = opt(1, "L_cls over this many random groups of negatives (released code: 10)")
