@@ -7,9 +7,8 @@ features are cached as safetensors and training reads the cache. Crops are seede
 ``(cfg.seed, dataset index)`` with a private ``torch.Generator``, so the result depends neither on the global RNG
 nor on the number of processes.
 
-Settings (``CropConfig``): the default (P=16, Q=4, flip only) suits the mini world; ``CropConfig.official()``
-(P=128, Q=32, flip, no colour augmentation) is what the released code does; ``CropConfig.paper()`` (P=256, Q=32,
-colour jitter 0.4/0.4/0.4/0.1 and grayscale p=0.2) is what §4.1 says.
+Settings (``CropConfig``): the released code uses P=128, Q=32, flip, no colour augmentation; §4.1 says P=256,
+Q=32 with colour jitter 0.4/0.4/0.4/0.1 and grayscale p=0.2 (the complete settings are the recipes' YAML files).
 """
 from __future__ import annotations
 
@@ -80,16 +79,6 @@ class CropConfig:
             raise ClipoodError(f"crop config: seed={self.seed} must be >= 0")
         if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:
             raise ClipoodError(f"crop config: prompt {self.prompt!r} must contain exactly one '{{}}' for the class name")
-
-    @classmethod
-    def official(cls, **overrides: Any) -> "CropConfig":
-        """The released KR-NFT code: 128 crops, top/bottom 32, flip, no colour jitter or grayscale."""
-        return cls(**{"num_crops": 128, "num_selected": 32, **overrides})
-
-    @classmethod
-    def paper(cls, **overrides: Any) -> "CropConfig":
-        """KR-NFT §4.1: 256 crops with colour jitter and grayscale, top/bottom 32."""
-        return cls(**{"num_crops": 256, "num_selected": 32, "color_jitter": True, "grayscale": True, **overrides})
 
     @classmethod
     def from_dict(cls, d: dict) -> "CropConfig":
