@@ -8,7 +8,7 @@ import torch
 
 from clipood.detectors import Detector
 from clipood.errors import ClipoodError
-from clipood.method import Method
+from clipood.method import TrainingTask
 
 from ._compat import import_adapters
 
@@ -42,10 +42,10 @@ def build_adapter_for(cfg: dict, sf, bench, device):
     return adapters.build_adapter(a["name"], context, **dict(a["options"]))
 
 
-def build_method(cfg: dict, sf, bench, accelerator) -> Method:
+def build_method(cfg: dict, sf, bench, accelerator) -> TrainingTask:
     """Adapter + the weighted loss terms of Eq. 10 (with the configured L_cls / L_ood grouping)."""
     adapter = build_adapter_for(cfg, sf, bench, accelerator.device)
-    return Method(adapter, cfg["losses"], logit_scale=cfg["eval"]["logit_scale"],
+    return TrainingTask(adapter, cfg["losses"], logit_scale=cfg["eval"]["logit_scale"],
                   options={"cls_groups": cfg["cls_groups"], "ood_groups": cfg["ood_groups"], "seed": cfg["seed"]})
 
 

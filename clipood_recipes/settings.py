@@ -61,6 +61,7 @@ class AblationSettings(TrainRunSettings):
 @dataclass
 class ZeroShotSettings(RunSettings):
     output_dir: str = opt("outputs/zeroshot", "folder for results.json, results.md and plots")
+    preset: Optional[str] = opt("mini", "name of the complete setting this run starts from (recipes/configs)")
 
 
 @dataclass
