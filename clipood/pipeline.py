@@ -268,7 +268,7 @@ class MethodSpec:
     """How to evaluate one method: cosine logits from features, and which score to apply."""
 
     name: str
-    logits_fn: Callable[[torch.Tensor, SplitFeatures], torch.Tensor]
+    logits_fn: Callable[[dict, SplitFeatures], torch.Tensor]
     score: str = "neglabel"
     temperature: float = 1.0
 
@@ -419,7 +419,7 @@ def adapter_method(name: str, adapter, score: str = "neglabel", temperature: flo
     """Evaluate a trained adapter with a score on its tuned features (NegLabel by default, paper §3.5)."""
     cache: dict[int, Any] = {}
 
-    def logits_fn(feats, sf):
+    def logits_fn(batch, sf):
         key = id(sf)
         if key not in cache:
             cache[key] = transfer_adapter(adapter, sf.text_features, sf.num_id)
@@ -428,9 +428,9 @@ def adapter_method(name: str, adapter, score: str = "neglabel", temperature: flo
                             name, sf.split.name)
         a = cache[key]
         if a is None:
-            return feats @ sf.text_features.T
+            return batch["image_features"] @ sf.text_features.T
         dev = a.base_text_features.device
-        return a(feats.to(dev)).logits.cpu()
+        return a({k: v.to(dev) for k, v in batch.items()}).logits.cpu()
 
     return MethodSpec(name, logits_fn, score, temperature)
 
