@@ -61,6 +61,8 @@ class CropTrainData:
         if self.condition == "top_crop":
             batch["id_condition"] = c.top_features[c.id_image[idr]]
             batch["neg_condition"] = c.top_features[c.neg_image[ngr]]
+        if getattr(c, "id_local", None) is not None:  # patch features, when some adapter asked for them
+            batch["id_local"], batch["neg_local"] = c.id_local[idr], c.neg_local[ngr]
         return {k: v.to(device) for k, v in batch.items()}
 
 

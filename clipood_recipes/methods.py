@@ -14,7 +14,20 @@ from ._compat import import_adapters
 
 log = logging.getLogger("clipood")
 
-__all__ = ["label_context", "build_adapter_for", "build_method", "adapter_detector", "save_trained_adapter"]
+__all__ = ["adapter_requires", "label_context", "build_adapter_for", "build_method", "adapter_detector", "save_trained_adapter"]
+
+
+def adapter_requires(cfg: dict) -> frozenset[str]:
+    """What the config's adapter needs in its batches (``image_features``, ``local_features``, ...), so that the
+    evaluation features and the crop cache carry it; read from the class (or the saved adapter) before any work."""
+    adapters = import_adapters()
+    name = cfg["adapter"]["name"]
+    if cfg.get("init_adapter"):
+        import json
+        from pathlib import Path
+
+        name = json.loads((Path(cfg["init_adapter"]) / "adapter_config.json").read_text())["adapter"]
+    return frozenset(adapters.get_adapter_spec(name).adapter_cls.requires)
 
 
 def label_context(cfg: dict, sf, bench, device=None):
@@ -69,8 +82,9 @@ def adapter_detector(cfg: dict, adapter, splits, bench) -> tuple[Detector, list,
             notes.append(f"{cfg['method_name']}: not evaluated on {sf.split.name}: {e}")
             log.warning("%s", notes[-1])
 
-    def logits_fn(feats, sf):
+    def logits_fn(batch, sf):
         a = moved[id(sf)]
-        return a(feats.to(a.base_text_features.device)).logits.cpu()
+        dev = a.base_text_features.device
+        return a({k: v.to(dev) for k, v in batch.items()}).logits.cpu()
 
     return Detector(cfg["method_name"], logits_fn, score, temperature), usable, notes
