@@ -133,7 +133,7 @@ def method_terms(method, id_features, id_labels, neg_features=None, id_condition
         batch["id_condition"] = id_condition
     if neg_condition is not None:
         batch["neg_condition"] = neg_condition
-    return {k: float(v) for k, v in method(batch).items()}
+    return {k: float(v.detach()) for k, v in method(batch).items()}
 
 
 def collate_conditions(cache: CropCache, positions: list[int], condition: str):
