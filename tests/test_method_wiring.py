@@ -22,7 +22,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training_probe import adapter_of, collate_conditions, crop_cache, method_from_config, method_terms
+from training_probe import (adapter_of, collate_conditions, crop_cache, method_from_config, method_terms,
+                            recipe_config)
 
 pytest.importorskip("adapters")
 
@@ -43,8 +44,8 @@ def world():
 
 def moved_method(C, losses):
     """Method from the config, every adapter weight moved by N(0, 0.3²) (a fresh NFT is the identity)."""
-    cfg = {"adapter": {"name": "nft", "options": {"hidden_dim": 3}}, "losses": losses,
-           "eval": {"logit_scale": SCALE}}
+    cfg = recipe_config("adapter.name=nft", "adapter.options.hidden_dim=3", f"eval.logit_scale={SCALE}",
+                        *(f"losses.{k}={losses.get(k, 0.0)}" for k in ("cls", "ood", "kr", "kr_logit", "kr_prob")))
     m = method_from_config(cfg, C, N)
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():

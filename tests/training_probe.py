@@ -6,7 +6,8 @@ number". They reach the code under test only through the functions below, so a r
 engine, the evaluation wiring or the config moves these few lines and no test.
 
 What each function promises (its contract with the tests), whatever the code behind it becomes:
-- ``train_settings(**train)``: the validated ``train`` section of a recipe config.
+- ``recipe_config(*overrides)``: the KR-NFT recipe's config with ``key=value`` overrides (validated).
+- ``train_settings(**train)``: the validated ``train`` section of that config with ``train.*`` overrides.
 - ``fit_recording(module, settings, out_dir)``: run the real training loop on ``module`` (a
   :class:`LinearLoss`) and return ``(logged_lr, weights, param_groups)``: the learning rate logged for every
   step, the module's weights before every step and after the last, and the optimiser's param groups as
@@ -37,7 +38,7 @@ from clipood.pipeline import build_method, evaluate_methods, make_accelerator, t
 from clipood.pipeline import zero_shot_methods as _zero_shot_methods
 
 __all__ = [
-    "LinearLoss", "train_settings", "fit_recording", "method_from_config", "method_terms", "collate_conditions",
+    "LinearLoss", "recipe_config", "train_settings", "fit_recording", "method_from_config", "method_terms", "collate_conditions",
     "split_features", "eval_raw_scores", "frozen_method", "zero_shot_methods", "adapter_method", "train_and_score", "crop_cache",
 ]
 
@@ -76,9 +77,29 @@ class LinearLoss(nn.Module):
         return {k: p.detach().clone() for k, p in self.adapter.items()}
 
 
+_RECIPE: dict = {}
+
+
+def recipe_config(*overrides: str) -> dict:
+    """The KR-NFT recipe's config (its defaults and ``mini`` preset) with ``key=value`` overrides, built and
+    checked the way the recipe builds it from its command line."""
+    import runpy
+
+    from clipood.pipeline import check_config
+    from clipood.recipe import config_from_argv
+
+    if not _RECIPE:
+        _RECIPE.update(runpy.run_path(str(Path(__file__).resolve().parents[1] / "recipes" / "krnft.py"),
+                                      run_name="krnft_defaults"))
+    cfg = config_from_argv(_RECIPE["DEFAULTS"], list(overrides), _RECIPE["PRESETS"])
+    check_config(cfg)
+    return cfg
+
+
 def train_settings(**train):
-    """The ``train`` section of a recipe config, validated as a recipe validates it."""
-    return train_config({"train": dict(train), "seed": 0})
+    """The recipe's ``train`` section with ``train.<key>=<value>`` overrides, validated as a recipe does."""
+    return train_config(recipe_config(*(f"train.{k}={v!r}" if isinstance(v, float) else f"train.{k}={v}"
+                                        for k, v in train.items())))
 
 
 def crop_cache(n_images: int, q: int = 1, dim: int = 4, num_id: int = 2, seed: int = 0) -> CropCache:
@@ -113,9 +134,9 @@ def fit_recording(module: LinearLoss, settings, out_dir: Path, n_images: int = 8
 
 # ------------------------------------------------------------------------------------------------- method
 def method_from_config(cfg: dict, text_features: torch.Tensor, num_id: int):
-    """Adapter (registry name and options from ``cfg['adapter']``) + weighted loss terms (``cfg['losses']``)."""
-    full = {"seed": 0, "cls_groups": 1, "init_adapter": None, **cfg}
-    return build_method(full, text_features, num_id)
+    """Adapter (registry name and options from ``cfg['adapter']``) + weighted loss terms (``cfg['losses']``),
+    ``cfg`` from :func:`recipe_config`."""
+    return build_method(cfg, text_features, num_id)
 
 
 def adapter_of(method):
@@ -152,12 +173,6 @@ def split_features(text_features, num_id, id_features, id_labels, ood: dict[str,
                           for k, v in ood.items()}, text_features, num_id)
 
 
-def _eval_cfg(cfg: dict) -> dict:
-    e = {"score": "neglabel", "groups": 1, "logit_scale": 100.0, "batch_size": 256, "convention": "hendrycks",
-         "plots": False, "mcm": True, **(cfg.get("eval") or {})}
-    return {**cfg, "eval": e}
-
-
 def frozen_method(score: str, temperature: float, name: str = "frozen"):
     """Frozen CLIP cosines scored with ``score`` at ``temperature`` (an evaluation method spec)."""
     from clipood.evaluate import zero_shot_logits
@@ -167,7 +182,7 @@ def frozen_method(score: str, temperature: float, name: str = "frozen"):
 
 
 def zero_shot_methods(cfg: dict):
-    return _zero_shot_methods(_eval_cfg(cfg))
+    return _zero_shot_methods(cfg)
 
 
 def adapter_method(name, adapter, score, temperature):
@@ -175,19 +190,18 @@ def adapter_method(name, adapter, score, temperature):
 
 
 def eval_raw_scores(methods, sf: SplitFeatures, cfg: dict) -> dict[str, dict[str, torch.Tensor]]:
-    _, raw = evaluate_methods(list(methods), [sf], _eval_cfg(cfg))
+    _, raw = evaluate_methods(list(methods), [sf], cfg)
     return {m: {k: torch.as_tensor(v) for k, v in d.items()} for m, d in raw[sf.split.name].items()}
 
 
 def train_and_score(cfg: dict, sf: SplitFeatures, crops: CropCache, out_dir: Path, monkeypatch):
-    """The recipe's train → save → evaluate step (``cfg``: adapter, losses, train, eval sections) on a given
-    crop cache instead of crops cut from images. Returns (trained adapter, raw scores of the tuned method)."""
+    """The recipe's train → save → evaluate step (``cfg`` from :func:`recipe_config`) on a given crop cache
+    instead of crops cut from images. Returns (trained adapter, raw scores of the tuned method)."""
     from clipood import pipeline
 
-    full = _eval_cfg({"seed": 0, "cls_groups": 1, "init_adapter": None, "method_name": "tuned",
-                      "progress": False, "resume": False, **cfg})
+    cfg = {**cfg, "progress": False, "resume": False}
     monkeypatch.setattr(pipeline, "build_crop_data", lambda *a, **k: crops)
     monkeypatch.setattr(pipeline, "plot_loss", lambda *a, **k: None)
-    out = pipeline.train_and_evaluate(full, None, [sf], accelerator(), out_dir)
-    raw = out["raw"][sf.split.name][full["method_name"]]
+    out = pipeline.train_and_evaluate(cfg, None, [sf], accelerator(), out_dir)
+    raw = out["raw"][sf.split.name][cfg["method_name"]]
     return out["adapter"], {k: torch.as_tensor(v) for k, v in raw.items()}
