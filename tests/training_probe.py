@@ -17,7 +17,8 @@ What each function promises (its contract with the tests), whatever the code beh
   a batch of ID crops and negative crops; ``{"loss": total, "<term>_loss": ...}`` as floats.
 - ``collate_conditions(...)``: the condition features the training data hand to the meta-nets.
 - ``eval_raw_scores(methods, split_features, cfg)``: raw evaluation scores ``{method: {"id/<set>" |
-  "ood/<set>": 1-D array}}`` for one split; ``zero_shot_methods(cfg)``, ``adapter_method(...)``.
+  "ood/<set>": 1-D array}}`` for one split, of method specs from ``frozen_method(score, temperature)`` (frozen
+  cosines) or ``zero_shot_methods(cfg)`` (the recipe's zero-shot rows).
 - ``train_and_score(cfg, split_features, crops, out_dir)``: the recipe's train-then-evaluate step on a
   given crop cache; returns ``(trained adapter, raw scores as above)``.
 """
@@ -33,13 +34,13 @@ from torch import nn
 from clipood.crops import CropCache
 from clipood.engine import CropTrainData, fit, latest_checkpoint
 from clipood.evaluate import EvalSplit, SplitFeatures
-from clipood.pipeline import adapter_method as _adapter_method
 from clipood.pipeline import build_method, evaluate_methods, make_accelerator, train_config
 from clipood.pipeline import zero_shot_methods as _zero_shot_methods
 
 __all__ = [
-    "LinearLoss", "recipe_config", "train_settings", "fit_recording", "method_from_config", "method_terms", "collate_conditions",
-    "split_features", "eval_raw_scores", "frozen_method", "zero_shot_methods", "adapter_method", "train_and_score", "crop_cache",
+    "LinearLoss", "recipe_config", "train_settings", "fit_recording", "crop_cache", "method_from_config",
+    "adapter_of", "method_terms", "collate_conditions", "split_features", "frozen_method", "zero_shot_methods",
+    "eval_raw_scores", "train_and_score",
 ]
 
 _ACCELERATOR = None
@@ -183,10 +184,6 @@ def frozen_method(score: str, temperature: float, name: str = "frozen"):
 
 def zero_shot_methods(cfg: dict):
     return _zero_shot_methods(cfg)
-
-
-def adapter_method(name, adapter, score, temperature):
-    return _adapter_method(name, adapter, score, temperature)
 
 
 def eval_raw_scores(methods, sf: SplitFeatures, cfg: dict) -> dict[str, dict[str, torch.Tensor]]:
