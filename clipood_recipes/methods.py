@@ -14,7 +14,7 @@ from ._compat import import_adapters
 
 log = logging.getLogger("clipood")
 
-__all__ = ["adapter_requires", "label_context", "build_adapter_for", "build_method", "adapter_detector", "save_trained_adapter"]
+__all__ = ["adapter_requires", "label_context", "build_adapter_for", "build_method", "training_task", "adapter_detector", "save_trained_adapter"]
 
 
 def adapter_requires(cfg: dict) -> frozenset[str]:
@@ -35,12 +35,16 @@ def label_context(cfg: dict, sf, bench, device=None):
     their rows were encoded with, those frozen rows (no re-encoding), and the backbone's text path."""
     adapters = import_adapters()
     n = cfg["negatives"]
-    negs = bench.negatives[tuple(sf.split.classnames)]
+    negs = bench.negatives.get(tuple(sf.split.classnames))
     by_pos = {"noun": n["noun_template"], "adj": n["adj_template"]}
-    feats = sf.text_features if device is None else sf.text_features.to(device)
-    return adapters.AdapterContext.from_backbone(
-        bench.backbone, list(sf.split.classnames), list(negs.words), id_templates=[n["id_template"]],
-        neg_templates=[by_pos[p] for p in negs.pos], text_features=feats)
+    backbone = bench.backbone
+    return adapters.AdapterContext(
+        text_features=sf.text_features if device is None else sf.text_features.to(device),
+        id_names=list(sf.split.classnames), neg_names=list(negs.words) if negs is not None else None,
+        id_templates=[n["id_template"]],
+        neg_templates=[by_pos[p] for p in negs.pos] if negs is not None and len(negs) else [n["noun_template"]],
+        num_id=sf.num_id, text_path=getattr(backbone, "text_path", None),
+        tokenizer=getattr(backbone, "tokenizer", None), backbone=getattr(backbone, "model_name", None))
 
 
 def build_adapter_for(cfg: dict, sf, bench, device):
@@ -57,9 +61,14 @@ def build_adapter_for(cfg: dict, sf, bench, device):
 
 def build_method(cfg: dict, sf, bench, accelerator) -> TrainingTask:
     """Adapter + the weighted loss terms of Eq. 10 (with the configured L_cls / L_ood grouping)."""
-    adapter = build_adapter_for(cfg, sf, bench, accelerator.device)
+    return training_task(cfg, build_adapter_for(cfg, sf, bench, accelerator.device))
+
+
+def training_task(cfg: dict, adapter) -> TrainingTask:
+    """``adapter`` trained with the config's loss weights (Eq. 10), logit scale and negative grouping
+    (``cls_groups`` / ``ood_groups``: 10 in the released code, seeded by the run's seed)."""
     return TrainingTask(adapter, cfg["losses"], logit_scale=cfg["eval"]["logit_scale"],
-                  options={"cls_groups": cfg["cls_groups"], "ood_groups": cfg["ood_groups"], "seed": cfg["seed"]})
+                        options={"cls_groups": cfg["cls_groups"], "ood_groups": cfg["ood_groups"], "seed": cfg["seed"]})
 
 
 def save_trained_adapter(adapter, directory) -> None:

@@ -31,11 +31,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from clipood.benchmarks import make_accelerator
 from clipood.crops import CropCache
+from clipood.detectors import Detector, evaluate_detectors, zero_shot_detectors
 from clipood.engine import CropTrainData, fit, latest_checkpoint
 from clipood.evaluate import EvalSplit, SplitFeatures
-from clipood.pipeline import build_method, evaluate_methods, make_accelerator, train_config
-from clipood.pipeline import zero_shot_methods as _zero_shot_methods
+from clipood_recipes.configure import compose_settings, train_config
+from clipood_recipes.methods import training_task
+from clipood_recipes.settings import TrainRunSettings
 
 __all__ = [
     "LinearLoss", "recipe_config", "train_settings", "fit_recording", "crop_cache", "method_from_config",
@@ -78,23 +81,11 @@ class LinearLoss(nn.Module):
         return {k: p.detach().clone() for k, p in self.adapter.items()}
 
 
-_RECIPE: dict = {}
-
-
 def recipe_config(*overrides: str) -> dict:
-    """The KR-NFT recipe's config (its defaults and ``mini`` preset) with ``key=value`` overrides, built and
+    """The KR-NFT recipe's config (its defaults, the ``mini`` setting) with ``key=value`` overrides, built and
     checked the way the recipe builds it from its command line."""
-    import runpy
-
-    from clipood.pipeline import check_config
-    from clipood.recipe import config_from_argv
-
-    if not _RECIPE:
-        _RECIPE.update(runpy.run_path(str(Path(__file__).resolve().parents[1] / "recipes" / "krnft.py"),
-                                      run_name="krnft_defaults"))
-    cfg = config_from_argv(_RECIPE["DEFAULTS"], list(overrides), _RECIPE["PRESETS"])
-    check_config(cfg)
-    return cfg
+    configs = Path(__file__).resolve().parents[1] / "recipes" / "configs"
+    return compose_settings(TrainRunSettings, list(overrides), configs_dir=configs, recipe="krnft")
 
 
 def train_settings(**train):
@@ -137,7 +128,11 @@ def fit_recording(module: LinearLoss, settings, out_dir: Path, n_images: int = 8
 def method_from_config(cfg: dict, text_features: torch.Tensor, num_id: int):
     """Adapter (registry name and options from ``cfg['adapter']``) + weighted loss terms (``cfg['losses']``),
     ``cfg`` from :func:`recipe_config`."""
-    return build_method(cfg, text_features, num_id)
+    import adapters
+
+    torch.manual_seed(cfg["seed"])
+    a = cfg["adapter"]
+    return training_task(cfg, adapters.build_adapter(a["name"], text_features, num_id, **a["options"]))
 
 
 def adapter_of(method):
@@ -177,28 +172,33 @@ def split_features(text_features, num_id, id_features, id_labels, ood: dict[str,
 def frozen_method(score: str, temperature: float, name: str = "frozen"):
     """Frozen CLIP cosines scored with ``score`` at ``temperature`` (an evaluation method spec)."""
     from clipood.evaluate import zero_shot_logits
-    from clipood.pipeline import MethodSpec
 
-    return MethodSpec(name, zero_shot_logits, score, temperature)
+    return Detector(name, zero_shot_logits, score, temperature)
 
 
 def zero_shot_methods(cfg: dict):
-    return _zero_shot_methods(cfg)
+    return zero_shot_detectors(cfg)
 
 
 def eval_raw_scores(methods, sf: SplitFeatures, cfg: dict) -> dict[str, dict[str, torch.Tensor]]:
-    _, raw = evaluate_methods(list(methods), [sf], cfg)
+    _, raw = evaluate_detectors(list(methods), [sf], cfg)
     return {m: {k: torch.as_tensor(v) for k, v in d.items()} for m, d in raw[sf.split.name].items()}
 
 
 def train_and_score(cfg: dict, sf: SplitFeatures, crops: CropCache, out_dir: Path, monkeypatch):
     """The recipe's train → save → evaluate step (``cfg`` from :func:`recipe_config`) on a given crop cache
     instead of crops cut from images. Returns (trained adapter, raw scores of the tuned method)."""
-    from clipood import pipeline
+    from clipood.benchmarks import Benchmark
+    from clipood_recipes import krnft
 
-    cfg = {**cfg, "progress": False, "resume": False}
-    monkeypatch.setattr(pipeline, "build_crop_data", lambda *a, **k: crops)
-    monkeypatch.setattr(pipeline, "plot_loss", lambda *a, **k: None)
-    out = pipeline.train_and_evaluate(cfg, None, [sf], accelerator(), out_dir)
-    raw = out["raw"][sf.split.name][cfg["method_name"]]
-    return out["adapter"], {k: torch.as_tensor(v) for k, v in raw.items()}
+    cfg = {**cfg, "progress": False, "resume": False, "output_dir": str(out_dir)}
+    monkeypatch.setattr(krnft, "build_crop_data", lambda *a, **k: crops)
+    monkeypatch.setattr(krnft, "plot_loss", lambda *a, **k: None)
+    recipe = krnft.KRNFTRecipe(cfg)
+    recipe.accelerator, recipe.splits = accelerator(), [sf]
+    recipe.bench = Benchmark(backbone=None, splits=[sf.split], corpus=None)
+    recipe.rows, recipe.raw = [], {sf.split.name: {}}
+    adapter = recipe.train()
+    recipe.evaluate()
+    raw = recipe.raw[sf.split.name][cfg["method_name"]]
+    return adapter, {k: torch.as_tensor(v) for k, v in raw.items()}
