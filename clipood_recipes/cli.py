@@ -39,12 +39,12 @@ def _mine(argv):
 
     cfg = load_settings(MineSettings, argv, doc=_mine.__doc__)
     use_cpu_threads()
-    acc = make_accelerator(cfg)
-    setup_logging(acc.is_main_process)
-    bench = setup_benchmark(cfg, acc)
+    accelerator = make_accelerator(cfg)
+    setup_logging(accelerator.is_main_process)
+    bench = setup_benchmark(cfg, accelerator)
     split = bench.splits[0]
-    _, _, negs = label_features(bench.backbone, split.classnames, bench.corpus, cfg, acc)
-    if acc.is_main_process:
+    _, _, negs = label_features(bench.backbone, split.classnames, bench.corpus, cfg, accelerator)
+    if accelerator.is_main_process:
         negs.save(cfg["output"])
         print(f"wrote {len(negs)} negatives for {len(split.classnames)} ID classes to {cfg['output']}")
 
