@@ -119,3 +119,25 @@ def test_package_scan_imports_every_method_module(tmp_path, monkeypatch, clean_r
     monkeypatch.setattr(adapters, "__path__", [*adapters.__path__, str(tmp_path)])
     assert "shift_scanned" in adapters.discover_adapters(refresh=True)
     assert {"coop", "ft", "coft", "nft", "taskres"} <= set(adapters.list_adapters())
+
+
+def test_documented_template_is_a_working_adapter(tmp_path, monkeypatch, clean_registry):
+    """docs/adapter_template.py dropped into the package as is: discovered, zero-shot at init, trains, reloads."""
+    from pathlib import Path
+
+    template = Path(__file__).resolve().parents[1] / "docs" / "adapter_template.py"
+    (tmp_path / "my_adapter.py").write_text(template.read_text(encoding="utf-8"))
+    monkeypatch.setattr(adapters, "__path__", [*adapters.__path__, str(tmp_path)])
+    assert "my_adapter" in adapters.discover_adapters(refresh=True)
+    c = F.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(2)), dim=-1)
+    ctx = adapters.AdapterContext(c, id_names=["a", "b", "c"], neg_names=["x", "y", "z"])
+    adapter = adapters.build_adapter("my_adapter", ctx, scale=0.5)
+    v = c[:3]
+    torch.testing.assert_close(adapter(v).logits, v @ c.T, atol=1e-6, rtol=0)
+    two_steps(adapter)
+    assert float(adapter.weight.abs().sum()) > 0
+    adapters.save_adapter(adapter, tmp_path / "ckpt")
+    again = adapters.load_adapter(tmp_path / "ckpt", context=ctx)
+    assert torch.equal(again(v).logits, adapter(v).logits)
+    moved = adapter.for_labels(adapters.AdapterContext(c[:4], id_names=["p", "q"], neg_names=["x", "y"]))
+    assert torch.equal(moved.weight, adapter.weight)
