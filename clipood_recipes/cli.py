@@ -50,10 +50,13 @@ def _mine(argv):
 
 
 def _build_mini(argv):
-    from clipood.config import build_config
+    """Build (or reuse) a mini world and print its folder."""
     from clipood.mini.build import MiniWorldConfig, build_world
 
-    cfg = build_config({"seed": 0, "root": None}, argv)
+    from .configure import load_settings
+    from .settings import BuildMiniSettings
+
+    cfg = load_settings(BuildMiniSettings, argv, doc=_build_mini.__doc__)
     print(build_world(MiniWorldConfig(seed=int(cfg["seed"])), root=cfg["root"]))
 
 

@@ -10,7 +10,7 @@ from clipood.settings import TrainConfig
 from clipood.settings import CropSettings, EvalSettings, RunSettings, opt, section
 
 __all__ = ["AdapterSettings", "LossWeights", "TrainRunSettings", "AblationSettings", "ZeroShotSettings",
-           "MineSettings"]
+           "MineSettings", "BuildMiniSettings"]
 
 
 @dataclass
@@ -67,3 +67,9 @@ class ZeroShotSettings(RunSettings):
 @dataclass
 class MineSettings(RunSettings):
     output: str = opt("negatives.tsv", "text file the mined negatives are written to")
+
+
+@dataclass
+class BuildMiniSettings:
+    seed: int = opt(0, "which mini world to build")
+    root: Optional[str] = opt(None, "where to build it (None = $CLIPOOD_DATA/mini or ~/.cache/clipood/mini)")
