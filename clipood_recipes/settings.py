@@ -10,7 +10,7 @@ from clipood.settings import TrainConfig
 from clipood.settings import CropSettings, EvalSettings, RunSettings, opt, section
 
 __all__ = ["AdapterSettings", "LossWeights", "TrainRunSettings", "AblationSettings", "ZeroShotSettings",
-           "MineSettings", "BuildMiniSettings"]
+           "MineSettings", "BuildMiniSettings", "RECIPE_SETTINGS"]
 
 
 @dataclass
@@ -73,3 +73,9 @@ class MineSettings(RunSettings):
 class BuildMiniSettings:
     seed: int = opt(0, "which mini world to build")
     root: Optional[str] = opt(None, "where to build it (None = $CLIPOOD_DATA/mini or ~/.cache/clipood/mini)")
+
+
+#: the schema of each recipe, by the prefix of its YAML files (``recipes/configs/<recipe>_<preset>.yaml``);
+#: a YAML file with another prefix is a KR-NFT run config (e.g. an adapter's own, see docs/adding-an-adapter.md)
+RECIPE_SETTINGS: dict[str, type] = {"krnft": TrainRunSettings, "ablation": AblationSettings,
+                                    "zeroshot": ZeroShotSettings}

@@ -16,11 +16,11 @@ import yaml
 import adapters
 from clipood.errors import ClipoodError
 from clipood_recipes.configure import compose_settings
-from clipood_recipes.settings import AblationSettings, TrainRunSettings, ZeroShotSettings
+from clipood_recipes.settings import RECIPE_SETTINGS, TrainRunSettings
 from helpers import ROOT, run_script
 
 CONFIGS = ROOT / "recipes" / "configs"
-SCHEMAS = {"krnft": TrainRunSettings, "ablation": AblationSettings, "zeroshot": ZeroShotSettings}
+SCHEMAS = RECIPE_SETTINGS
 YAMLS = sorted(CONFIGS.glob("*.yaml"))
 
 
