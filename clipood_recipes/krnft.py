@@ -33,7 +33,7 @@ def run_signature(cfg: dict) -> dict:
 
 def check_resume(cfg: dict, output_dir: str | None = None) -> None:
     """Fail at once (before any model or data is loaded) when ``output_dir`` holds another run's checkpoints."""
-    if cfg.get("resume", True):
+    if cfg["resume"]:
         check_resumable(output_dir or cfg["output_dir"], run_signature(cfg))
 
 
