@@ -28,6 +28,17 @@ from .taskres import TaskRes, TaskResConfig
 
 __clipood_adapters__ = True
 
+
+def _register_detector_io() -> None:
+    # clipood.Detector (core) saves / reloads a trained adapter through these (the core never imports adapters)
+    from clipood.detector import register_adapter_io
+
+    register_adapter_io(save=lambda adapter, directory: save_adapter(adapter, directory, include_base=True),
+                        load=lambda directory, backbone=None: load_adapter(directory, backbone=backbone))
+
+
+_register_detector_io()
+
 __all__ = [
     "Adapter", "AdapterConfig", "AdapterContext", "AdapterOutput", "AdapterSpec", "build_adapter",
     "discover_adapters", "get_adapter_class", "get_adapter_spec", "list_adapters", "load_adapter",

@@ -71,15 +71,23 @@ def _scores(logits_fn: LogitsFn, feats: Mapping[str, torch.Tensor], sf: SplitFea
             batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     scores, preds = [], []
     for batch in feature_batches(feats, batch_size):
-        cos = logits_fn(batch, sf).float()
-        logits = logit_scale * cos
-        if score == "neglabel" and groups == 1:
-            # same ranking as Eq. 2 without float saturation ties (see scores.neglabel_log_odds)
-            scores.append(neglabel_log_odds(logits, sf.num_id))
-        else:
-            scores.append(compute_score(score, logits.double(), sf.num_id, groups=groups, temperature=temperature))
-        preds.append(logits[:, :sf.num_id].argmax(1))
+        s, p = score_cosines(logits_fn(batch, sf), sf.num_id, score, logit_scale, groups, temperature)
+        scores.append(s)
+        preds.append(p)
     return torch.cat(scores), torch.cat(preds)
+
+
+def score_cosines(cos: torch.Tensor, num_id: int, score: str = "neglabel", logit_scale: float = 100.0,
+                  groups: int = 1, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine logits (B×K, ID columns first) → (per-image ID score, predicted ID class): the one scoring step
+    of evaluation and of :class:`clipood.detector.Detector`. NegLabel (Eq. 2) without grouping is ranked by its
+    float64 log-odds (no float saturation ties, see ``scores.neglabel_log_odds``)."""
+    logits = logit_scale * cos.float()
+    if score == "neglabel" and groups == 1:
+        s = neglabel_log_odds(logits, num_id)
+    else:
+        s = compute_score(score, logits.double(), num_id, groups=groups, temperature=temperature)
+    return s, logits[:, :num_id].argmax(1)
 
 
 def evaluate_split(method: str, logits_fn: LogitsFn, sf: SplitFeatures, *, score: str = "neglabel",

@@ -15,6 +15,7 @@ commands:
   mine        mine NegLabel negatives for a benchmark's ID classes and write them to a text file
   build-mini  build (or reuse) the mini-world benchmark on disk and print its folder
   adapters    list the registered adapters and their options
+  detect      score images with a saved detector (a trained run's output_dir or a detector folder)
 """
 
 
@@ -71,7 +72,13 @@ def _adapters(argv):
             print(f"    {field}: {text}")
 
 
-COMMANDS = {"eval": _eval, "mine": _mine, "build-mini": _build_mini, "adapters": _adapters}
+def _detect(argv):
+    from .detect import detect_main
+
+    detect_main(argv)
+
+
+COMMANDS = {"eval": _eval, "mine": _mine, "build-mini": _build_mini, "adapters": _adapters, "detect": _detect}
 
 
 def main(argv=None) -> None:

@@ -58,9 +58,18 @@ class ZeroShotRecipe:
         self.rows, self.raw = evaluate_detectors(zero_shot_detectors(cfg), self.splits, cfg)
         self.notes = list(self.bench.notes)
 
+    #: the method whose detector folder ``save`` writes, and its adapter (None = zero-shot)
+    detector_method = "NegLabel (zero-shot)"
+    detector_adapter = None
+
     def save(self) -> None:
         if not self.accelerator.is_main_process:
             return
+        from .detect import save_run_detector
+
+        det_dir = save_run_detector(self.cfg, self.bench, self.splits, self.raw, self.detector_method,
+                                    self.detector_adapter)
+        self.notes.append(f"detector ({self.detector_method}) saved in {det_dir}: clipood detect {det_dir} IMAGES")
         md = write_outputs(self.rows, self.raw, self.cfg["output_dir"], self.title, self.notes,
                            plots=self.cfg["eval"]["plots"])
         write_json(Path(self.cfg["output_dir"]) / "config.json", self.cfg)
@@ -97,6 +106,7 @@ class KRNFTRecipe(ZeroShotRecipe):
         if cfg.get("log_with"):
             accelerator.end_training()
         self.adapter = accelerator.unwrap_model(task).adapter.eval()
+        self.detector_method, self.detector_adapter = cfg["method_name"], self.adapter
         if accelerator.is_main_process:
             save_trained_adapter(self.adapter, out / "adapter")
             plot_loss(result.history, out / "loss.png")
