@@ -33,7 +33,7 @@ from .errors import ClipoodError
 from .io import load_safetensors, make_temp_dir, save_safetensors, write_json
 
 __all__ = ["Detector", "Detections", "FORMAT", "FORMAT_VERSION", "calibrate_threshold", "register_adapter_io",
-           "image_files"]
+           "image_files", "has_random_weights"]
 
 FORMAT = "clipood-detector"
 FORMAT_VERSION = 1
@@ -229,8 +229,12 @@ class Detector:
     def save_pretrained(self, directory: str | os.PathLike, *, adapter_saver: Callable | None = None) -> Path:
         """Write the detector folder (built in a temporary sibling folder, then renamed over ``directory``)."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
         bb = self.backbone
+        if has_random_weights(bb):
+            raise ClipoodError(f"cannot save a detector to {directory}: backbone {bb.model_name} has random weights "
+                               f"(no pretrained tag or weights file), which no later process can rebuild; load "
+                               f"it with pretrained weights")
+        directory.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "backbone": {"model": self.info.get("model", bb.model_name), "pretrained": self.info.get("pretrained"),
@@ -299,6 +303,11 @@ class Detector:
                   temperature=sc["temperature"], threshold=meta.get("threshold"), info=info)
         det._calibration = json.loads((directory / CALIBRATION_FILE).read_text(encoding="utf-8"))
         return det
+
+
+def has_random_weights(backbone) -> bool:
+    """True when the backbone was built without pretrained weights (its identifier says ``|random``)."""
+    return str(getattr(backbone, "identifier", "")).split("|", 1)[-1].startswith("random")
 
 
 def _finite(tensors: dict, path: Path) -> dict:

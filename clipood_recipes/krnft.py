@@ -65,11 +65,16 @@ class ZeroShotRecipe:
     def save(self) -> None:
         if not self.accelerator.is_main_process:
             return
+        from clipood.detector import has_random_weights
+
         from .detect import save_run_detector
 
-        det_dir = save_run_detector(self.cfg, self.bench, self.splits, self.raw, self.detector_method,
-                                    self.detector_adapter)
-        self.notes.append(f"detector ({self.detector_method}) saved in {det_dir}: clipood detect {det_dir} IMAGES")
+        if has_random_weights(self.bench.backbone):
+            self.notes.append(f"no detector folder: {self.cfg['model']} has random weights")
+        else:
+            det_dir = save_run_detector(self.cfg, self.bench, self.splits, self.raw, self.detector_method,
+                                        self.detector_adapter)
+            self.notes.append(f"detector ({self.detector_method}) saved in {det_dir}: clipood detect {det_dir} IMAGES")
         md = write_outputs(self.rows, self.raw, self.cfg["output_dir"], self.title, self.notes,
                            plots=self.cfg["eval"]["plots"])
         write_json(Path(self.cfg["output_dir"]) / "config.json", self.cfg)
