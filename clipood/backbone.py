@@ -7,6 +7,7 @@ so that prompt learners can feed token *embeddings* instead of tokens.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -146,10 +147,23 @@ def _download_tag(model_name: str, tag: str, cfg: dict, timeout: float) -> str:
     return result["path"]
 
 
+#: weights files of an open_clip ``local-dir:`` folder, in the order open_clip looks for them
+LOCAL_DIR_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
 def _resolve_model_name(model_name: str) -> None:
     import open_clip
 
-    if model_name.startswith(("hf-hub:", "local-dir:")):
+    if model_name.startswith("local-dir:"):
+        folder = Path(model_name[len("local-dir:"):])
+        if not (folder / "open_clip_config.json").is_file():
+            raise ClipoodError(f"local-dir folder {folder} has no open_clip_config.json; it must hold "
+                               f"open_clip_config.json and open_clip_model.safetensors")
+        if not any((folder / n).is_file() for n in LOCAL_DIR_WEIGHTS):  # open_clip would use random weights
+            raise ClipoodError(f"local-dir folder {folder} holds no weights ({' or '.join(LOCAL_DIR_WEIGHTS)}); "
+                               f"copy the weights file into it")
+        return
+    if model_name.startswith("hf-hub:"):
         return
     if model_name not in open_clip.list_models():
         raise unknown("open_clip model", model_name, open_clip.list_models())
@@ -190,7 +204,21 @@ def load_clip(model_name: str, pretrained: str | os.PathLike | None = None, *, d
         if not (folder / "open_clip_config.json").is_file():
             raise ClipoodError(f"local-dir folder {folder} has no open_clip_config.json; it must hold "
                                f"open_clip_config.json and open_clip_model.safetensors")
-        arg, identifier = str(pretrained), f"{model_name}|local-dir:{folder.resolve()}"
+        weights = [folder / n for n in LOCAL_DIR_WEIGHTS if (folder / n).is_file()]
+        if not weights:  # open_clip would silently build random weights
+            raise ClipoodError(f"local-dir folder {folder} holds no weights ({' or '.join(LOCAL_DIR_WEIGHTS)}); "
+                               f"copy the weights file into it, or pass the weights file as pretrained=")
+        # the weights are loaded into model_name's architecture here, so a mismatch is one clear line
+        state_dict = _load_state_dict(weights[0])
+        try:
+            pp = json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8")).get("preprocess_cfg") or {}
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise ClipoodError(f"{folder / 'open_clip_config.json'} is not valid JSON ({e}); fix or re-export it") from None
+        for src, dst in (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation"),
+                         ("resize_mode", "image_resize_mode")):
+            if pp.get(src) is not None:
+                kwargs[dst] = pp[src]
+        arg, identifier = None, f"{model_name}|local-dir:{folder.resolve()}:{_file_fingerprint(weights[0])}"
     elif Path(pretrained).suffix in (".safetensors", ".pt", ".pth", ".bin") or Path(pretrained).exists():
         path = Path(pretrained)
         if not path.is_file():

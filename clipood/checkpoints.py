@@ -104,7 +104,7 @@ def check_resumable(output_dir: str | os.PathLike, signature: dict) -> Path | No
         a, b = flat_leaves(old or {}), flat_leaves(signature)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         raise ClipoodError(f"{ckpt_root} holds checkpoints of another configuration (differs in: "
-                           f"{', '.join(diff[:6])}); set another output_dir, or resume=false to start over")
+                           f"{', '.join(diff)}); set another output_dir, or resume=false to start over")
     return ck
 
 

@@ -324,11 +324,29 @@ def _pil_rgb(value: Any):
     from PIL import Image
 
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
+        return _to_8bit(value).convert("RGB")
     if isinstance(value, dict):  # an undecoded HF image: {"bytes": ..., "path": ...}
         value = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
     with Image.open(value) as im:
-        return im.convert("RGB")
+        return _to_8bit(im).convert("RGB")
+
+
+def _to_8bit(im):
+    """High-bit-depth grayscale (16-bit PNG/TIFF: modes ``I;16*`` and ``I``; float ``F``) scaled to 8 bits.
+    PIL's ``convert("RGB")`` clips such values at 255, which turns a 16-bit image almost entirely white."""
+    if not (im.mode.startswith("I") or im.mode == "F"):
+        return im
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(im).astype(np.float64)
+    if im.mode == "F":
+        top = 1.0 if a.size and a.max() <= 1.0 else 255.0
+    else:
+        top = 65535.0 if im.mode.startswith("I;16") or (a.size and a.max() > 255) else 255.0
+        if a.size and a.max() > 65535:
+            top = float(a.max())
+    return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
 
 
 def _readable(ds: ImageDataset, index: int, full: bool) -> bool:

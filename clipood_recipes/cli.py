@@ -25,7 +25,7 @@ def _eval(argv):
     from .krnft import ZeroShotRecipe
     from .settings import ZeroShotSettings
 
-    recipe = ZeroShotRecipe(load_settings(ZeroShotSettings, ["output_dir=outputs/eval", *argv], doc=_eval.__doc__))
+    recipe = ZeroShotRecipe(load_settings(ZeroShotSettings, argv, doc=_eval.__doc__, default_output_dir="outputs/eval"))
     recipe.setup()
     recipe.save()
 

@@ -29,8 +29,12 @@ def presets(configs_dir: str | Path | None, recipe: str | None) -> dict[str, Pat
 
 
 def compose_settings(schema: type, argv: Sequence[str], *, configs_dir: str | Path | None = None,
-                     recipe: str | None = None) -> dict:
-    """The checked config (a plain nested dict) of ``argv`` (``--help`` is not handled here)."""
+                     recipe: str | None = None, default_output_dir: str | None = None) -> dict:
+    """The checked config (a plain nested dict) of ``argv`` (``--help`` is not handled here).
+
+    Unless ``output_dir`` is given (command line or ``--config`` file), it is the preset's (or
+    ``default_output_dir``) for the preset's own setting, and ``<that>-<8 hex digits>`` of the setting for any
+    other, so the README's commands run in any order never meet each other's checkpoints."""
     path, rest = split_config_arg(argv)
     overrides = parse_overrides(rest)
     file_data = load_yaml(path) if path else {}
@@ -43,9 +47,33 @@ def compose_settings(schema: type, argv: Sequence[str], *, configs_dir: str | Pa
         layers.append((str(known[name]), load_yaml(known[name])))
     if path:
         layers.append((str(path), file_data))
+    base_layers = list(layers)
     layers.append(("the command line", overrides))
-    cfg = to_dict(compose(schema, layers, resets=RESETS if "adapter" in _fields(schema) else None))
-    return finish(cfg)
+    resets = RESETS if "adapter" in _fields(schema) else None
+    cfg = finish(to_dict(compose(schema, layers, resets=resets)))
+    explicit = "output_dir" in dict(overrides) or "output_dir" in file_data
+    if "output_dir" in cfg and not explicit:
+        if default_output_dir:
+            base_layers.append(("the command's default", [("output_dir", default_output_dir)]))
+            cfg["output_dir"] = default_output_dir
+        baseline = finish(to_dict(compose(schema, base_layers, resets=resets)))
+        if _setting_key(cfg) != _setting_key(baseline):
+            # another setting than the preset's: its own folder, so two settings never share checkpoints
+            cfg["output_dir"] = f"{baseline['output_dir']}-{_setting_key(cfg)}"
+    return cfg
+
+
+#: keys that say where things are or how a run reports, not what it computes: they never move output_dir
+LOCATION_KEYS = ("output_dir", "data_root", "cache_dir", "progress", "resume", "log_with", "cpu")
+
+
+def _setting_key(cfg: dict) -> str:
+    """8 hex digits of everything a run computes with (all keys but :data:`LOCATION_KEYS`)."""
+    import hashlib
+    import json
+
+    what = {k: v for k, v in cfg.items() if k not in LOCATION_KEYS}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def finish(cfg: dict) -> dict:
@@ -112,12 +140,12 @@ def _asdict(config: Any) -> dict:
 
 
 def load_settings(schema: type, argv: Sequence[str] | None = None, *, configs_dir: str | Path | None = None,
-                  recipe: str | None = None, doc: str | None = None) -> dict:
+                  recipe: str | None = None, doc: str | None = None, default_output_dir: str | None = None) -> dict:
     """``compose_settings`` for a script's command line; ``--help`` prints the values this run would use."""
     argv = list(sys.argv[1:] if argv is None else argv)
     wants_help = any(a in ("-h", "--help") for a in argv)
     cfg = compose_settings(schema, [a for a in argv if a not in ("-h", "--help")], configs_dir=configs_dir,
-                           recipe=recipe)
+                           recipe=recipe, default_output_dir=default_output_dir)
     if wants_help:
         print(doc or "")
         print("Values of this run (override with key=value, or --config FILE):\n")
