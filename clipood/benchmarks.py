@@ -85,11 +85,11 @@ def setup_benchmark(cfg, accelerator) -> Benchmark:
     bench = _setup_data(cfg, accelerator)
     bench.backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
     if str(bench.backbone.identifier).split("|", 1)[-1].startswith("random"):
-        # any model without pretrained weights (not only clipood-tiny): said in the results and the log
+        # any model without pretrained weights (not only clipood-tiny): said in results.md and the printed
+        # summary (not in the log: an error line after it must stay the only line on stderr)
         note = (f"> **{cfg['model']} has random weights (no pretrained tag or weights file): these numbers are "
                 f"meaningless.**")
         bench.notes = [n for n in bench.notes if "random weights" not in n] + [note]
-        log.warning("%s", note.strip("> *"))
     return bench
 
 
