@@ -114,7 +114,8 @@ class LabelSet:
 
     def resolve(self, keys: Sequence, numeric: bool = False) -> list[int | str]:
         """Label indices of ``keys`` (class folders or a ``classes`` list), by WordNet ID, by class name
-        (case-insensitive, '_' read as space) or, with ``numeric`` (or an int key), by label index.
+        (case-insensitive, '_' read as space) or by label index (an int key or a string of digits; with
+        ``numeric`` digits are always an index).
 
         Returns one entry per key: its index, or the problem as a string ("unknown" / "ambiguous").
         """
@@ -132,6 +133,8 @@ class LabelSet:
                 out.append(by_id[k])
             elif len(by_name.get(_norm(k), [])) == 1:
                 out.append(by_name[_norm(k)][0])
+            elif k.isdigit() and not by_name.get(_norm(k)):  # a label index
+                out.append(int(k) if int(k) < len(self) else "unknown")
             else:
                 out.append("ambiguous" if by_name.get(_norm(k)) else "unknown")
         return out

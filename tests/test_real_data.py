@@ -1,0 +1,155 @@
+"""Real-data layouts on generated data: HF datasets, ImageNet-style WordNet-ID trees, OpenOOD lists.
+
+Every test compares against what the data are known to hold (pixels, folder → class), never the code's output.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipood.datasets import HFDatasetSpec, ImageFolderSpec, build_dataset, spec_from_dict
+from clipood.errors import ClipoodError
+from clipood.features import dataset_fingerprint, extract_features
+from clipood.prompts import get_label_set
+
+IMAGENET = get_label_set("imagenet")
+
+
+def png(path, value: int, size: int = 8):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size, 3), value, dtype=np.uint8)).save(path)
+    return path
+
+
+class PixelBackbone:
+    """Feature of an image = its mean pixel value in a 2-D unit vector; counts every encode call."""
+
+    identifier = "pixel-mean-test"
+
+    def __init__(self):
+        self.image_calls = 0
+        self.text_calls = 0
+
+    @staticmethod
+    def preprocess(im):
+        return torch.tensor(np.asarray(im, dtype=np.float32).mean() / 255.0)
+
+    def encode_images(self, x):
+        self.image_calls += 1
+        v = torch.stack([x.float(), 1 - x.float()], dim=1)
+        return torch.nn.functional.normalize(v, dim=-1)
+
+
+def hf_set(values, labels, names=("cat", "dog")):
+    import datasets
+
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(names))})
+    ims = [Image.fromarray(np.full((6, 6, 3), v, dtype=np.uint8)) for v in values]
+    return datasets.Dataset.from_dict({"image": ims, "label": list(labels)}, features=feats)
+
+
+# ------------------------------------------------------------------------------------------ cache keys
+def test_hf_sets_differing_only_in_pixels_get_different_features(tmp_path):
+    import datasets
+
+    hf_set([10, 20, 30, 40], [0, 1, 0, 1]).save_to_disk(tmp_path / "a")
+    hf_set([200, 210, 220, 230], [0, 1, 0, 1]).save_to_disk(tmp_path / "b")
+    datasets.DatasetDict({"train": hf_set([10, 20, 30, 40], [0, 1, 0, 1]),
+                          "test": hf_set([90, 80, 70, 60], [0, 1, 0, 1])}).save_to_disk(tmp_path / "dd")
+    bb = PixelBackbone()
+    cache = tmp_path / "cache"
+
+    def feats(spec):
+        ds = build_dataset(spec, transform=bb.preprocess)
+        return extract_features(bb, ds, batch_size=2, cache_dir=cache, progress=False)["features"][:, 0]
+
+    a = feats(HFDatasetSpec(str(tmp_path / "a"), from_disk=True))
+    b = feats(HFDatasetSpec(str(tmp_path / "b"), from_disk=True))
+    # the feature's first coordinate is a monotone function of the mean pixel: the values must order as the pixels
+    assert torch.all(b > a)
+    assert len(list(cache.glob("*.safetensors"))) == 2
+    train = feats(HFDatasetSpec(str(tmp_path / "dd"), split="train", from_disk=True))
+    test = feats(HFDatasetSpec(str(tmp_path / "dd"), split="test", from_disk=True))
+    assert torch.allclose(train, a) and torch.all(test[:2] > train[:2]) and not torch.allclose(train, test)
+    calls = bb.image_calls
+    again = feats(HFDatasetSpec(str(tmp_path / "a"), from_disk=True))  # a rerun of the same data hits
+    assert bb.image_calls == calls and torch.equal(again, a)
+    # another column selection is another key (here: the label column dropped)
+    ka = dataset_fingerprint(build_dataset(HFDatasetSpec(str(tmp_path / "a"), from_disk=True)))
+    kn = dataset_fingerprint(build_dataset(HFDatasetSpec(str(tmp_path / "a"), from_disk=True, label_column=None)))
+    assert ka != kn
+
+
+def test_folder_key_follows_content_not_location(tmp_path):
+    for root in ("x", "y"):
+        for i in range(2):
+            png(tmp_path / root / "c" / f"{i}.png", 10 * i)
+    kx = dataset_fingerprint(build_dataset(ImageFolderSpec(str(tmp_path / "x"))))
+    import shutil
+    shutil.copytree(tmp_path / "x", tmp_path / "moved", copy_function=shutil.copy2)  # same sizes and mtimes
+    assert dataset_fingerprint(build_dataset(ImageFolderSpec(str(tmp_path / "moved")))) == kx
+    png(tmp_path / "x" / "c" / "1.png", 99, size=9)  # other pixels, other size
+    assert dataset_fingerprint(build_dataset(ImageFolderSpec(str(tmp_path / "x")))) != kx
+
+
+def test_save_to_disk_folder_is_detected(tmp_path, monkeypatch):
+    hf_set([1, 2], [0, 1]).save_to_disk(tmp_path / "hf")
+    monkeypatch.setenv("CLIPOOD_DATA", str(tmp_path))
+    ds = build_dataset(spec_from_dict({"type": "hf", "path_or_name": "hf"}))  # no from_disk needed
+    assert ds.classnames == ["cat", "dog"] and ds.labels == [0, 1]
+    with pytest.raises(ClipoodError, match="save_to_disk folder.*type: hf.*from_disk: true"):
+        build_dataset(ImageFolderSpec("hf"))
+    with pytest.raises(ClipoodError, match="label_column: null"):
+        build_dataset({"type": "hf", "path_or_name": "hf", "label_column": "fine_label"})
+
+
+# ------------------------------------------------------------------------------------------ labels by name
+def imagenet_tree(root, indices, per_class: int = 1):
+    for i in indices:
+        for j in range(per_class):
+            png(root / IMAGENET.ids[i] / f"{j}.JPEG", (i * 7 + j) % 256)
+    return root
+
+
+def test_imagenet_tree_with_a_missing_class_folder_names_it(tmp_path):
+    imagenet_tree(tmp_path / "val", [i for i in range(1000) if i != 1])
+    with pytest.raises(ClipoodError) as err:
+        build_dataset(ImageFolderSpec(str(tmp_path / "val"), label_set="imagenet"))
+    msg = str(err.value)
+    assert "n01443537 (goldfish)" in msg and "1 of the 1000 classes" in msg and "classes:" in msg
+
+
+def test_full_imagenet_tree_labels_are_label_set_indices(tmp_path):
+    imagenet_tree(tmp_path / "val", range(1000))
+    ds = build_dataset(ImageFolderSpec(str(tmp_path / "val"), label_set="imagenet"))
+    assert ds.classnames == IMAGENET.classnames
+    assert all(IMAGENET.ids[y] == p.split("/")[-2] for p, y in ds.samples)
+
+
+def test_classes_subset_evaluates_correct_labels(tmp_path):
+    # a subset tree (3 classes present, including the 'later' ones whose labels used to shift)
+    imagenet_tree(tmp_path / "val", [0, 2, 5], per_class=2)
+    spec = ImageFolderSpec(str(tmp_path / "val"), label_set="imagenet", classes=["goldfish", "n01440764"])
+    with pytest.raises(ClipoodError, match="n01443537 \\(goldfish\\)"):
+        build_dataset(spec)  # goldfish (index 1) is not there
+    spec = ImageFolderSpec(str(tmp_path / "val"), label_set="imagenet", classes=["great white shark", "n01440764"])
+    ds = build_dataset(spec)
+    assert ds.classnames == ["great white shark", "tench"]
+    assert {p.split("/")[-2]: y for p, y in ds.samples} == {"n01484850": 0, "n01440764": 1}
+
+
+def test_unexpected_folder_is_an_error(tmp_path):
+    imagenet_tree(tmp_path / "val", range(1000))
+    png(tmp_path / "val" / "n99999999" / "x.JPEG", 1)
+    with pytest.raises(ClipoodError, match="1 class folder\\(s\\) are no class of label set imagenet: n99999999"):
+        build_dataset(ImageFolderSpec(str(tmp_path / "val"), label_set="imagenet"))
+
+
+def test_numeric_folders_map_by_index(tmp_path):
+    for i in (0, 10, 2):
+        png(tmp_path / "v2" / str(i) / "a.jpeg", i)
+    ds = build_dataset(ImageFolderSpec(str(tmp_path / "v2"), label_set="imagenet", classes=["0", "2", "10"]))
+    assert ds.classnames == [IMAGENET.classnames[i] for i in (0, 2, 10)]
+    assert {p.split("/")[-2]: y for p, y in ds.samples} == {"0": 0, "2": 1, "10": 2}
