@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ClipoodError
@@ -83,8 +84,8 @@ def training_dataset(train_spec: Any, id_classnames: Sequence[str], *, label_set
 
 
 def _suite_entries(cfg) -> tuple[list, list[str]]:
-    """[(where, spec)] of every dataset of the configured suites, and the problems found on the way."""
-    from .suites import check_suite, get_suite, suite_classnames
+    """[(where, spec)] of every dataset the configured suites evaluate, and the problems found on the way."""
+    from .suites import get_suite, suite_classnames
 
     root = cfg.get("data_root")
     problems: list[str] = []
@@ -99,16 +100,11 @@ def _suite_entries(cfg) -> tuple[list, list[str]]:
                 suites.append((kind, get_suite(n, root=root)))
             except ClipoodError as e:
                 problems.append(str(e))
-    entries, missing_paths = [], set()
+    entries = []
     for kind, s in suites:
-        try:
-            check_suite(s, root)
-        except ClipoodError as e:
-            problems.append(str(e))
-            missing_paths.add(s.name)
-        ood = base.ood if kind == "new_style" else s.ood
-        entries.append((f"{kind} ID {s.name}", s.id, s.name in missing_paths))
-        entries += [(f"{kind} OOD {n}", spec, s.name in missing_paths) for n, spec in ood.items()]
+        ood = base.ood if kind == "new_style" else s.ood  # unseen styles keep the Base OOD sets
+        entries.append((f"{kind} ID {s.name}", s.id))
+        entries += [(f"{kind} OOD {n}", spec) for n, spec in ood.items()]
     if _is_training(cfg):
         spec = cfg.get("train_data")
         if not spec:
@@ -117,10 +113,18 @@ def _suite_entries(cfg) -> tuple[list, list[str]]:
         else:
             try:
                 names = suite_classnames(base, root) if base.label_set else None
-                entries.append(("train", ("train", spec, base.label_set, names), False))
+                entries.append(("train", ("train", spec, base.label_set, names)))
             except ClipoodError as e:
                 problems.append(str(e))
-    return [(w, s) for w, s, gone in entries if not gone or w == "train"], problems
+    return entries, problems
+
+
+def _missing_paths(spec, root) -> list[str]:
+    from .specs import resolve_spec
+    from .suites import _required_paths
+
+    full = resolve_spec(spec, root)
+    return [rel for rel, f in zip(_required_paths(spec), _required_paths(full)) if not Path(f).exists()]
 
 
 def _custom_entries(cfg) -> tuple[list, list[str]]:
@@ -157,7 +161,9 @@ def check_data(cfg) -> None:
     root = cfg.get("data_root")
     entries, problems = _custom_entries(cfg) if bench == "custom" else _suite_entries(cfg)
     seen: dict[str, str] = {}
+    located: dict[str, list[str]] = {}  # message → where it happened (one line for a problem shared by sets)
     id_names = None
+    missing: list[str] = []
     for where, spec in entries:
         if isinstance(spec, tuple):  # the training data, checked against the ID names
             continue
@@ -166,14 +172,18 @@ def check_data(cfg) -> None:
             continue
         seen[key] = where
         try:
+            gone = _missing_paths(spec, root)
+            if gone:
+                missing += [g for g in gone if g not in missing]
+                continue
             ds = build_dataset(spec, root=root)
             if where.startswith(("base ID", "id_data")):
                 id_names = ds.classnames
                 if not id_names:
-                    problems.append(f"{where}: the ID dataset has no class names (use one folder per class, or "
-                                    "set classnames)")
+                    located.setdefault("the ID dataset has no class names (use one folder per class, or set "
+                                       "classnames)", []).append(where)
         except ClipoodError as e:
-            problems.append(f"{where}: {e}")
+            located.setdefault(str(e), []).append(where)
     for where, (_, spec, label_set, names) in (e for e in entries if isinstance(e[1], tuple)):
         names = names or id_names
         if not names:
@@ -183,6 +193,18 @@ def check_data(cfg) -> None:
                              mode=cfg.get("train_classes") or "exact", root=root)
         except ClipoodError as e:
             problems.append(f"train_data: {e}")
+    problems += [f"{', '.join(w)}: {msg}" for msg, w in located.items()]
+    if missing:
+        import os
+
+        from .specs import DATA_ROOT_ENV, data_root
+
+        base = data_root(root)
+        shown = [os.path.relpath(m, base) if Path(m).is_absolute() and Path(m).is_relative_to(base) else m
+                 for m in missing]
+        where = f"data root {base} (set by {'data_root=' if root else DATA_ROOT_ENV})"
+        problems.insert(0, f"{len(missing)} path(s) missing under {where}: {_listed(shown, 20)}; put the datasets "
+                           "in the layout described in clipood.suites (README 'Datasets') or fix the data root")
     problems = list(dict.fromkeys(problems))
     if len(problems) == 1:
         raise ClipoodError(f"data problem (found before loading the model): {problems[0]}")

@@ -153,3 +153,110 @@ def test_numeric_folders_map_by_index(tmp_path):
     ds = build_dataset(ImageFolderSpec(str(tmp_path / "v2"), label_set="imagenet", classes=["0", "2", "10"]))
     assert ds.classnames == [IMAGENET.classnames[i] for i in (0, 2, 10)]
     assert {p.split("/")[-2]: y for p, y in ds.samples} == {"0": 0, "2": 1, "10": 2}
+
+
+# ------------------------------------------------------------------------------------------ up-front check
+@pytest.fixture
+def no_model(monkeypatch):
+    """Make loading a backbone fail loudly and record that it was attempted."""
+    import clipood.backbone
+
+    calls = []
+
+    def boom(*a, **k):
+        calls.append(a)
+        raise AssertionError("a model was loaded before the data check")
+
+    monkeypatch.setattr(clipood.backbone, "load_clip", boom)
+    return calls
+
+
+def run_recipe(name, args):
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "recipes" / f"{name}.py"
+    return runpy.run_path(str(script), run_name="recipe_under_test")["main"](args)
+
+
+def colour_folder(root, classes, n=2):
+    for k, c in enumerate(classes):
+        for i in range(n):
+            png(root / c / f"{i}.png", 30 * k + i)
+    return root
+
+
+def test_late_errors_fail_before_the_model(tmp_path, no_model):
+    colour_folder(tmp_path / "id", ["cat", "dog"])
+    (tmp_path / "empty_ood").mkdir()
+    base = ["model=clipood-tiny", "progress=false", f"output_dir={tmp_path / 'out'}", f"data_root={tmp_path}"]
+    with pytest.raises(ClipoodError, match="ood_data.empty: no images .* OOD folder"):
+        run_recipe("zeroshot", base + ["benchmark=custom", "id_data.path=id", "ood_data.empty.path=empty_ood"])
+    imagenet = tmp_path / "imagenet" / "val"
+    for i in range(3):
+        png(imagenet / f"ILSVRC2012_val_{i:08d}.JPEG", i)  # flat, as the archive ships it
+    for o in ("iNaturalist", "SUN", "Places", "dtd/images"):
+        png(tmp_path / o / "images" / "a.jpg", 5)
+    with pytest.raises(ClipoodError) as err:
+        run_recipe("krnft", base + ["benchmark=imagenet"])
+    msg = str(err.value)
+    assert "2 data problems" in msg and "no class sub-folders" in msg and "WordNet ID" in msg
+    assert "no training data: set train_data" in msg
+    assert not no_model
+
+
+def test_all_problems_of_all_splits_in_one_message(tmp_path, no_model):
+    colour_folder(tmp_path / "id", ["cat", "dog"])
+    (tmp_path / "e1").mkdir()
+    base = ["model=clipood-tiny", "progress=false", f"output_dir={tmp_path / 'out'}", f"data_root={tmp_path}",
+            "benchmark=custom", "id_data.path=id", "ood_data.a.path=e1", "ood_data.b.path=e1",
+            "ood_data.c.type=hf", "ood_data.c.path_or_name=nope", "ood_data.c.from_disk=true"]
+    with pytest.raises(ClipoodError) as err:
+        run_recipe("zeroshot", base)
+    msg = str(err.value)
+    assert msg.startswith("2 data problems") and msg.count("e1") == 1 and "nope" in msg  # the same folder once
+    assert not no_model
+
+
+def test_mismatched_training_classes_fail_before_the_model(tmp_path, no_model):
+    colour_folder(tmp_path / "id", ["cat", "dog"])
+    colour_folder(tmp_path / "ood", ["x"])
+    colour_folder(tmp_path / "train", ["cow", "dog"], n=4)
+    args = ["model=clipood-tiny", "progress=false", f"output_dir={tmp_path / 'out'}", f"data_root={tmp_path}",
+            "benchmark=custom", "id_data.path=id", "ood_data.x.path=ood", "train_data.path=train"]
+    with pytest.raises(ClipoodError, match="1 class\\(es\\) that are no ID class: cow"):
+        run_recipe("krnft", args)
+    assert not no_model
+
+
+def test_unlabelled_hf_ood_set_is_accepted(tmp_path):
+    import datasets
+
+    from clipood.data_checks import check_data
+
+    colour_folder(tmp_path / "id", ["cat", "dog"])
+    ims = [Image.fromarray(np.full((6, 6, 3), v, dtype=np.uint8)) for v in (1, 2)]
+    datasets.Dataset.from_dict({"image": ims}, features=datasets.Features({"image": datasets.Image()})) \
+        .save_to_disk(tmp_path / "hf_ood")
+    check_data({"benchmark": "custom", "data_root": str(tmp_path), "id_data": {"path": "id"},
+                "ood_data": {"u": {"type": "hf", "path_or_name": "hf_ood", "from_disk": True}}})
+
+
+def test_training_on_a_wordnet_tree_ranks_crops_with_class_names(tmp_path):
+    from clipood.backbone import load_clip
+    from clipood.crops import CropConfig, build_crop_cache
+    from clipood.data_checks import training_dataset
+
+    imagenet_tree(tmp_path / "train", [0, 1, 2], per_class=1)
+    names = [IMAGENET.classnames[i] for i in (0, 1, 2)]
+    with pytest.raises(ClipoodError, match="997 of the 1000 classes"):
+        training_dataset({"path": str(tmp_path / "train")}, IMAGENET.classnames, label_set="imagenet")
+    ds = training_dataset({"path": str(tmp_path / "train")}, names, label_set="imagenet",
+                          classes=["n01440764", "goldfish", "n01484850"])
+    assert ds.classnames == ["tench", "goldfish", "great white shark"]
+    bb = load_clip("clipood-tiny")
+    seen = []
+    orig = bb.encode_text
+    bb.encode_text = lambda texts, **k: (seen.append((list(texts), k.get("templates"))), orig(texts, **k))[1]
+    build_crop_cache(bb, ds, None, CropConfig(num_crops=2, num_selected=1), ds.classnames, progress=False)
+    assert seen == [(["tench", "goldfish", "great white shark"], ["a photo of a {}."])]
