@@ -260,3 +260,40 @@ def test_training_on_a_wordnet_tree_ranks_crops_with_class_names(tmp_path):
     bb.encode_text = lambda texts, **k: (seen.append((list(texts), k.get("templates"))), orig(texts, **k))[1]
     build_crop_cache(bb, ds, None, CropConfig(num_crops=2, num_selected=1), ds.classnames, progress=False)
     assert seen == [(["tench", "goldfish", "great white shark"], ["a photo of a {}."])]
+
+
+# ------------------------------------------------------------------------------------------ second run
+def test_second_run_encodes_nothing(tmp_path, monkeypatch):
+    from clipood.backbone import Backbone
+
+    colour_folder(tmp_path / "id", ["cat", "dog"], n=3)
+    colour_folder(tmp_path / "train", ["dog", "cat"], n=3)
+    colour_folder(tmp_path / "ood", ["x"], n=3)
+    words = tmp_path / "words.txt"
+    words.write_text("".join(f"word{i}\n" for i in range(30)) + "".join(f"adj{i}\tadj\n" for i in range(10)))
+    counts = {"images": 0, "texts": 0}
+    real_images, real_text = Backbone.encode_images, Backbone.encode_text
+
+    def count_images(self, *a, **k):
+        counts["images"] += 1
+        return real_images(self, *a, **k)
+
+    def count_text(self, *a, **k):
+        counts["texts"] += 1
+        return real_text(self, *a, **k)
+
+    monkeypatch.setattr(Backbone, "encode_images", count_images)
+    monkeypatch.setattr(Backbone, "encode_text", count_text)
+    monkeypatch.setenv("CLIPOOD_CACHE", str(tmp_path / "cache"))
+    args = ["model=clipood-tiny", "progress=false", f"data_root={tmp_path}", "benchmark=custom", "id_data.path=id",
+            "ood_data.x.path=ood", "train_data.path=train", f"negatives.corpus={words}", "shots=2",
+            "crops.num_crops=4", "crops.num_selected=1", "train.epochs=1", "train.batch_size=2", "eval.plots=false"]
+    run_recipe("krnft", args + [f"output_dir={tmp_path / 'run1'}"])
+    assert counts["images"] > 0 and counts["texts"] > 0  # the first run encodes images, crops and prompts
+    counts.update(images=0, texts=0)
+    run_recipe("krnft", args + [f"output_dir={tmp_path / 'run2'}"])
+    assert counts == {"images": 0, "texts": 0}
+    import json
+
+    r1, r2 = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("run1", "run2"))
+    assert r1 == r2
