@@ -92,7 +92,7 @@ def _suite_entries(cfg) -> tuple[list, list[str]]:
     try:
         base = get_suite(cfg["benchmark"], root=root, classes=cfg.get("classes"))
     except ClipoodError as e:
-        return [], [str(e)]
+        return [], [str(e)], True
     suites = [("base", base)]
     for kind in ("new_class", "new_style"):
         for n in cfg.get(f"{kind}_suites") or []:
@@ -116,7 +116,7 @@ def _suite_entries(cfg) -> tuple[list, list[str]]:
                 entries.append(("train", ("train", spec, base.label_set, names)))
             except ClipoodError as e:
                 problems.append(str(e))
-    return entries, problems
+    return entries, problems, bool(base.label_set)
 
 
 def _missing_paths(spec, root) -> list[str]:
@@ -148,7 +148,7 @@ def _custom_entries(cfg) -> tuple[list, list[str]]:
                             "benchmark=custom")
         else:
             entries.append(("train", ("train", cfg["train_data"], None, None)))
-    return entries, problems
+    return entries, problems, False
 
 
 def check_data(cfg) -> None:
@@ -159,7 +159,7 @@ def check_data(cfg) -> None:
     if bench == "mini":
         return
     root = cfg.get("data_root")
-    entries, problems = _custom_entries(cfg) if bench == "custom" else _suite_entries(cfg)
+    entries, problems, named = _custom_entries(cfg) if bench == "custom" else _suite_entries(cfg)
     seen: dict[str, str] = {}
     located: dict[str, list[str]] = {}  # message → where it happened (one line for a problem shared by sets)
     id_names = None
@@ -179,7 +179,7 @@ def check_data(cfg) -> None:
             ds = build_dataset(spec, root=root)
             if where.startswith(("base ID", "id_data")):
                 id_names = ds.classnames
-                if not id_names:
+                if not id_names and not named:  # a suite with a label set names its classes itself
                     located.setdefault("the ID dataset has no class names (use one folder per class, or set "
                                        "classnames)", []).append(where)
         except ClipoodError as e:

@@ -44,7 +44,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     },
     # score: what tuned methods are scored with (zero-shot rows are always NegLabel, plus MCM where enabled)
     "eval": {"score": "neglabel", "groups": 1, "logit_scale": 100.0, "batch_size": 256,
-             "convention": "hendrycks", "plots": True, "mcm": True},
+             "convention": None, "plots": True, "mcm": True},  # convention None: openood for openood-* suites
 }
 
 
@@ -129,6 +129,12 @@ def setup_benchmark(cfg, accelerator) -> Benchmark:
     _fill_negative_defaults(cfg)
     check_data(cfg)  # every data problem of every split, before any model work
     bench = _setup_data(cfg, accelerator)
+    from .report import convention_note
+    from .suites import default_convention
+
+    if cfg["eval"].get("convention") is None:
+        cfg["eval"]["convention"] = default_convention(cfg["benchmark"])
+    bench.notes.append(convention_note(cfg["eval"]["convention"]))
     bench.backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
     return bench
 
@@ -193,7 +199,8 @@ def _setup_data(cfg, accelerator) -> Benchmark:
     for kind, s_ in suites:
         # unseen styles keep the Base OOD sets (paper §4.1); unseen classes bring their own
         ood = suite.ood if kind == "new_style" else s_.ood
-        splits.append(EvalSplit(kind, {s_.name: s_.id}, ood, names(s_), s_.description))
+        groups = suite.groups if kind == "new_style" else s_.groups
+        splits.append(EvalSplit(kind, {s_.name: s_.id}, ood, names(s_), s_.description, groups=groups))
     return Benchmark(backbone, splits, _corpus(cfg), None, None, notes)
 
 
@@ -269,7 +276,8 @@ def evaluate_methods(methods: list[MethodSpec], sfs: list[SplitFeatures], cfg) -
             collapsed = []
             for sf in members:
                 r, sc = evaluate_split(m.name, m.logits_fn, sf, score=m.score, logit_scale=e["logit_scale"],
-                                       groups=e["groups"], temperature=m.temperature, convention=e["convention"])
+                                       groups=e["groups"], temperature=m.temperature,
+                                       convention=e.get("convention") or "hendrycks")
                 if len(members) == 1:
                     rows += r
                     raw[split][m.name].update({k: v.numpy() for k, v in sc.items()})

@@ -146,6 +146,12 @@ _SUITES = {
 }
 
 
+def default_convention(benchmark: str) -> str:
+    """The metric convention a benchmark is reported in by default: ``openood`` for the ``openood-*`` suites
+    (comparable with OpenOOD v1.5 tables), else ``hendrycks`` (the CLIP-OOD papers, KR-NFT's tables)."""
+    return "openood" if str(benchmark).lower().startswith("openood") else "hendrycks"
+
+
 def list_suites() -> list[str]:
     """Names accepted by `get_suite`."""
     return sorted(_SUITES)

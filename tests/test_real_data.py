@@ -297,3 +297,51 @@ def test_second_run_encodes_nothing(tmp_path, monkeypatch):
 
     r1, r2 = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("run1", "run2"))
     assert r1 == r2
+
+
+# ------------------------------------------------------------------------------------------ OpenOOD v1.5
+def openood_tree(data):
+    """A fake OpenOOD v1.5 ``data/`` folder: its list files and image folders, a few images each."""
+    lists = data / "benchmark_imglist" / "imagenet"
+    lists.mkdir(parents=True)
+    id_lines = []
+    for k, i in enumerate((0, 1, 2)):
+        for j in range(3):
+            rel = f"imagenet_1k/val/{IMAGENET.ids[i]}/ILSVRC2012_val_{k}{j}.JPEG"
+            png(data / "images_largescale" / rel, 40 * k + 5 * j)
+            id_lines.append(f"{rel} {i}")
+    (lists / "test_imagenet.txt").write_text("\n".join(id_lines) + "\n")
+    for n, folder in (("ssb_hard", "images_largescale"), ("ninco", "images_largescale"),
+                      ("inaturalist", "images_largescale"), ("textures", "images_classic"),
+                      ("openimage_o", "images_largescale")):
+        sub = "texture" if n == "textures" else n
+        lines = []
+        for j in range(3):
+            rel = f"{sub}/img_{j}.jpg"
+            png(data / folder / rel, 200 - 9 * j + len(n))
+            lines.append(f"{rel} -1" if n != "textures" else f"{rel} 0")
+        (lists / f"test_{n}.txt").write_text("\n".join(lines) + "\n")
+    return data
+
+
+def test_openood_imagenet_reports_near_far_and_convention(tmp_path):
+    import json
+
+    data = openood_tree(tmp_path / "data")
+    words = tmp_path / "words.txt"
+    words.write_text("".join(f"thing{i}\n" for i in range(40)))
+    out = tmp_path / "out"
+    run_recipe("zeroshot", ["model=clipood-tiny", "progress=false", "benchmark=openood-imagenet", f"data_root={data}",
+                            f"negatives.corpus={words}", "negatives.num=8", "eval.plots=false", f"output_dir={out}"])
+    rows = [r for r in json.loads((out / "results.json").read_text()) if r["method"] == "NegLabel (zero-shot)"]
+    by = {r["dataset"]: r for r in rows}
+    assert list(by) == ["ssb_hard", "ninco", "inaturalist", "textures", "openimage_o", "near", "far", "average"]
+    for group, members in (("near", ["ssb_hard", "ninco"]), ("far", ["inaturalist", "textures", "openimage_o"])):
+        for k in ("auroc", "fpr95"):
+            assert by[group][k] == pytest.approx(sum(by[m][k] for m in members) / len(members))
+    five = ["ssb_hard", "ninco", "inaturalist", "textures", "openimage_o"]
+    assert by["average"]["auroc"] == pytest.approx(sum(by[m]["auroc"] for m in five) / 5)  # groups not counted twice
+    md = (out / "results.md").read_text()
+    head = md.split("## Summary")[0]
+    assert "openood convention" in head and "eval.convention=hendrycks" in head
+    assert "near AUROC" in md and "far FPR95" in md
