@@ -118,11 +118,15 @@ def prepare_split(split: EvalSplit, backbone, text_features: torch.Tensor, num_i
     from .datasets import build_dataset
     from .features import extract_features
 
-    def enc(spec, what):
+    def enc(spec, what, is_id=False):
         ds = build_dataset(spec, transform=backbone.preprocess, root=root, on_corrupt=on_corrupt)
+        if is_id and ds.classnames and list(ds.classnames) != list(split.classnames):
+            # labels by name: label i of the images must be the i-th ID prompt
+            raise ClipoodError(f"ID set {what} of split {split.name}: its classes {ds.classnames[:5]}... are not "
+                               f"the split's ID classes {list(split.classnames)[:5]}... in that order")
         return extract_features(backbone, ds, batch_size=batch_size, accelerator=accelerator,
                                 cache_dir=cache_dir, progress=progress, desc=f"{split.name}/{what}")
 
-    id_feats = {n: enc(s, n) for n, s in split.id_sets.items()}
+    id_feats = {n: enc(s, n, is_id=True) for n, s in split.id_sets.items()}
     ood_feats = {n: enc(s, n) for n, s in split.ood_sets.items()}
     return SplitFeatures(split, id_feats, ood_feats, text_features, num_id, list(negatives))
