@@ -53,8 +53,7 @@ def label_text_features(backbone, classnames: Sequence[str], corpus, settings: d
 
     ``settings`` is the ``negatives`` config section (num, fraction, quantile, id/noun/adj templates).
     The main process mines / encodes first and writes the caches; the other ranks then read them, so every
-    rank uses the same negatives. ``cache_dir`` None disables the feature cache (the mined list is still kept
-    nowhere then: mining runs every time).
+    rank uses the same negatives. ``cache_dir`` None caches nothing (mining and encoding run every time).
     """
     import hashlib
 
