@@ -345,3 +345,49 @@ def test_openood_imagenet_reports_near_far_and_convention(tmp_path):
     head = md.split("## Summary")[0]
     assert "openood convention" in head and "eval.convention=hendrycks" in head
     assert "near AUROC" in md and "far FPR95" in md
+
+
+def test_imagenet_suite_subset_and_shipped_training_layout(tmp_path):
+    """The shipped ImageNet config (train_data: imagenet/train with WordNet-ID folders) on a 3-class subset:
+    evaluation labels, prompts and crop-ranking prompts all come from the class names."""
+    from clipood.backbone import load_clip
+    from clipood.data_checks import check_data
+    from clipood.datasets import build_dataset
+    from clipood.pipeline import COMMON_DEFAULTS, TRAIN_DEFAULTS, build_crop_data
+    from clipood.suites import get_suite, suite_classnames
+
+    imagenet_tree(tmp_path / "imagenet" / "val", [0, 1, 2, 7], per_class=2)
+    imagenet_tree(tmp_path / "imagenet" / "train", [7, 2, 0, 1], per_class=2)
+    for o in ("iNaturalist", "SUN", "Places", "dtd/images"):
+        png(tmp_path / o / "images" / "a.jpg", 5)
+    subset = ["n01484850", "tench", "rooster"]  # indices 2, 0, 7 in this order
+    suite = get_suite("imagenet", root=tmp_path, classes=subset)
+    assert suite_classnames(suite) == ["great white shark", "tench", "rooster"]
+    ds = build_dataset(suite.id)
+    assert {p.split("/")[-2]: y for p, y in ds.samples} == {"n01484850": 0, "n01440764": 1, "n01514668": 2}
+    import copy
+
+    cfg = copy.deepcopy({**COMMON_DEFAULTS, **TRAIN_DEFAULTS})
+    cfg.update(benchmark="imagenet", data_root=str(tmp_path), classes=subset, shots=1, progress=False,
+               train_data={"type": "imagefolder", "path": "imagenet/train"}, cache_dir=str(tmp_path / "cache"))
+    cfg["crops"].update(num_crops=2, num_selected=1)
+    check_data(cfg)  # the subset is complete in val and train: no problem
+    bb = load_clip("clipood-tiny")
+    seen = []
+    orig = bb.encode_text
+    bb.encode_text = lambda texts, **k: (seen.append(list(texts)), orig(texts, **k))[1]
+
+    class Bench:
+        backbone, train_spec = bb, None
+
+    class SF:
+        class split:
+            classnames = ["great white shark", "tench", "rooster"]
+
+    crops = build_crop_data(Bench(), SF(), cfg, None)
+    assert seen == [["great white shark", "tench", "rooster"]]
+    # each training image keeps the label of its folder's class, by name
+    assert crops.image_labels.tolist() == [0, 1, 2]
+    cfg["classes"] = None
+    with pytest.raises(ClipoodError, match="996 of the 1000 classes of label set imagenet"):
+        check_data(cfg)
