@@ -239,13 +239,13 @@ def _check_classnames(names: list[str], n_found: int | None, name: str, samples)
 
 
 def _select_classes(samples, classnames, classes: list[str], name: str):
-    """Keep the listed classes (by name, or by label index when the dataset has no names); relabel by position."""
+    """Keep the listed classes (by name, or by label index: a string of digits); relabel by list position."""
     norm = lambda s: " ".join(str(s).replace("_", " ").split()).lower()  # noqa: E731
     index = {norm(c): i for i, c in enumerate(classnames or [])}
     want, bad = [], []
     for c in classes:
         i = index.get(norm(c))
-        if i is None and not classnames and str(c).isdigit():
+        if i is None and str(c).isdigit() and int(c) < (len(classnames) if classnames else 1 << 62):  # an index
             i = int(c)
         (want if i is not None else bad).append(i if i is not None else c)
     if bad:

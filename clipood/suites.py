@@ -176,16 +176,17 @@ def get_suite(name: str, root: str | os.PathLike | None = None, classes: list | 
 
 def with_classes(spec: Spec, label_set: str | None, classes) -> Spec:
     """``spec`` keeping only ``classes``. With a label set the keys are checked against it at once (a typo fails
-    here), and image lists get the label set's names so that they can be selected by name."""
+    here), and image lists (integer labels) get the label set's names and the classes as label indices."""
     spec = dataclasses.replace(spec, classes=[str(c) for c in classes])
     if label_set is None or isinstance(spec, ImageFolderSpec):
         if label_set is not None:
             suite_classnames_for(label_set, spec.classes)
         return spec
-    names = suite_classnames_for(label_set, spec.classes)
+    suite_classnames_for(label_set, spec.classes)  # fails on an unknown or ambiguous class at once
     from .prompts import get_label_set
 
-    return dataclasses.replace(spec, classnames=list(get_label_set(label_set).classnames), classes=names)
+    ls = get_label_set(label_set)
+    return dataclasses.replace(spec, classnames=list(ls.classnames), classes=[str(i) for i in ls.resolve(spec.classes)])
 
 
 def suite_classnames_for(label_set: str, classes=None) -> list[str]:

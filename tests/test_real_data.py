@@ -391,3 +391,15 @@ def test_imagenet_suite_subset_and_shipped_training_layout(tmp_path):
     cfg["classes"] = None
     with pytest.raises(ClipoodError, match="996 of the 1000 classes of label set imagenet"):
         check_data(cfg)
+
+
+def test_openood_subset_selects_listed_labels(tmp_path):
+    from clipood.datasets import build_dataset
+    from clipood.suites import get_suite, suite_classnames
+
+    data = openood_tree(tmp_path / "data")
+    suite = get_suite("openood-imagenet", root=data, classes=["n01484850", "tench"])
+    ds = build_dataset(suite.id)
+    assert suite_classnames(suite) == ds.classnames == ["great white shark", "tench"]
+    # list labels 2 → 0 and 0 → 1; label 1 (goldfish) dropped
+    assert sorted({(p.split("/")[-2], y) for p, y in ds.samples}) == [("n01440764", 1), ("n01484850", 0)]
