@@ -92,12 +92,12 @@ def label_text_features(backbone, classnames: Sequence[str], corpus, settings: d
             path = folder / f"{key}.features.safetensors"
             cached = _load(path, len(names), len(negs), words_sha)
             if cached is not None:
-                log.info("label-feature cache hit: %s (no text encoded)", path.name)
+                log.info("label text features read from %s (no text encoded)", path.name)
                 return torch.cat([cached["id"], cached["negatives"]]).float(), len(names), negs
         id_feats = _encode(backbone, names, templates=[n["id_template"]]).float().cpu()
         neg_feats = _encode(backbone, prompts, progress=show).float().cpu()
         if path is not None and main:
             sha = torch.tensor(list(bytes.fromhex(words_sha)), dtype=torch.uint8)
             save_safetensors({"id": id_feats.contiguous(), "negatives": neg_feats.contiguous(), "words_sha256": sha},
-                             path, metadata={"format": _FORMAT, "backbone": str(backbone.identifier)})
+                             path, metadata={"format": _FORMAT})  # one key: safetensors orders metadata freely
     return torch.cat([id_feats, neg_feats]).float(), len(names), negs

@@ -226,7 +226,8 @@ def check_suite(suite: Suite | str, root: str | os.PathLike | None = None) -> No
     """Check that every folder and list file of ``suite`` exists, and every image an existing list names.
 
     Raises ONE `ClipoodError` naming every missing path and the data root it looked in; returns None if all
-    is there. Image folders are not scanned here (`build_dataset` validates their contents).
+    is there. Image folders are not scanned here (`build_dataset` validates their contents, and
+    `clipood.data_checks.check_data` runs both for every split of a run before the model loads).
     """
     if isinstance(suite, str):
         suite = get_suite(suite)

@@ -403,3 +403,14 @@ def test_openood_subset_selects_listed_labels(tmp_path):
     assert suite_classnames(suite) == ds.classnames == ["great white shark", "tench"]
     # list labels 2 → 0 and 0 → 1; label 1 (goldfish) dropped
     assert sorted({(p.split("/")[-2], y) for p, y in ds.samples}) == [("n01440764", 1), ("n01484850", 0)]
+
+
+def test_label_set_lookup_by_id_name_and_index():
+    # open_clip's ImageNet names hold 'missile' twice (two classes): only the WordNet ID can say which
+    dup = [i for i, c in enumerate(IMAGENET.classnames) if c == "missile"]
+    assert len(dup) == 2
+    assert IMAGENET.resolve(["missile", IMAGENET.ids[dup[1]], "Great_White shark", "7", 7, "n00000000", "1000"]) \
+        == ["ambiguous", dup[1], 2, 7, 7, "unknown", "unknown"]
+    assert IMAGENET.describe(1) == "n01443537 (goldfish)"
+    r = get_label_set("imagenet-r")
+    assert len(r.ids) == 200 and r.classnames[r.resolve([r.ids[3]])[0]] == r.classnames[3]
