@@ -32,6 +32,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
              "style_per_class": 30},
     "id_data": {},
     "ood_data": {},
+    "classes": None,  # a subset of the suite's ID classes (names or WordNet IDs), labelled in list order
     # real benchmarks: more evaluation splits (paper Tab. 2 and 3), suite names from clipood.suites
     "new_class_suites": [],
     "new_style_suites": [],
@@ -43,7 +44,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     },
     # score: what tuned methods are scored with (zero-shot rows are always NegLabel, plus MCM where enabled)
     "eval": {"score": "neglabel", "groups": 1, "logit_scale": 100.0, "batch_size": 256,
-             "convention": "hendrycks", "plots": True, "mcm": True},
+             "convention": None, "plots": True, "mcm": True},  # convention None: openood for openood-* suites
 }
 
 
@@ -122,9 +123,18 @@ def setup_benchmark(cfg, accelerator) -> Benchmark:
     checked first (a missing file is reported before minutes of weight loading)."""
     from .backbone import load_clip
 
+    from .data_checks import check_data
+
     check_config(cfg)
     _fill_negative_defaults(cfg)
+    check_data(cfg)  # every data problem of every split, before any model work
     bench = _setup_data(cfg, accelerator)
+    from .report import convention_note
+    from .suites import default_convention
+
+    if cfg["eval"].get("convention") is None:
+        cfg["eval"]["convention"] = default_convention(cfg["benchmark"])
+    bench.notes.append(convention_note(cfg["eval"]["convention"]))
     bench.backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
     return bench
 
@@ -147,7 +157,6 @@ def _setup_data(cfg, accelerator) -> Benchmark:
         corpus = mini_corpus(world) if not get(cfg, "negatives.corpus") else _corpus(cfg)
         notes.append(f"Mini world seed {mcfg.seed} ({world.name}).")
         return Benchmark(backbone, mini_splits(world), corpus, mini_train_spec(world), world, notes)
-    from .prompts import get_label_set
     from .suites import check_suite, get_suite
 
     if cfg["benchmark"] == "custom":
@@ -161,17 +170,14 @@ def _setup_data(cfg, accelerator) -> Benchmark:
         if not names:
             raise ClipoodError("benchmark=custom: the ID dataset has no class names (use an ImageFolder with one "
                                "folder per class, or set classnames in id_data)")
-        import dataclasses
+        from .datasets import as_ood_spec
 
-        from .datasets import ImageFolderSpec
-
-        ood = {k: spec_from_dict(v) for k, v in cfg["ood_data"].items()}
-        ood = {k: dataclasses.replace(v, ood=True) if isinstance(v, ImageFolderSpec) else v for k, v in ood.items()}
+        ood = {k: as_ood_spec(spec_from_dict(v)) for k, v in cfg["ood_data"].items()}
         split = EvalSplit("base", {"id": id_spec}, ood, list(names), "custom datasets")
         return Benchmark(backbone, [split], _corpus(cfg), None, None, notes)
 
     root = cfg.get("data_root")
-    suite = get_suite(cfg["benchmark"], root=root)
+    suite = get_suite(cfg["benchmark"], root=root, classes=cfg.get("classes"))
     extra = [("new_class", n) for n in cfg.get("new_class_suites") or []]
     extra += [("new_style", n) for n in cfg.get("new_style_suites") or []]
     suites = [("base", suite)] + [(k, get_suite(n, root=root)) for k, n in extra]
@@ -185,17 +191,16 @@ def _setup_data(cfg, accelerator) -> Benchmark:
         raise ClipoodError(" | ".join(problems))
 
     def names(s_):
-        if s_.label_set:
-            return list(get_label_set(s_.label_set).classnames)
-        from .datasets import build_dataset
+        from .suites import suite_classnames
 
-        return list(build_dataset(s_.id, root=root).classnames)
+        return suite_classnames(s_, root)
 
     splits = []
     for kind, s_ in suites:
         # unseen styles keep the Base OOD sets (paper §4.1); unseen classes bring their own
         ood = suite.ood if kind == "new_style" else s_.ood
-        splits.append(EvalSplit(kind, {s_.name: s_.id}, ood, names(s_), s_.description))
+        groups = suite.groups if kind == "new_style" else s_.groups
+        splits.append(EvalSplit(kind, {s_.name: s_.id}, ood, names(s_), s_.description, groups=groups))
     return Benchmark(backbone, splits, _corpus(cfg), None, None, notes)
 
 
@@ -221,29 +226,12 @@ def _corpus(cfg):
 
 
 def label_features(backbone, classnames, corpus, cfg, accelerator=None):
-    """Frozen text features C (K×D) of the ID names then the mined negatives, and the NegativeSet.
+    """Frozen text features C (K×D) of the ID names then the mined negatives, and the NegativeSet; mined and
+    encoded once per backbone, corpus and settings (cached; see `clipood.label_features`)."""
+    from .label_features import label_text_features
 
-    Mining runs on the main process first and is written to a file that the other ranks read, so every rank
-    uses the same negatives."""
-    import contextlib
-
-    from .features import cache_key
-    from .negatives import mine_or_load
-
-    n = cfg["negatives"]
-    path = cache_root(cfg) / "negatives" / f"{cache_key(backbone.identifier, sorted(classnames), corpus.digest(), n)}.tsv"
-    ctx = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
-    main = accelerator is None or accelerator.is_main_process
-    with ctx:
-        negs = mine_or_load(path, lambda t: backbone.encode_text(t), list(classnames), corpus,
-                            backbone=backbone.identifier, num_negatives=n["num"], fraction=n["fraction"],
-                            quantile=n["quantile"], id_template=n["id_template"], noun_template=n["noun_template"],
-                            adj_template=n["adj_template"], progress=bool(cfg.get("progress")) and main)
-    id_feats = backbone.encode_text(list(classnames), templates=[n["id_template"]])
-    if len(negs) == 0:
-        raise ClipoodError("no negative labels were mined; raise negatives.num or negatives.fraction")
-    neg_feats = backbone.encode_text(negs.prompts())
-    return torch.cat([id_feats, neg_feats]).float().cpu(), len(classnames), negs
+    return label_text_features(backbone, classnames, corpus, cfg["negatives"], cache_root(cfg),
+                               accelerator=accelerator, progress=bool(cfg.get("progress")))
 
 
 def prepare_splits(bench: Benchmark, cfg, accelerator) -> list[SplitFeatures]:
@@ -288,7 +276,8 @@ def evaluate_methods(methods: list[MethodSpec], sfs: list[SplitFeatures], cfg) -
             collapsed = []
             for sf in members:
                 r, sc = evaluate_split(m.name, m.logits_fn, sf, score=m.score, logit_scale=e["logit_scale"],
-                                       groups=e["groups"], temperature=m.temperature, convention=e["convention"])
+                                       groups=e["groups"], temperature=m.temperature,
+                                       convention=e.get("convention") or "hendrycks")
                 if len(members) == 1:
                     rows += r
                     raw[split][m.name].update({k: v.numpy() for k, v in sc.items()})
@@ -344,6 +333,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "resume": True,
     "init_adapter": None,
     "train_data": {},
+    "train_classes": "exact",  # the training data's classes (by name) must be the ID classes; "subset": some of them
 }
 
 
@@ -362,11 +352,17 @@ def train_config(cfg):
     return TrainConfig(**{**cfg.get("train", {}), "seed": cfg["train"].get("seed", cfg["seed"])})
 
 
+def get_suite_label_set(name: str) -> str | None:
+    from .suites import get_suite
+
+    return get_suite(name).label_set
+
+
 def build_crop_data(bench: Benchmark, base_sf: SplitFeatures, cfg, accelerator):
     """Few-shot sample of the training pool → P crops per image → Q ID + Q negative crops, encoded once and
     cached (a second run with other loss weights re-encodes nothing)."""
     from .crops import CropConfig, build_crop_cache
-    from .datasets import build_dataset
+    from .data_checks import training_dataset
     from .fewshot import sample_few_shot
 
     if bench.train_spec is None:
@@ -374,14 +370,16 @@ def build_crop_data(bench: Benchmark, base_sf: SplitFeatures, cfg, accelerator):
         if not spec:
             raise ClipoodError("no training data: set train_data (a dataset spec) for this benchmark")
         bench.train_spec = spec
-    ds = build_dataset(bench.train_spec, root=cfg.get("data_root"))
+    suite_set = None if cfg["benchmark"] in ("mini", "custom") else get_suite_label_set(cfg["benchmark"])
+    # labels by name: the training classes are matched to the ID classes, whose names rank the crops
+    ds = training_dataset(bench.train_spec, base_sf.split.classnames, label_set=suite_set, classes=cfg.get("classes"),
+                          mode=cfg.get("train_classes") or "exact", root=cfg.get("data_root"))
     labels = [lab for _, lab in ds.samples]
     idx = sample_few_shot(labels, cfg["shots"], seed=cfg["seed"], classnames=ds.classnames)
     c = dict(cfg["crops"])
     c["scale"], c["ratio"] = tuple(c["scale"]), tuple(c["ratio"])
     crop_cfg = CropConfig(**c, seed=cfg["seed"])
-    names = ds.classnames or base_sf.split.classnames
-    return build_crop_cache(bench.backbone, ds, idx, crop_cfg, names, accelerator=accelerator,
+    return build_crop_cache(bench.backbone, ds, idx, crop_cfg, ds.classnames, accelerator=accelerator,
                             cache_dir=cache_root(cfg) / "crops", progress=bool(cfg.get("progress")))
 
 
@@ -488,7 +486,7 @@ def train_and_evaluate(cfg, bench: Benchmark, sfs: list[SplitFeatures], accelera
 
 #: the config keys that decide a training run's weights: a checkpoint resumes only when they match
 SIGNATURE_KEYS = ("model", "pretrained", "benchmark", "mini", "seed", "negatives", "adapter", "losses",
-                  "cls_groups", "shots", "crops", "train", "init_adapter", "train_data")
+                  "cls_groups", "shots", "crops", "train", "init_adapter", "train_data", "classes", "train_classes")
 
 
 def run_signature(cfg) -> dict:
