@@ -50,6 +50,8 @@ class TrainRunSettings(RunSettings):
     resume: bool = opt(True, "resume from output_dir/checkpoints when they belong to this configuration")
     init_adapter: Optional[str] = opt(None, "start from a saved adapter folder instead of a new adapter")
     train_data: Dict[str, Any] = opt({}, "dataset spec of the training pool (real benchmarks)")
+    train_classes: str = opt("exact", "the training data's classes (by name) must be the ID classes: exact | "
+                                      "subset (some of them)")
 
 
 @dataclass
