@@ -184,17 +184,6 @@ def _to_8bit(im):
     return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
 
 
-def _pil_rgb(value: Any):
-    from PIL import Image
-
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    if isinstance(value, dict):  # an undecoded HF image: {"bytes": ..., "path": ...}
-        value = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-    with Image.open(value) as im:
-        return im.convert("RGB")
-
-
 def _readable(ds: ImageDataset, index: int, full: bool) -> bool:
     from PIL import Image
 
