@@ -45,8 +45,12 @@ def build_adapter_for(cfg: dict, sf, bench, device):
 def build_method(cfg: dict, sf, bench, accelerator) -> TrainingTask:
     """Adapter + the weighted loss terms of Eq. 10 (with the configured L_cls / L_ood grouping)."""
     adapter = build_adapter_for(cfg, sf, bench, accelerator.device)
-    return TrainingTask(adapter, cfg["losses"], logit_scale=cfg["eval"]["logit_scale"],
-                  options={"cls_groups": cfg["cls_groups"], "ood_groups": cfg["ood_groups"], "seed": cfg["seed"]})
+    task_cls = getattr(adapter, "training_task", None) or TrainingTask  # a method's own terms (LoCoOp, LAPT)
+    task = task_cls(adapter, cfg["losses"], logit_scale=cfg["eval"]["logit_scale"],
+                    options={"cls_groups": cfg["cls_groups"], "ood_groups": cfg["ood_groups"], "seed": cfg["seed"]})
+    if hasattr(task, "prepare"):  # extra training data a method brings (LAPT's negative-label images)
+        task.prepare(cfg, sf, bench, accelerator)
+    return task
 
 
 def save_trained_adapter(adapter, directory) -> None:
