@@ -175,5 +175,5 @@ class LAPTTask(TrainingTask):
         return out
 
 
-LAPT.training_task = LAPTTask  # what recipes train it with (clipood_recipes.methods.build_method)
+LAPT.task_cls = LAPTTask  # what recipes train it with (clipood_recipes.methods.training_task)
 register_adapter("lapt", LAPTConfig, LAPT)

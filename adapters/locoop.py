@@ -128,5 +128,5 @@ class LoCoOpTask(TrainingTask):
         return {"entropy": (float(a.config.entropy_weight), loss)}
 
 
-LoCoOp.training_task = LoCoOpTask  # what recipes train it with (clipood_recipes.methods.build_method)
+LoCoOp.task_cls = LoCoOpTask  # what recipes train it with (clipood_recipes.methods.training_task)
 register_adapter("locoop", LoCoOpConfig, LoCoOp)

@@ -80,10 +80,7 @@ class Stacked(Adapter):
         self.tuner = build_adapter(cfg.tuner, self._tuner_context(), **dict(cfg.tuner_options))
         if hasattr(self.tuner, "init_from_base"):
             self.tuner.init_from_base(self.base)
-
-    @property
-    def requires(self) -> frozenset:  # type: ignore[override]
-        return self.tuner.requires
+        self.requires = frozenset(self.tuner.requires)  # batches carry what the tuner reads
 
     def _set_base(self, base: Adapter) -> None:
         if not isinstance(base, Adapter):

@@ -209,8 +209,9 @@ def label_features(backbone, classnames, corpus, cfg, accelerator=None):
     return torch.cat([id_feats, neg_feats]).float().cpu(), len(classnames), negs
 
 
-def prepare_splits(bench: Benchmark, cfg, accelerator) -> list[SplitFeatures]:
-    """Label features + cached image features for every split of the benchmark."""
+def prepare_splits(bench: Benchmark, cfg, accelerator, local: bool = False) -> list[SplitFeatures]:
+    """Label features + cached image features for every split of the benchmark (with ``local``, patch
+    features too, for a method whose adapter requires ``local_features``)."""
     from .evaluate import prepare_split
 
     out = []
@@ -224,6 +225,6 @@ def prepare_splits(bench: Benchmark, cfg, accelerator) -> list[SplitFeatures]:
         sf = prepare_split(split, bench.backbone, C, num_id, negatives=negs.words,
                            batch_size=cfg["eval"]["batch_size"], accelerator=accelerator,
                            cache_dir=cache_root(cfg) / "features", progress=bool(cfg.get("progress")),
-                           root=cfg.get("data_root"))
+                           root=cfg.get("data_root"), local=local)
         out.append(sf)
     return out

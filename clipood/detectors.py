@@ -4,7 +4,7 @@ for the plots. Zero-shot NegLabel / MCM are detectors on the frozen label featur
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -15,11 +15,12 @@ __all__ = ["Detector", "evaluate_detectors", "zero_shot_detectors"]
 
 @dataclass
 class Detector:
-    """An OOD detector to evaluate: a name, a function giving cosine logits (n×K) for a split's image features,
-    and the score (Eq. 2 NegLabel, MCM, ...) with its temperature."""
+    """An OOD detector to evaluate: a name, a function giving cosine logits (n×K) for a batch of a split's
+    features (``image_features``, and ``local_features`` where encoded) and the score (Eq. 2 NegLabel, MCM, ...)
+    with its temperature."""
 
     name: str
-    logits_fn: Callable[[torch.Tensor, SplitFeatures], torch.Tensor]
+    logits_fn: Callable[[Mapping[str, torch.Tensor], SplitFeatures], torch.Tensor]
     score: str = "neglabel"
     temperature: float = 1.0
 

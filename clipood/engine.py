@@ -61,6 +61,8 @@ class CropTrainData:
         if self.condition == "top_crop":
             batch["id_condition"] = c.top_features[c.id_image[idr]]
             batch["neg_condition"] = c.top_features[c.neg_image[ngr]]
+        if getattr(c, "id_local", None) is not None:  # patch features, when some adapter asked for them
+            batch["id_local"], batch["neg_local"] = c.id_local[idr], c.neg_local[ngr]
         return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -220,9 +222,10 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
                 if cfg.grad_clip:
                     accelerator.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()
-                scheduler.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
+                if step < total:  # the rate of the next step; at the end the optimiser keeps its last rate
+                    scheduler.step()
                 state.update(step=step, epoch=epoch, batch=bi + 1)
                 logs = {k: float(accelerator.reduce(v.detach().float(), "mean")) for k, v in outd.items()}
                 rec = {"step": step, "epoch": epoch + 1, "lr": lr, **logs}

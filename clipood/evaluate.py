@@ -1,15 +1,17 @@
 """The evaluation protocol: Base classes, unseen classes and unseen styles (paper §3.5, Tab. 1–3).
 
 A *split* holds one or more ID sets, several OOD sets and the ID class names. A *method* is a function from
-unit image features (B×D) and the split's label features to cosine logits over K = N + M labels (ID first):
-zero-shot NegLabel uses the frozen text features, a tuned adapter its tuned ones. Rows follow the stable
+a batch and the split's label features to cosine logits over K = N + M labels (ID first): zero-shot NegLabel
+uses the frozen text features, a tuned adapter its tuned ones. The batch is a dict with ``image_features``
+(B×D unit rows) and, when the split was encoded with ``local=True`` (an adapter's ``requires`` names
+``local_features``), ``local_features`` (B×T×D patch tokens in the joint space) — the keys adapters read. Rows follow the stable
 ``results.json`` schema ``{method, split, dataset, auroc, fpr95, aupr_in, aupr_out, id_acc}`` (fractions).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator, Mapping
 
 import torch
 
@@ -44,20 +46,32 @@ class SplitFeatures:
     negatives: list[str] = field(default_factory=list)
 
 
-LogitsFn = Callable[[torch.Tensor, SplitFeatures], torch.Tensor]
+LogitsFn = Callable[[Mapping[str, torch.Tensor], SplitFeatures], torch.Tensor]
+
+#: evaluation-feature key → batch key handed to a method
+_BATCH_KEYS = {"features": "image_features", "local": "local_features"}
 
 
-def zero_shot_logits(image_features: torch.Tensor, sf: SplitFeatures) -> torch.Tensor:
-    """Frozen CLIP: cos(v, c_i) for all K labels (B×K)."""
-    return image_features @ sf.text_features.T
+def feature_batches(feats: Mapping[str, torch.Tensor], batch_size: int = 1024) -> Iterator[dict[str, torch.Tensor]]:
+    """Slices of encoded features as method batches: ``image_features`` (+ ``local_features`` when stored)."""
+    n = feats["features"].shape[0]
+    for s in range(0, n, batch_size):
+        yield {dst: feats[src][s:s + batch_size] for src, dst in _BATCH_KEYS.items() if src in feats}
+
+
+def zero_shot_logits(batch: Mapping[str, torch.Tensor] | torch.Tensor, sf: SplitFeatures) -> torch.Tensor:
+    """Frozen CLIP: cos(v, c_i) for all K labels (B×K). Takes a batch dict (or, as before, a B×D tensor)."""
+    v = batch["image_features"] if isinstance(batch, Mapping) else batch
+    return v @ sf.text_features.T
 
 
 @torch.no_grad()
-def _scores(logits_fn: LogitsFn, feats: torch.Tensor, sf: SplitFeatures, score: str, logit_scale: float,
-            groups: int, temperature: float = 1.0, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def _scores(logits_fn: LogitsFn, feats: Mapping[str, torch.Tensor], sf: SplitFeatures, score: str,
+            logit_scale: float, groups: int, temperature: float = 1.0,
+            batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     scores, preds = [], []
-    for s in range(0, feats.shape[0], batch_size):
-        cos = logits_fn(feats[s:s + batch_size], sf).float()
+    for batch in feature_batches(feats, batch_size):
+        cos = logits_fn(batch, sf).float()
         logits = logit_scale * cos
         if score == "neglabel" and groups == 1:
             # same ranking as Eq. 2 without float saturation ties (see scores.neglabel_log_odds)
@@ -79,12 +93,12 @@ def evaluate_split(method: str, logits_fn: LogitsFn, sf: SplitFeatures, *, score
     raw: dict[str, torch.Tensor] = {}
     ood_scores = {}
     for name, f in sf.ood_feats.items():
-        ood_scores[name], _ = _scores(logits_fn, f["features"], sf, score, logit_scale, groups, temperature)
+        ood_scores[name], _ = _scores(logits_fn, f, sf, score, logit_scale, groups, temperature)
         raw[f"ood/{name}"] = ood_scores[name]
     rows = []
     single = len(sf.id_feats) == 1
     for id_name, f in sf.id_feats.items():
-        id_scores, preds = _scores(logits_fn, f["features"], sf, score, logit_scale, groups, temperature)
+        id_scores, preds = _scores(logits_fn, f, sf, score, logit_scale, groups, temperature)
         raw[f"id/{id_name}"] = id_scores
         acc = float((preds == f["labels"]).float().mean())
         per_ood = {o: ood_metrics(id_scores, s, convention=convention) for o, s in ood_scores.items()}
@@ -103,14 +117,17 @@ def evaluate_split(method: str, logits_fn: LogitsFn, sf: SplitFeatures, *, score
 
 def prepare_split(split: EvalSplit, backbone, text_features: torch.Tensor, num_id: int, *, negatives=(),
                   batch_size: int = 128, accelerator=None, cache_dir=None, progress: bool = True,
-                  root=None, on_corrupt: str = "error") -> SplitFeatures:
-    """Encode every image of a split once (cached) and bundle it with its label features."""
+                  root=None, on_corrupt: str = "error", local: bool = False) -> SplitFeatures:
+    """Encode every image of a split once (cached) and bundle it with its label features.
+
+    ``local=True`` also stores patch features (``local``: N×T×D), for adapters whose ``requires`` names
+    ``local_features``; the cache key includes it, so global-only runs never pay for them."""
     from .datasets import build_dataset
     from .features import extract_features
 
     def enc(spec, what):
         ds = build_dataset(spec, transform=backbone.preprocess, root=root, on_corrupt=on_corrupt)
-        return extract_features(backbone, ds, batch_size=batch_size, accelerator=accelerator,
+        return extract_features(backbone, ds, batch_size=batch_size, accelerator=accelerator, local=local,
                                 cache_dir=cache_dir, progress=progress, desc=f"{split.name}/{what}")
 
     id_feats = {n: enc(s, n) for n, s in split.id_sets.items()}

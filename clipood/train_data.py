@@ -9,9 +9,9 @@ from .evaluate import SplitFeatures
 __all__ = ["build_crop_data"]
 
 
-def build_crop_data(bench: Benchmark, base_sf: SplitFeatures, cfg, accelerator):
+def build_crop_data(bench: Benchmark, base_sf: SplitFeatures, cfg, accelerator, local: bool = False):
     """Few-shot sample of the training pool → P crops per image → Q ID + Q negative crops, encoded once and
-    cached (a second run with other loss weights re-encodes nothing)."""
+    cached (a second run with other loss weights re-encodes nothing); ``local`` keeps their patch features."""
     from .crops import build_crop_cache
     from .datasets import build_dataset
     from .fewshot import sample_few_shot
@@ -27,7 +27,8 @@ def build_crop_data(bench: Benchmark, base_sf: SplitFeatures, cfg, accelerator):
     crop_cfg = crop_config(cfg)
     names = ds.classnames or base_sf.split.classnames
     return build_crop_cache(bench.backbone, ds, idx, crop_cfg, names, accelerator=accelerator,
-                            cache_dir=cache_root(cfg) / "crops", progress=bool(cfg.get("progress")))
+                            cache_dir=cache_root(cfg) / "crops", progress=bool(cfg.get("progress")),
+                            local=local)
 
 
 def crop_config(cfg) -> "CropConfig":  # noqa: F821

@@ -16,7 +16,7 @@ from clipood.report import plot_loss, summary_table, write_outputs
 from clipood.train_data import build_crop_data
 
 from .configure import train_config
-from .methods import adapter_detector, build_method, save_trained_adapter
+from .methods import adapter_detector, adapter_requires, build_method, save_trained_adapter
 
 log = logging.getLogger("clipood")
 
@@ -45,6 +45,7 @@ class ZeroShotRecipe:
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.notes: list[str] = []
+        self.local = False  # patch features in the evaluation cache (an adapter requires local_features)
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -53,7 +54,7 @@ class ZeroShotRecipe:
         setup_logging(self.accelerator.is_main_process)
         seed_everything(cfg["seed"])
         self.bench = setup_benchmark(cfg, self.accelerator)              # data checked, then the backbone
-        self.splits = prepare_splits(self.bench, cfg, self.accelerator)  # ID + negative labels, image features
+        self.splits = prepare_splits(self.bench, cfg, self.accelerator, self.local)  # labels, image features
         self.rows, self.raw = evaluate_detectors(zero_shot_detectors(cfg), self.splits, cfg)
         self.notes = list(self.bench.notes)
 
@@ -75,15 +76,19 @@ class KRNFTRecipe(ZeroShotRecipe):
         super().__init__(cfg)
         self.title = f"{cfg['method_name']} vs zero-shot NegLabel"
 
-    def setup(self) -> None:
-        check_resume(self.cfg)                                           # before any model or data is loaded
+    def setup(self, also: tuple = ()) -> None:
+        """``also``: more configs that will train after this setup (ablation variants)."""
+        for cfg in (self.cfg, *also):
+            check_resume(cfg)                                            # before any model or data is loaded
+            self.local |= "local_features" in adapter_requires(cfg)
         super().setup()
 
     def train(self, cfg: dict | None = None):
         """Train the adapter of ``cfg`` (default: the recipe's) into its ``output_dir``; returns the adapter."""
         cfg = cfg or self.cfg
         acc, out, tcfg = self.accelerator, Path(cfg["output_dir"]), train_config(cfg)
-        crops = build_crop_data(self.bench, self.splits[0], cfg, acc)   # Q ID + Q negative crops, cached
+        local = "local_features" in adapter_requires(cfg)
+        crops = build_crop_data(self.bench, self.splits[0], cfg, acc, local)  # Q ID + Q negative crops, cached
         method = build_method(cfg, self.splits[0], self.bench, acc)      # adapter + weighted loss terms
         data = CropTrainData(crops, condition=tcfg.condition)
         self._start_trackers(cfg)

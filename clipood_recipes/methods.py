@@ -14,7 +14,20 @@ from ._compat import import_adapters
 
 log = logging.getLogger("clipood")
 
-__all__ = ["label_context", "build_adapter_for", "build_method", "adapter_detector", "save_trained_adapter"]
+__all__ = ["adapter_requires", "label_context", "build_adapter_for", "build_method", "training_task", "adapter_detector", "save_trained_adapter"]
+
+
+def adapter_requires(cfg: dict) -> frozenset[str]:
+    """What the config's adapter needs in its batches (``image_features``, ``local_features``, ...), so that the
+    evaluation features and the crop cache carry it; read from the class (or the saved adapter) before any work."""
+    adapters = import_adapters()
+    name = cfg["adapter"]["name"]
+    if cfg.get("init_adapter"):
+        import json
+        from pathlib import Path
+
+        name = json.loads((Path(cfg["init_adapter"]) / "adapter_config.json").read_text())["adapter"]
+    return frozenset(adapters.get_adapter_spec(name).adapter_cls.requires)
 
 
 def label_context(cfg: dict, sf, bench, device=None):
@@ -22,12 +35,16 @@ def label_context(cfg: dict, sf, bench, device=None):
     their rows were encoded with, those frozen rows (no re-encoding), and the backbone's text path."""
     adapters = import_adapters()
     n = cfg["negatives"]
-    negs = bench.negatives[tuple(sf.split.classnames)]
+    negs = bench.negatives.get(tuple(sf.split.classnames))
     by_pos = {"noun": n["noun_template"], "adj": n["adj_template"]}
-    feats = sf.text_features if device is None else sf.text_features.to(device)
-    return adapters.AdapterContext.from_backbone(
-        bench.backbone, list(sf.split.classnames), list(negs.words), id_templates=[n["id_template"]],
-        neg_templates=[by_pos[p] for p in negs.pos], text_features=feats)
+    backbone = bench.backbone
+    return adapters.AdapterContext(
+        text_features=sf.text_features if device is None else sf.text_features.to(device),
+        id_names=list(sf.split.classnames), neg_names=list(negs.words) if negs is not None else None,
+        id_templates=[n["id_template"]],
+        neg_templates=[by_pos[p] for p in negs.pos] if negs is not None and len(negs) else [n["noun_template"]],
+        num_id=sf.num_id, text_path=getattr(backbone, "text_path", None),
+        tokenizer=getattr(backbone, "tokenizer", None), backbone=getattr(backbone, "model_name", None))
 
 
 def build_adapter_for(cfg: dict, sf, bench, device):
@@ -45,12 +62,19 @@ def build_adapter_for(cfg: dict, sf, bench, device):
 def build_method(cfg: dict, sf, bench, accelerator) -> TrainingTask:
     """Adapter + the weighted loss terms of Eq. 10 (with the configured L_cls / L_ood grouping)."""
     adapter = build_adapter_for(cfg, sf, bench, accelerator.device)
-    task_cls = getattr(adapter, "training_task", None) or TrainingTask  # a method's own terms (LoCoOp, LAPT)
-    task = task_cls(adapter, cfg["losses"], logit_scale=cfg["eval"]["logit_scale"],
-                    options={"cls_groups": cfg["cls_groups"], "ood_groups": cfg["ood_groups"], "seed": cfg["seed"]})
+    task = training_task(cfg, adapter)
     if hasattr(task, "prepare"):  # extra training data a method brings (LAPT's negative-label images)
         task.prepare(cfg, sf, bench, accelerator)
     return task
+
+
+def training_task(cfg: dict, adapter) -> TrainingTask:
+    """``adapter`` trained with the config's loss weights (Eq. 10), logit scale and negative grouping
+    (``cls_groups`` / ``ood_groups``: 10 in the released code, seeded by the run's seed). An adapter class may
+    name its own task (``task_cls``: a TrainingTask subclass adding its method's terms, e.g. LoCoOp, LAPT)."""
+    task_cls = getattr(adapter, "task_cls", None) or TrainingTask
+    return task_cls(adapter, cfg["losses"], logit_scale=cfg["eval"]["logit_scale"],
+                    options={"cls_groups": cfg["cls_groups"], "ood_groups": cfg["ood_groups"], "seed": cfg["seed"]})
 
 
 def save_trained_adapter(adapter, directory) -> None:
@@ -73,8 +97,9 @@ def adapter_detector(cfg: dict, adapter, splits, bench) -> tuple[Detector, list,
             notes.append(f"{cfg['method_name']}: not evaluated on {sf.split.name}: {e}")
             log.warning("%s", notes[-1])
 
-    def logits_fn(feats, sf):
+    def logits_fn(batch, sf):
         a = moved[id(sf)]
-        return a(feats.to(a.base_text_features.device)).logits.cpu()
+        dev = a.base_text_features.device
+        return a({k: v.to(dev) for k, v in batch.items()}).logits.cpu()
 
     return Detector(cfg["method_name"], logits_fn, score, temperature), usable, notes

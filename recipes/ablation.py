@@ -24,18 +24,17 @@ def main(argv):
     cfg = load_settings(AblationSettings, argv, configs_dir=CONFIGS, recipe="ablation", doc=__doc__)
     if not cfg["variants"]:
         raise ClipoodError("no variants: pass --config recipes/configs/ablation_mini.yaml or set variants")
-    from clipood_recipes.krnft import KRNFTRecipe, check_resume  # after the config (fast config errors)
+    from clipood_recipes.krnft import KRNFTRecipe  # after the config (fast config errors)
 
     variants = {}
     for name, overrides in cfg["variants"].items():  # every variant checked before any work
         out = str(Path(cfg["output_dir"]) / re.sub(r"[^A-Za-z0-9_.-]+", "_", name))
         v = compose_variant(TrainRunSettings, cfg, {**overrides, "method_name": name, "output_dir": out},
                             f"variant '{name}'")
-        check_resume(v)
         variants[name] = v
     recipe = KRNFTRecipe(cfg)
     recipe.title = "Component ablation (Tab. 6)"
-    recipe.setup()      # once: benchmark, label features, cached image features, zero-shot rows
+    recipe.setup(also=tuple(variants.values()))  # once: benchmark, labels, cached image features, zero-shot rows
     for v in variants.values():
         recipe.train(v)     # the KR-NFT recipe's training with this variant's adapter and loss weights
         recipe.evaluate(v)

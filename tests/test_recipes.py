@@ -215,3 +215,47 @@ def test_third_party_adapter_from_an_entry_point_trains_through_the_recipe(world
     assert saved["adapter"] == "shift" and saved["config"] == {"init": 0.0}
     new_class = [r_ for r_ in rows if r_["method"] == "Shift+KR" and r_["split"] == "new_class"]
     assert new_class  # a shared shift moves to the unseen classes' labels
+
+
+# ------------------------------------------------------------------------------------- official objective
+def test_official_preset_trains_with_the_10_group_ood_loss():
+    """preset=official → the training task's L_ood is grouped Eq. 8 over 10 groups (released trainer: drop the
+    M mod G last negatives, permute the rest with seed 0, G equal groups), computed here by hand in float64."""
+    import torch
+    import torch.nn.functional as F
+
+    from clipood_recipes.methods import training_task
+
+    cfg = settings("krnft", "preset=official")
+    assert (cfg["ood_groups"], cfg["cls_groups"], cfg["seed"]) == (10, 10, 0)
+    g = torch.Generator().manual_seed(3)
+    N, M, D = 4, 43, 16                                        # 43 = 4·10 + 3: three negatives are dropped
+    C = F.normalize(torch.randn(N + M, D, generator=g), dim=-1)
+    a = cfg["adapter"]
+    torch.manual_seed(0)
+    task = training_task(cfg, adapters.build_adapter(a["name"], C, N, **a["options"]))
+    neg = F.normalize(torch.randn(6, D, generator=g), dim=-1)
+    batch = {"id_features": F.normalize(torch.randn(5, D, generator=g), dim=-1),
+             "id_labels": torch.tensor([0, 1, 2, 3, 0]), "neg_features": neg}
+    out = task(batch)
+    with torch.no_grad():
+        logits = 100.0 * task.adapter({"image_features": neg}).logits.double()  # B×K, as the task scales them
+    kept = M - M % 10
+    perm = torch.randperm(kept, generator=torch.Generator().manual_seed(0)).view(10, -1)
+    e = logits.exp() if logits.abs().max() < 700 else None
+    assert e is not None
+    id_mass = e[:, :N].sum(1)
+    per_group = [torch.log(id_mass / (id_mass + e[:, N:][:, grp].sum(1))) for grp in perm]   # Eq. 8 on [ID | g]
+    want = torch.stack(per_group).mean()
+    assert float(out["ood_loss"]) == pytest.approx(float(want), abs=1e-5)
+    ungrouped = torch.log(id_mass / e.sum(1)).mean()
+    assert abs(float(ungrouped) - float(want)) > 1e-3  # the grouping matters on these inputs
+
+
+# -------------------------------------------------------------------------------------------- structure
+LIBRARY = sorted(p for d in ("clipood", "adapters", "clipood_recipes") for p in (ROOT / d).rglob("*.py"))
+
+
+def test_no_library_file_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in LIBRARY if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}
