@@ -71,13 +71,18 @@ def _scores(logits_fn: LogitsFn, feats: Mapping[str, torch.Tensor], sf: SplitFea
             batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     scores, preds = [], []
     for batch in feature_batches(feats, batch_size):
-        cos = logits_fn(batch, sf).float()
-        logits = logit_scale * cos
+        cos = logits_fn(batch, sf)
+        local = None
+        if isinstance(cos, tuple):  # (global cosines B×K, patch cosines B×T×N): scores such as GL-MCM
+            cos, local = cos
+            local = logit_scale * local.double()
+        logits = logit_scale * cos.float()
         if score == "neglabel" and groups == 1:
             # same ranking as Eq. 2 without float saturation ties (see scores.neglabel_log_odds)
             scores.append(neglabel_log_odds(logits, sf.num_id))
         else:
-            scores.append(compute_score(score, logits.double(), sf.num_id, groups=groups, temperature=temperature))
+            scores.append(compute_score(score, logits.double(), sf.num_id, groups=groups, temperature=temperature,
+                                        local_logits=local))
         preds.append(logits[:, :sf.num_id].argmax(1))
     return torch.cat(scores), torch.cat(preds)
 

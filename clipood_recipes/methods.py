@@ -55,6 +55,10 @@ def build_adapter_for(cfg: dict, sf, bench, device):
     context = label_context(cfg, sf, bench, device)
     if cfg.get("init_adapter"):
         return adapters.load_adapter(cfg["init_adapter"], context=context).to(device)
+    if cfg.get("base_checkpoint"):  # stacking: the adapter trains on a trained prompt adapter's features
+        from .stacking import stacked_adapter
+
+        return stacked_adapter(cfg, context, device)
     a = cfg["adapter"]
     return adapters.build_adapter(a["name"], context, **dict(a["options"]))
 
@@ -100,6 +104,13 @@ def adapter_detector(cfg: dict, adapter, splits, bench) -> tuple[Detector, list,
     def logits_fn(batch, sf):
         a = moved[id(sf)]
         dev = a.base_text_features.device
-        return a({k: v.to(dev) for k, v in batch.items()}).logits.cpu()
+        out = a({k: v.to(dev) for k, v in batch.items()})
+        if score == "glmcm":  # GL-MCM needs the patch cosines too (LoCoOp returns them as local_logits)
+            local = out.extras.get("local_logits")
+            if local is None:
+                raise ClipoodError(f"eval.score=glmcm needs patch logits; adapter '{a.name}' returns none "
+                                   f"(use locoop, or eval.score=mcm)")
+            return out.logits.cpu(), local.cpu()
+        return out.logits.cpu()
 
     return Detector(cfg["method_name"], logits_fn, score, temperature), usable, notes

@@ -49,6 +49,9 @@ class TrainRunSettings(RunSettings):
     train: TrainConfig = section(TrainConfig, "optimisation and checkpoints")
     resume: bool = opt(True, "resume from output_dir/checkpoints when they belong to this configuration")
     init_adapter: Optional[str] = opt(None, "start from a saved adapter folder instead of a new adapter")
+    base: Optional[str] = opt(None, "stack the adapter on a trained prompt adapter (coop, locoop, lapt, negpt): "
+                                    "its text features become the frozen base; needs base_checkpoint")
+    base_checkpoint: Optional[str] = opt(None, "run folder (or its adapter/ folder) of that trained prompt adapter")
     train_data: Dict[str, Any] = opt({}, "dataset spec of the training pool (real benchmarks)")
 
 
