@@ -104,6 +104,24 @@ def _slow_attention_path(modules: Iterable[nn.Module]):
             sub.training = False
 
 
+def _assumed_scalars_mode():
+    """Under fake tensors, a value read (``int(t)``, ``bool(t)``, ``t.item()``) has no answer; this mode answers
+    0 (True for booleans) so that input checks such as label ranges pass. Shapes must not depend on values."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+
+    class _Assume(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is aten._local_scalar_dense.default:
+                return True if args[0].dtype == torch.bool else 0
+            if func is aten.is_nonzero.default:
+                return True
+            return func(*args, **(kwargs or {}))
+
+    return _Assume()
+
+
 def _merge(dst: dict[str, int], counter) -> None:
     for op, n in counter.get_flop_counts().get("Global", {}).items():
         dst[str(op)] = dst.get(str(op), 0) + int(n)
@@ -115,7 +133,8 @@ def count_flops(forward: Callable[[], Any], backward: Callable[[Any], Any] | Non
 
     ``modules``: models whose nn.MultiheadAttention layers must not take the fused fast path (pass the backbone
     and the adapter). ``fake=True`` runs both calls on fake tensors (no arithmetic, no memory); the callables
-    then must not read tensor values (no ``.item()``, no data-dependent shapes). Under fake tensors
+    then must not depend on tensor values for shapes (value reads return 0 / True: checks pass; ops with
+    value-dependent output shapes such as ``nonzero`` or ``unique`` fail). Under fake tensors
     ``backward`` should use :func:`torch.autograd.grad` (gradients cannot be stored in real ``.grad``).
     """
     from torch.utils.flop_counter import FlopCounterMode
@@ -123,11 +142,12 @@ def count_flops(forward: Callable[[], Any], backward: Callable[[Any], Any] | Non
     register_cpu_attention_flops()
     result = FlopCount()
     mode: contextlib.AbstractContextManager = contextlib.nullcontext()
+    assume: contextlib.AbstractContextManager = contextlib.nullcontext()
     if fake:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
-        mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with mode, _slow_attention_path(list(modules)):
+        mode, assume = FakeTensorMode(allow_non_fake_inputs=True), _assumed_scalars_mode()
+    with mode, assume, _slow_attention_path(list(modules)):
         with FlopCounterMode(display=False) as fc_fwd:
             out = forward()
         result.forward = int(fc_fwd.get_total_flops())
