@@ -54,8 +54,9 @@ class StackedConfig(AdapterConfig):
 
 
 def _frozen(adapter: Adapter) -> Adapter:
-    for p in adapter.parameters():
-        p.requires_grad_(False)
+    """The base in eval mode. It is not a submodule, so optimisers over the stacked adapter never see its
+    parameters, and C' is computed without gradient: it stays as trained (its tensors keep ``requires_grad``,
+    so its own checkpoint and relabelling work unchanged)."""
     return adapter.eval()
 
 
@@ -128,14 +129,7 @@ class Stacked(Adapter):
         """Called by ``save_adapter``: the frozen prompt adapter goes to ``<directory>/base``."""
         from .checkpoint import save_adapter
 
-        params = list(self.base.parameters())
-        for p in params:  # its own checkpoint holds what it trained (frozen here only)
-            p.requires_grad_(True)
-        try:
-            save_adapter(self.base, Path(directory) / BASE_DIR)
-        finally:
-            for p in params:
-                p.requires_grad_(False)
+        save_adapter(self.base, Path(directory) / BASE_DIR)
 
     def load_parts(self, directory: Path) -> None:
         """Called by ``load_adapter`` before the tuner's weights are loaded: the trained prompt adapter."""
