@@ -283,6 +283,7 @@ def measure_method(sc: Scale, name: str) -> dict[str, Any]:
     with torch.no_grad():
         one_off = _one_off_labels(adapter)
         if one_off is not None:                    # encoded once per label set, then cached
+            _reset_caches(adapter)
             lc = bench.count_flops(one_off, modules=modules, fake=True)
             row["one_off_label_encoding_tflops"] = lc.forward / 1e12
             _reset_caches(adapter)

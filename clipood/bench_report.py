@@ -109,7 +109,16 @@ def render_scale(record: Mapping[str, Any], scale: str) -> str:
             f"| {r.get('display', r['method'])} | {_train_cell(train)} | {test_cell} | {flop_cell} "
             f"| {r.get('params', 0):,} | {_fmt(None if peak is None else peak / 2**20)} | {_ratio(ms, zs)} "
             f"| {_ratio(ms, ref_ms)} | {_ratio(tf, ref_tf)} | {_paper_cell(r.get('paper'))} |")
-    notes = [f"- {r.get('display', r['method'])}: {n}" for r in rows for n in r.get("notes", [])]
+    notes = []
+    crop = next((r["train"] for r in rows if r.get("train") and "one_off_crop_encoding_tflops" in r["train"]), None)
+    if crop:
+        notes.append(f"- one-off crop encoding of a step's crops (cached; every method here trains on cached crop "
+                     f"features): {_fmt(crop['one_off_crop_encoding_tflops'], 3)} TFLOPs, "
+                     f"{_fmt(crop.get('one_off_crop_encoding_s'), 2)} s")
+    notes += [f"- {r.get('display', r['method'])}: label prompts encoded once per label set (then cached): "
+              f"{_fmt(r['one_off_label_encoding_tflops'], 3)} TFLOPs" for r in rows
+              if r.get("one_off_label_encoding_tflops")]
+    notes += [f"- {r.get('display', r['method'])}: {n}" for r in rows for n in r.get("notes", [])]
     notes += [f"- {n}" for n in info.get("notes", [])]
     if any((r.get("train") or {}).get("estimated") for r in rows):
         notes.append("- `≈…*`: step not run at this scale on this machine; FLOPs / measured backbone throughput")
