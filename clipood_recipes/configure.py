@@ -62,7 +62,7 @@ def finish(cfg: dict) -> dict:
 
 def compose_variant(schema: type, base: dict, overrides: dict, where: str) -> dict:
     """``base`` (a complete config) with one variant's overrides, checked like a command line."""
-    base = {k: v for k, v in base.items() if k != "variants"}
+    base = {k: v for k, v in base.items() if k in _fields(schema)}  # drops the runner's own keys (variants, ...)
     cfg = to_dict(compose(schema, [("the base config", base), (where, overrides)], resets=RESETS))
     return finish(cfg)
 

@@ -16,11 +16,13 @@ import yaml
 import adapters
 from clipood.errors import ClipoodError
 from clipood_recipes.configure import compose_settings
+from clipood_recipes.compare import CompareSettings
 from clipood_recipes.settings import AblationSettings, TrainRunSettings, ZeroShotSettings
 from helpers import ROOT, run_script
 
 CONFIGS = ROOT / "recipes" / "configs"
-SCHEMAS = {"krnft": TrainRunSettings, "ablation": AblationSettings, "zeroshot": ZeroShotSettings}
+SCHEMAS = {"krnft": TrainRunSettings, "ablation": AblationSettings, "zeroshot": ZeroShotSettings,
+           "compare": CompareSettings}
 YAMLS = sorted(CONFIGS.glob("*.yaml"))
 
 
@@ -62,7 +64,7 @@ def test_every_yaml_loads_validates_and_is_complete(path):
     assert not missing, f"{path.name} does not carry {sorted(missing)}"
     assert data["preset"] == path.stem[len(recipe) + 1:]
     assert settings(recipe, f"preset={data['preset']}") == cfg  # preset=NAME is the same file
-    if recipe == "ablation":
+    if recipe in ("ablation", "compare"):
         from clipood_recipes.configure import compose_variant
 
         for name, overrides in cfg["variants"].items():  # every variant composes and validates too
