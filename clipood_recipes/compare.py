@@ -9,22 +9,13 @@ checked again once their base has trained.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
 
 from clipood.errors import ClipoodError
-from clipood.settings import opt
 
-from .settings import AblationSettings
+from .settings import CompareSettings
 
 __all__ = ["CompareSettings", "plan_variants", "variant_dir"]
-
-
-@dataclass
-class CompareSettings(AblationSettings):
-    output_dir: str = opt("outputs/compare", "folder of the combined table; variants train in sub-folders")
-    stack_on: Dict[str, Any] = opt({}, "variant: the earlier variant whose trained adapter it stacks on")
 
 
 def variant_dir(cfg: dict, name: str) -> str:

@@ -50,8 +50,9 @@ def compose_settings(schema: type, argv: Sequence[str], *, configs_dir: str | Pa
 
 def finish(cfg: dict) -> dict:
     """Benchmark defaults resolved, adapter options completed, everything checked (in place; returns cfg)."""
-    resolve_defaults(cfg)
-    check_run_settings(cfg)
+    if "negatives" in cfg:  # a run (not a small command such as build-mini)
+        resolve_defaults(cfg)
+        check_run_settings(cfg)
     if "adapter" in cfg:
         check_training(cfg)
         if cfg.get("method_name") is None:
