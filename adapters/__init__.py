@@ -3,7 +3,7 @@
 Methods are discovered without a central list: every module of this package is imported by a scan, and
 third-party adapters come in through the entry-point group ``clipood.adapters`` (see ``adapters.registry``).
 The built-in classes are also exported here by name. Note: AdapterHub also ships a package importable as
-``adapters``; use ``clipood._compat.import_adapters()`` for a clear error when that one shadows this.
+``adapters``; use ``clipood_recipes._compat.import_adapters()`` for a clear error when that one shadows this.
 """
 from __future__ import annotations
 

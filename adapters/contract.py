@@ -223,16 +223,18 @@ class Adapter(nn.Module):
     def for_labels(self, context: AdapterContext) -> "Adapter":
         """This trained adapter on another label set (unseen classes, other negatives, stacking).
 
-        Returns ``self`` when the labels are the same. Otherwise a new adapter of the same class and config on
-        ``context`` with the trained weights (:meth:`_relabel`); adapters whose weights are tied to the training
-        labels raise ClipoodError saying so. Never falls back to frozen features.
+        Returns ``self`` for the same labels and base features. Otherwise a new adapter of the same class and
+        config on ``context`` with the trained weights (:meth:`_relabel`); adapters whose weights are tied to the
+        training labels raise ClipoodError for other labels (the same labels with other base features are fine).
+        Never falls back to frozen features.
         """
         if not isinstance(context, AdapterContext):
             raise ClipoodError(f"for_labels takes an AdapterContext, got {type(context).__name__}")
         if context.dim != self.dim:
             raise ClipoodError(f"for_labels: the new context has feature dim {context.dim}, adapter "
                                f"'{self.name}' was trained with {self.dim}")
-        if self.context.same_labels(context) and context.num_labels == self.num_labels:
+        if (self.context.same_labels(context) and context.text_features.shape == self.context.text_features.shape
+                and torch.equal(context.text_features.cpu(), self.context.text_features.cpu())):
             return self
         new = self._relabel(context)
         return new.to(self.base_text_features.device).train(self.training)

@@ -233,7 +233,7 @@ class FeatureTuning(Adapter):
     def _relabel(self, context: AdapterContext) -> "FeatureTuning":
         """Shared and constant modes apply the learned transform to the new base rows; class_specific rows
         belong to the training labels."""
-        if self.config.mode == "class_specific":
+        if self.config.mode == "class_specific" and not self.context.same_labels(context):
             raise self.label_tied_error(context, "per-row α, β (mode='class_specific')")
         return super()._relabel(context)
 

@@ -127,9 +127,13 @@ def discover_adapters(refresh: bool = False) -> list[str]:
     if _discovered and not refresh:
         return sorted(_REGISTRY)
     _discovered = True  # set first: a method module that reads the registry while importing must not recurse
-    _scan_package()
-    for ep in _entry_points():
-        _load_entry_point(ep)
+    try:
+        _scan_package()
+        for ep in _entry_points():
+            _load_entry_point(ep)
+    except BaseException:
+        _discovered = False  # a failed discovery is reported again next time, never half-done in silence
+        raise
     return sorted(_REGISTRY)
 
 

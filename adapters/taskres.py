@@ -63,7 +63,8 @@ class TaskRes(Adapter):
 
     def _relabel(self, context: AdapterContext) -> "TaskRes":
         """Residuals belong to rows: they move only when the rows that carry them are the same labels."""
-        same = self.context.same_id_labels(context) if self.config.residual_rows == "id" else False
+        rows = self.config.residual_rows
+        same = self.context.same_id_labels(context) if rows == "id" else self.context.same_labels(context)
         if not same:
             raise self.label_tied_error(context, f"per-row residuals (residual_rows='{self.config.residual_rows}')")
         return super()._relabel(context)

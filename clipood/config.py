@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 from .errors import ClipoodError, did_you_mean
 
 __all__ = ["compose", "parse_overrides", "load_yaml", "split_config_arg", "flat_leaves", "get", "to_dict",
-           "field_help", "describe", "build_config"]
+           "field_help", "describe"]
 
 #: (where it comes from, a nested mapping or [(dotted key, value), ...])
 Layer = tuple[str, "Mapping[str, Any] | Sequence[tuple[str, Any]]"]
@@ -288,22 +288,3 @@ def describe(schema: type, values: Mapping) -> str:
 
     emit(values, "", 0)
     return "\n".join(lines)
-
-
-def build_config(defaults: Mapping, argv: Sequence[str] = (), config_file: str | os.PathLike | None = None) -> dict:
-    """For small commands without a schema: ``defaults`` ← YAML file ← ``key=value`` (unknown keys fail)."""
-    import copy
-
-    cfg = copy.deepcopy(dict(defaults))
-    layers = ([(str(config_file), list(flat_leaves(load_yaml(config_file)).items()))] if config_file else [])
-    layers.append(("the command line", parse_overrides(argv)))
-    known = flat_leaves(defaults)
-    for where, items in layers:
-        for k, v in items:
-            if k not in known:
-                raise ClipoodError(f"unknown config key '{k}' in {where}{did_you_mean(k, known)}")
-            node = cfg
-            for p in k.split(".")[:-1]:
-                node = node[p]
-            node[k.split(".")[-1]] = v
-    return cfg

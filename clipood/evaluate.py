@@ -65,6 +65,18 @@ def zero_shot_logits(batch: Mapping[str, torch.Tensor] | torch.Tensor, sf: Split
     return v @ sf.text_features.T
 
 
+def zero_shot_local_logits(batch: Mapping[str, torch.Tensor], sf: SplitFeatures):
+    """Frozen CLIP with patch features: (cos(v, c_i) B×K, cos(u_p, c_i) B×T×N over the ID labels) — what
+    GL-MCM scores. Needs ``local_features`` in the batch (splits encoded with ``local=True``)."""
+    if "local_features" not in batch:
+        from .errors import ClipoodError
+
+        raise ClipoodError("the GL-MCM score needs patch features: encode the splits with local=True (an adapter "
+                           "that requires local_features, e.g. locoop, does this), or use eval.score=mcm")
+    local = torch.nn.functional.normalize(batch["local_features"].float(), dim=-1)
+    return zero_shot_logits(batch, sf), local @ sf.text_features[: sf.num_id].T
+
+
 @torch.no_grad()
 def _scores(logits_fn: LogitsFn, feats: Mapping[str, torch.Tensor], sf: SplitFeatures, score: str,
             logit_scale: float, groups: int, temperature: float = 1.0,

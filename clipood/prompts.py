@@ -33,7 +33,7 @@ SELECT7_TEMPLATES = (
 )
 
 # NegLabel / KR-NFT prompts per part of speech: ID names and noun negatives use 'the nice {}.',
-# adjective negatives 'This is a {} photo.' (methods.md, KR-NFT official code).
+# adjective negatives 'This is a {} photo.' (docs/methods.md, KR-NFT official code).
 NEGLABEL_TEMPLATES = {"id": "the nice {}.", "noun": "the nice {}.", "adj": "This is a {} photo."}
 
 

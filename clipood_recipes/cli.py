@@ -41,21 +41,24 @@ def _mine(argv):
 
     cfg = load_settings(MineSettings, argv, doc=_mine.__doc__)
     use_cpu_threads()
-    acc = make_accelerator(cfg)
-    setup_logging(acc.is_main_process)
-    bench = setup_benchmark(cfg, acc)
+    accelerator = make_accelerator(cfg)
+    setup_logging(accelerator.is_main_process)
+    bench = setup_benchmark(cfg, accelerator)
     split = bench.splits[0]
-    _, _, negs = label_features(bench.backbone, split.classnames, bench.corpus, cfg, acc)
-    if acc.is_main_process:
+    _, _, negs = label_features(bench.backbone, split.classnames, bench.corpus, cfg, accelerator)
+    if accelerator.is_main_process:
         negs.save(cfg["output"])
         print(f"wrote {len(negs)} negatives for {len(split.classnames)} ID classes to {cfg['output']}")
 
 
 def _build_mini(argv):
-    from clipood.config import build_config
+    """Build (or reuse) a mini world and print its folder."""
     from clipood.mini.build import MiniWorldConfig, build_world
 
-    cfg = build_config({"seed": 0, "root": None}, argv)
+    from .configure import load_settings
+    from .settings import BuildMiniSettings
+
+    cfg = load_settings(BuildMiniSettings, argv, doc=_build_mini.__doc__)
     print(build_world(MiniWorldConfig(seed=int(cfg["seed"])), root=cfg["root"]))
 
 

@@ -50,8 +50,9 @@ def compose_settings(schema: type, argv: Sequence[str], *, configs_dir: str | Pa
 
 def finish(cfg: dict) -> dict:
     """Benchmark defaults resolved, adapter options completed, everything checked (in place; returns cfg)."""
-    resolve_defaults(cfg)
-    check_run_settings(cfg)
+    if "negatives" in cfg:  # a run (not a small command such as build-mini)
+        resolve_defaults(cfg)
+        check_run_settings(cfg)
     if "adapter" in cfg:
         check_training(cfg)
         if cfg.get("method_name") is None:
@@ -62,7 +63,7 @@ def finish(cfg: dict) -> dict:
 
 def compose_variant(schema: type, base: dict, overrides: dict, where: str) -> dict:
     """``base`` (a complete config) with one variant's overrides, checked like a command line."""
-    base = {k: v for k, v in base.items() if k != "variants"}
+    base = {k: v for k, v in base.items() if k in _fields(schema)}  # drops the runner's own keys (variants, ...)
     cfg = to_dict(compose(schema, [("the base config", base), (where, overrides)], resets=RESETS))
     return finish(cfg)
 

@@ -16,7 +16,7 @@ from clipood.report import plot_loss, summary_table, write_outputs
 from clipood.train_data import build_crop_data
 
 from .configure import train_config
-from .methods import adapter_detector, adapter_requires, build_method, save_trained_adapter
+from .methods import adapter_detector, adapter_requires, build_training_task, save_trained_adapter
 
 log = logging.getLogger("clipood")
 
@@ -33,7 +33,7 @@ def run_signature(cfg: dict) -> dict:
 
 def check_resume(cfg: dict, output_dir: str | None = None) -> None:
     """Fail at once (before any model or data is loaded) when ``output_dir`` holds another run's checkpoints."""
-    if cfg.get("resume", True):
+    if cfg["resume"]:
         check_resumable(output_dir or cfg["output_dir"], run_signature(cfg))
 
 
@@ -86,21 +86,21 @@ class KRNFTRecipe(ZeroShotRecipe):
     def train(self, cfg: dict | None = None):
         """Train the adapter of ``cfg`` (default: the recipe's) into its ``output_dir``; returns the adapter."""
         cfg = cfg or self.cfg
-        acc, out, tcfg = self.accelerator, Path(cfg["output_dir"]), train_config(cfg)
+        accelerator, out, tcfg = self.accelerator, Path(cfg["output_dir"]), train_config(cfg)
         local = "local_features" in adapter_requires(cfg)
-        crops = build_crop_data(self.bench, self.splits[0], cfg, acc, local)  # Q ID + Q negative crops, cached
-        method = build_method(cfg, self.splits[0], self.bench, acc)      # adapter + weighted loss terms
+        crops = build_crop_data(self.bench, self.splits[0], cfg, accelerator, local)  # Q ID + Q neg crops, cached
+        task = build_training_task(cfg, self.splits[0], self.bench, accelerator)  # adapter + weighted loss terms
         data = CropTrainData(crops, condition=tcfg.condition)
         self._start_trackers(cfg)
-        result = fit(method, data, tcfg, acc, out, resume=bool(cfg["resume"]), progress=bool(cfg["progress"]),
-                     signature=run_signature(cfg))
+        result = fit(task, data, tcfg, accelerator, out, resume=bool(cfg["resume"]),
+                     progress=bool(cfg["progress"]), signature=run_signature(cfg))
         if cfg.get("log_with"):
-            acc.end_training()
-        self.adapter = acc.unwrap_model(method).adapter.eval()
-        if acc.is_main_process:
+            accelerator.end_training()
+        self.adapter = accelerator.unwrap_model(task).adapter.eval()
+        if accelerator.is_main_process:
             save_trained_adapter(self.adapter, out / "adapter")
             plot_loss(result.history, out / "loss.png")
-        acc.wait_for_everyone()
+        accelerator.wait_for_everyone()
         self.notes.append(f"{cfg['method_name']}: {result.steps} steps in {result.seconds:.1f}s"
                           + (f" (resumed from {result.resumed_from})" if result.resumed_from else ""))
         return self.adapter

@@ -14,7 +14,8 @@ from ._compat import import_adapters
 
 log = logging.getLogger("clipood")
 
-__all__ = ["adapter_requires", "label_context", "build_adapter_for", "build_method", "training_task", "adapter_detector", "save_trained_adapter"]
+__all__ = ["adapter_requires", "label_context", "build_adapter_for", "build_training_task", "training_task",
+           "adapter_detector", "save_trained_adapter"]
 
 
 def adapter_requires(cfg: dict) -> frozenset[str]:
@@ -63,7 +64,7 @@ def build_adapter_for(cfg: dict, sf, bench, device):
     return adapters.build_adapter(a["name"], context, **dict(a["options"]))
 
 
-def build_method(cfg: dict, sf, bench, accelerator) -> TrainingTask:
+def build_training_task(cfg: dict, sf, bench, accelerator) -> TrainingTask:
     """Adapter + the weighted loss terms of Eq. 10 (with the configured L_cls / L_ood grouping)."""
     adapter = build_adapter_for(cfg, sf, bench, accelerator.device)
     task = training_task(cfg, adapter)

@@ -10,7 +10,7 @@ from clipood.settings import TrainConfig
 from clipood.settings import CropSettings, EvalSettings, RunSettings, opt, section
 
 __all__ = ["AdapterSettings", "LossWeights", "TrainRunSettings", "AblationSettings", "ZeroShotSettings",
-           "MineSettings"]
+           "MineSettings", "BuildMiniSettings", "CompareSettings", "RECIPE_SETTINGS"]
 
 
 @dataclass
@@ -70,3 +70,23 @@ class ZeroShotSettings(RunSettings):
 @dataclass
 class MineSettings(RunSettings):
     output: str = opt("negatives.tsv", "text file the mined negatives are written to")
+
+
+@dataclass
+class BuildMiniSettings:
+    seed: int = opt(0, "which mini world to build")
+    root: Optional[str] = opt(None, "where to build it (None = $CLIPOOD_DATA/mini or ~/.cache/clipood/mini)")
+
+
+#: the schema of each recipe, by the prefix of its YAML files (``recipes/configs/<recipe>_<preset>.yaml``);
+#: a YAML file with another prefix is a KR-NFT run config (e.g. an adapter's own, see docs/adding-an-adapter.md)
+@dataclass
+class CompareSettings(AblationSettings):
+    """recipes/compare.py: variants as in the ablation, some stacked on the trained adapter of an earlier one."""
+
+    output_dir: str = opt("outputs/compare", "folder of the combined table; variants train in sub-folders")
+    stack_on: Dict[str, Any] = opt({}, "variant: the earlier variant whose trained adapter it stacks on")
+
+
+RECIPE_SETTINGS: dict[str, type] = {"krnft": TrainRunSettings, "ablation": AblationSettings,
+                                    "zeroshot": ZeroShotSettings, "compare": CompareSettings}

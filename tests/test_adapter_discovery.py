@@ -98,7 +98,7 @@ def test_entry_point_adapter_is_discovered_and_trains(tmp_path, monkeypatch, cle
     assert adapters.get_adapter_class("shift").name == "shift"
     torch.testing.assert_close(adapter(c[:2]).logits, c[:2] @ c.T)  # zero shift: the zero-shot cosines
     losses = two_steps(adapter)
-    assert all(torch.isfinite(torch.tensor(losses))) and float(adapter.shift.abs().sum()) > 0
+    assert all(torch.isfinite(torch.tensor(losses))) and float(adapter.shift.detach().abs().sum()) > 0
     adapters.save_adapter(adapter, tmp_path / "ckpt", include_base=True)
     assert torch.equal(adapters.load_adapter(tmp_path / "ckpt")(c[:2]).logits, adapter(c[:2]).logits)
 
@@ -119,3 +119,34 @@ def test_package_scan_imports_every_method_module(tmp_path, monkeypatch, clean_r
     monkeypatch.setattr(adapters, "__path__", [*adapters.__path__, str(tmp_path)])
     assert "shift_scanned" in adapters.discover_adapters(refresh=True)
     assert {"coop", "ft", "coft", "nft", "taskres"} <= set(adapters.list_adapters())
+
+
+def test_documented_template_is_a_working_adapter(tmp_path, monkeypatch, clean_registry):
+    """docs/adapter_template.py dropped into the package as is: discovered, zero-shot at init, trains, reloads."""
+    from pathlib import Path
+
+    template = Path(__file__).resolve().parents[1] / "docs" / "adapter_template.py"
+    (tmp_path / "my_adapter.py").write_text(template.read_text(encoding="utf-8"))
+    monkeypatch.setattr(adapters, "__path__", [*adapters.__path__, str(tmp_path)])
+    assert "my_adapter" in adapters.discover_adapters(refresh=True)
+    c = F.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(2)), dim=-1)
+    ctx = adapters.AdapterContext(c, id_names=["a", "b", "c"], neg_names=["x", "y", "z"])
+    adapter = adapters.build_adapter("my_adapter", ctx, scale=0.5)
+    v = c[:3]
+    torch.testing.assert_close(adapter(v).logits, v @ c.T, atol=1e-6, rtol=0)
+    two_steps(adapter)
+    assert float(adapter.weight.detach().abs().sum()) > 0
+    adapters.save_adapter(adapter, tmp_path / "ckpt")
+    again = adapters.load_adapter(tmp_path / "ckpt", context=ctx)
+    assert torch.equal(again(v).logits, adapter(v).logits)
+    moved = adapter.for_labels(adapters.AdapterContext(c[:4], id_names=["p", "q"], neg_names=["x", "y"]))
+    assert torch.equal(moved.weight, adapter.weight)
+
+
+def test_failed_discovery_is_reported_again(tmp_path, monkeypatch, clean_registry):
+    install_plugin(tmp_path, monkeypatch, register=True, value="clipood_missing_module_xyz")
+    for _ in range(2):  # not only once: the registry must never look complete after a failure
+        with pytest.raises(ClipoodError, match="clipood_missing_module_xyz"):
+            adapters.discover_adapters(refresh=True) if _ == 0 else adapters.list_adapters()
+    monkeypatch.undo()
+    registry.discover_adapters(refresh=True)

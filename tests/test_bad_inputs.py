@@ -453,14 +453,12 @@ def test_nft_bad_num_id_or_text_features_name_the_value():
 
 
 # ------------------------------------------------------------------------------------------------ config
-def test_build_config_malformed_argument():
-    from clipood.config import build_config
-
+def test_malformed_argument():
     with pytest.raises(ClipoodError) as e:
-        build_config({"lr": 0.1}, ["lr"])
+        _settings(["lr"])
     user_error(e, "'lr'", "use key=value")
     with pytest.raises(ClipoodError) as e:
-        build_config({"lr": 0.1}, ["=3"])
+        _settings(["=3"])
     user_error(e, "'=3'", "use key=value")
 
 

@@ -15,6 +15,7 @@ from clipood.engine import CropTrainData
 from clipood.errors import ClipoodError
 from clipood.evaluate import EvalSplit, SplitFeatures, evaluate_split, feature_batches
 from clipood.method import TrainingTask
+from test_crops import _ThreadAccelerator  # Accelerate stand-in with ranks as threads
 
 CFG = CropConfig(num_crops=6, num_selected=2, seed=0)
 
@@ -57,25 +58,6 @@ def test_crop_cache_keeps_patch_features_of_the_selected_crops(backbone, dataset
     (path,) = tmp_path.glob("crops-*.safetensors")
     again = CropCache.load(path)
     assert torch.equal(again.id_local, local.id_local) and torch.equal(again.neg_local, local.neg_local)
-
-
-class _ThreadAccelerator:
-    def __init__(self, rank, world, store, barrier):
-        self.process_index, self.num_processes = rank, world
-        self.is_main_process = self.is_local_main_process = rank == 0
-        self.device = torch.device("cpu")
-        self._store, self._barrier = store, barrier
-
-    def gather(self, t):
-        self._barrier.wait()
-        self._store[self.process_index] = t
-        self._barrier.wait()
-        out = torch.cat([self._store[r] for r in range(self.num_processes)])
-        self._barrier.wait()
-        return out
-
-    def wait_for_everyone(self):
-        self._barrier.wait()
 
 
 def test_sharded_local_build_matches_single_process(backbone, dataset):

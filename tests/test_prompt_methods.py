@@ -329,3 +329,24 @@ def test_recipe_settings_for_stacking_are_checked_before_work(tmp_path):
         cfg("base=locoop", f"base_checkpoint={tmp_path}")
     ok = cfg(f"base_checkpoint={tmp_path}")
     assert ok["base"] == "lapt" and ok["method_name"] == "lapt+KR-NFT"
+
+
+# ---------------------------------------------------------------------------------- through the recipes
+from test_recipes import recipe_run, world  # noqa: E402,F401  (the tiny mini world and the recipe runner)
+
+
+def test_recipe_trains_locoop_then_stacks_krnft_on_it(world):
+    """`recipes/krnft.py preset=locoop_mini`, then `base=locoop base_checkpoint=<run>`: one stacked artefact."""
+    first = world / "locoop-run"
+    r = recipe_run(world, first, "preset=locoop_mini")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((first / "results.json").read_text())
+    assert {("LoCoOp", "new_class"), ("GL-MCM (zero-shot)", "base")} <= {(x["method"], x["split"]) for x in rows}
+    out = world / "stacked-run"
+    r = recipe_run(world, out, "base=locoop", f"base_checkpoint={first}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())
+    assert ("locoop+KR-NFT", "new_class") in {(x["method"], x["split"]) for x in rows}
+    saved = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert saved["adapter"] == "stacked" and saved["config"]["base"] == "locoop" and saved["config"]["tuner"] == "nft"
+    assert (out / "adapter" / "base" / "adapter.safetensors").is_file()

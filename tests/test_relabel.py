@@ -97,3 +97,14 @@ def test_unnamed_contexts_compare_by_features_and_bad_arguments_are_named():
         nft.for_labels(AdapterContext.from_features(unit(5, 7), 3))
     with pytest.raises(ClipoodError, match="num_id=2 contradicts"):
         adapters.NFT(TRAIN, 2)
+
+
+def test_same_labels_with_other_base_features_are_relabelled_even_when_label_tied():
+    other = ctx(["cat", "dog", "car"], ["stone", "sky"], seed=8)  # same names, other features (templates)
+    ft = perturb(adapters.FT(TRAIN, mode="class_specific"))
+    moved = ft.for_labels(other)
+    assert moved is not ft and torch.equal(moved.alpha["all"], ft.alpha["all"])
+    expected = F.normalize(ft.alpha["all"].detach() * other.text_features + ft.beta["all"].detach(), dim=-1)
+    torch.testing.assert_close(moved.tuned_text_features(), expected, atol=1e-6, rtol=0)
+    tr = perturb(adapters.TaskRes(TRAIN, residual_rows="all"))
+    assert torch.equal(tr.for_labels(other).residual, tr.residual)
