@@ -27,7 +27,7 @@ import torch
 from clipood.errors import ClipoodError, unknown
 
 from .context import AdapterContext, as_context
-from .contract import Adapter, AdapterConfig
+from .contract import BATCH_KEYS, Adapter, AdapterConfig
 
 ENTRY_POINT_GROUP = "clipood.adapters"
 #: package modules that hold the machinery, not methods (the scan skips nothing else)
@@ -78,6 +78,10 @@ def register_adapter(name: str, config_cls: type[AdapterConfig], adapter_cls: ty
             f"adapter name '{name}' is already registered by "
             f"{old.adapter_cls.__module__}.{old.adapter_cls.__qualname__}; choose another name"
         )
+    odd = sorted(set(adapter_cls.requires) - set(BATCH_KEYS))
+    if odd:
+        raise ClipoodError(f"{adapter_cls.__qualname__}.requires names {odd}, which no batch carries; "
+                           f"use {', '.join(BATCH_KEYS)}")
     declared = adapter_cls.__dict__.get("name", "")
     if declared and declared != name:
         raise ClipoodError(f"{adapter_cls.__qualname__} declares name '{declared}' but is registered as '{name}'")

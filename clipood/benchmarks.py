@@ -79,10 +79,14 @@ def setup_benchmark(cfg, accelerator) -> Benchmark:
     """The benchmark named by ``cfg['benchmark']`` (``mini`` = the embedded default) and the backbone. Data are
     checked first (a missing file is reported before minutes of weight loading)."""
     from .backbone import load_clip
+    from .data_checks import check_data
+    from .report import convention_note
 
     check_run_settings(cfg)
     resolve_defaults(cfg)
+    check_data(cfg)  # every data problem of every split, before any model work
     bench = _setup_data(cfg, accelerator)
+    bench.notes.append(convention_note(cfg["eval"]["convention"]))
     bench.backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
     return bench
 
@@ -107,7 +111,6 @@ def _setup_data(cfg, accelerator) -> Benchmark:
         corpus = mini_corpus(world) if not get(cfg, "negatives.corpus") else _corpus(cfg)
         notes.append(f"Mini world seed {mcfg.seed} ({world.name}).")
         return Benchmark(backbone, mini_splits(world), corpus, mini_train_spec(world), world, notes)
-    from .prompts import get_label_set
     from .suites import check_suite, get_suite
 
     if cfg["benchmark"] == "custom":
@@ -121,17 +124,14 @@ def _setup_data(cfg, accelerator) -> Benchmark:
         if not names:
             raise ClipoodError("benchmark=custom: the ID dataset has no class names (use an ImageFolder with one "
                                "folder per class, or set classnames in id_data)")
-        import dataclasses
+        from .datasets import as_ood_spec
 
-        from .datasets import ImageFolderSpec
-
-        ood = {k: spec_from_dict(v) for k, v in cfg["ood_data"].items()}
-        ood = {k: dataclasses.replace(v, ood=True) if isinstance(v, ImageFolderSpec) else v for k, v in ood.items()}
+        ood = {k: as_ood_spec(spec_from_dict(v)) for k, v in cfg["ood_data"].items()}
         split = EvalSplit("base", {"id": id_spec}, ood, list(names), "custom datasets")
         return Benchmark(backbone, [split], _corpus(cfg), None, None, notes)
 
     root = cfg.get("data_root")
-    suite = get_suite(cfg["benchmark"], root=root)
+    suite = get_suite(cfg["benchmark"], root=root, classes=cfg.get("classes"))
     extra = [("new_class", n) for n in cfg.get("new_class_suites") or []]
     extra += [("new_style", n) for n in cfg.get("new_style_suites") or []]
     suites = [("base", suite)] + [(k, get_suite(n, root=root)) for k, n in extra]
@@ -145,17 +145,16 @@ def _setup_data(cfg, accelerator) -> Benchmark:
         raise ClipoodError(" | ".join(problems))
 
     def names(s_):
-        if s_.label_set:
-            return list(get_label_set(s_.label_set).classnames)
-        from .datasets import build_dataset
+        from .suites import suite_classnames
 
-        return list(build_dataset(s_.id, root=root).classnames)
+        return suite_classnames(s_, root)
 
     splits = []
     for kind, s_ in suites:
         # unseen styles keep the Base OOD sets (paper §4.1); unseen classes bring their own
         ood = suite.ood if kind == "new_style" else s_.ood
-        splits.append(EvalSplit(kind, {s_.name: s_.id}, ood, names(s_), s_.description))
+        groups = suite.groups if kind == "new_style" else s_.groups
+        splits.append(EvalSplit(kind, {s_.name: s_.id}, ood, names(s_), s_.description, groups=groups))
     return Benchmark(backbone, splits, _corpus(cfg), None, None, notes)
 
 
@@ -166,7 +165,12 @@ NEGLABEL_NEGATIVES = {"num": None, "id_template": "the nice {}.", "noun_template
 
 
 def resolve_defaults(cfg) -> dict:
-    """Resolve ``None`` negative-label settings to the benchmark's defaults (in place; returns ``cfg``)."""
+    """Resolve ``None`` settings to the benchmark's defaults (in place; returns ``cfg``): the negative-label
+    settings, and the metric convention (openood for the ``openood-*`` suites, else hendrycks)."""
+    from .suites import default_convention
+
+    if cfg["eval"].get("convention") is None:
+        cfg["eval"]["convention"] = default_convention(cfg["benchmark"])
     src = MINI_NEGATIVES if cfg["benchmark"] == "mini" else NEGLABEL_NEGATIVES
     for k, v in src.items():
         if cfg["negatives"].get(k) is None:
@@ -182,31 +186,12 @@ def _corpus(cfg):
 
 
 def label_features(backbone, classnames, corpus, cfg, accelerator=None):
-    """Frozen text features C (K×D) of the ID names then the mined negatives, and the NegativeSet.
+    """Frozen text features C (K×D) of the ID names then the mined negatives, and the NegativeSet; mined and
+    encoded once per backbone, corpus and settings (cached; see `clipood.label_features`)."""
+    from .label_features import label_text_features
 
-    Mining runs on the main process first and is written to a file that the other ranks read, so every rank
-    uses the same negatives."""
-    import contextlib
-
-    import torch
-
-    from .features import cache_key
-    from .negatives import mine_or_load
-
-    n = cfg["negatives"]
-    path = cache_root(cfg) / "negatives" / f"{cache_key(backbone.identifier, sorted(classnames), corpus.digest(), n)}.tsv"
-    ctx = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
-    main = accelerator is None or accelerator.is_main_process
-    with ctx:
-        negs = mine_or_load(path, lambda t: backbone.encode_text(t), list(classnames), corpus,
-                            backbone=backbone.identifier, num_negatives=n["num"], fraction=n["fraction"],
-                            quantile=n["quantile"], id_template=n["id_template"], noun_template=n["noun_template"],
-                            adj_template=n["adj_template"], progress=bool(cfg.get("progress")) and main)
-    id_feats = backbone.encode_text(list(classnames), templates=[n["id_template"]])
-    if len(negs) == 0:
-        raise ClipoodError("no negative labels were mined; raise negatives.num or negatives.fraction")
-    neg_feats = backbone.encode_text(negs.prompts())
-    return torch.cat([id_feats, neg_feats]).float().cpu(), len(classnames), negs
+    return label_text_features(backbone, classnames, corpus, cfg["negatives"], cache_root(cfg),
+                               accelerator=accelerator, progress=bool(cfg.get("progress")))
 
 
 def prepare_splits(bench: Benchmark, cfg, accelerator, local: bool = False) -> list[SplitFeatures]:

@@ -40,7 +40,7 @@ def evaluate_detectors(methods: list[Detector], sfs: list[SplitFeatures], cfg) -
             collapsed = []
             for sf in members:
                 r, sc = evaluate_split(m.name, m.logits_fn, sf, score=m.score, logit_scale=e["logit_scale"],
-                                       groups=e["groups"], temperature=m.temperature, convention=e["convention"])
+                                       groups=e["groups"], temperature=m.temperature, convention=e.get("convention") or "hendrycks")
                 if len(members) == 1:
                     rows += r
                     raw[split][m.name].update({k: v.numpy() for k, v in sc.items()})

@@ -25,13 +25,15 @@ METRIC_KEYS = ("auroc", "fpr95", "aupr_in", "aupr_out")
 
 @dataclass
 class EvalSplit:
-    """One evaluation split: ID sets (name → spec), OOD sets (name → spec), ID class names."""
+    """One evaluation split: ID sets (name → spec), OOD sets (name → spec), ID class names, and named groups of
+    OOD sets (OpenOOD's ``near`` / ``far``) whose averages get rows of their own."""
 
     name: str
     id_sets: dict
     ood_sets: dict
     classnames: list[str]
     description: str = ""
+    groups: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -104,15 +106,17 @@ def evaluate_split(method: str, logits_fn: LogitsFn, sf: SplitFeatures, *, score
                    convention: str = "hendrycks"):
     """Score every set of a split → (rows, raw scores {set name: 1-D tensor}).
 
-    With one ID set, one row per OOD set; with several ID sets (unseen styles), one row per ID set averaged
-    over the OOD sets (as the paper's Tab. 3). A final ``dataset: "average"`` row averages the rows above.
+    With one ID set, one row per OOD set, then one row per group of ``sf.split.groups`` (``dataset: "near"``,
+    ``"far"``: the mean over that group's OOD sets, as OpenOOD v1.5 reports them); with several ID sets (unseen
+    styles), one row per ID set averaged over the OOD sets (as the paper's Tab. 3). A final
+    ``dataset: "average"`` row averages the per-set rows (not the group rows).
     """
     raw: dict[str, torch.Tensor] = {}
     ood_scores = {}
     for name, f in sf.ood_feats.items():
         ood_scores[name], _ = _scores(logits_fn, f, sf, score, logit_scale, groups, temperature)
         raw[f"ood/{name}"] = ood_scores[name]
-    rows = []
+    rows, group_rows = [], []
     single = len(sf.id_feats) == 1
     for id_name, f in sf.id_feats.items():
         id_scores, preds = _scores(logits_fn, f, sf, score, logit_scale, groups, temperature)
@@ -122,12 +126,18 @@ def evaluate_split(method: str, logits_fn: LogitsFn, sf: SplitFeatures, *, score
         if single:
             for o, m in per_ood.items():
                 rows.append({"method": method, "split": sf.split.name, "dataset": o, **m, "id_acc": acc})
+            for g, members in (sf.split.groups or {}).items():
+                ms = [per_ood[o] for o in members if o in per_ood]
+                if ms:
+                    mean = {k: sum(m[k] for m in ms) / len(ms) for k in METRIC_KEYS}
+                    group_rows.append({"method": method, "split": sf.split.name, "dataset": g, **mean, "id_acc": acc})
         else:
             mean = {k: sum(m[k] for m in per_ood.values()) / len(per_ood) for k in METRIC_KEYS}
             rows.append({"method": method, "split": sf.split.name, "dataset": id_name, **mean, "id_acc": acc})
     if not rows:
         raise ClipoodError(f"split {sf.split.name} has no ID or no OOD sets")
     avg = {k: sum(r[k] for r in rows) / len(rows) for k in (*METRIC_KEYS, "id_acc")}
+    rows += group_rows
     rows.append({"method": method, "split": sf.split.name, "dataset": "average", **avg})
     return rows, raw
 
@@ -142,11 +152,15 @@ def prepare_split(split: EvalSplit, backbone, text_features: torch.Tensor, num_i
     from .datasets import build_dataset
     from .features import extract_features
 
-    def enc(spec, what):
+    def enc(spec, what, is_id=False):
         ds = build_dataset(spec, transform=backbone.preprocess, root=root, on_corrupt=on_corrupt)
+        if is_id and ds.classnames and list(ds.classnames) != list(split.classnames):
+            # labels by name: label i of the images must be the i-th ID prompt
+            raise ClipoodError(f"ID set {what} of split {split.name}: its classes {ds.classnames[:5]}... are not "
+                               f"the split's ID classes {list(split.classnames)[:5]}... in that order")
         return extract_features(backbone, ds, batch_size=batch_size, accelerator=accelerator, local=local,
                                 cache_dir=cache_dir, progress=progress, desc=f"{split.name}/{what}")
 
-    id_feats = {n: enc(s, n) for n, s in split.id_sets.items()}
+    id_feats = {n: enc(s, n, is_id=True) for n, s in split.id_sets.items()}
     ood_feats = {n: enc(s, n) for n, s in split.ood_sets.items()}
     return SplitFeatures(split, id_feats, ood_feats, text_features, num_id, list(negatives))

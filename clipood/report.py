@@ -60,14 +60,29 @@ def summary_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+CONVENTION_NOTES = {
+    "hendrycks": "hendrycks convention (ID positive; FPR95 = OOD accepted at 95 % ID recall)",
+    "openood": "openood convention (OpenOOD v1.5: OOD positive; FPR95 = ID flagged as OOD at 95 % OOD recall)",
+}
+
+
+def convention_note(convention: str) -> str:
+    """The results.md header line that names the metric convention (and how to get the other one)."""
+    other = "openood" if convention == "hendrycks" else "hendrycks"
+    return f"Metrics: {CONVENTION_NOTES.get(convention, convention)}; eval.convention={other} gives the other."
+
+
 def write_results(rows: Sequence[dict], out_dir: str | os.PathLike, title: str = "clipood results",
-                  notes: Sequence[str] = ()) -> Path:
-    """Write ``results.json`` and ``results.md`` (summary + one table per split) atomically."""
+                  notes: Sequence[str] = (), convention: str | None = None) -> Path:
+    """Write ``results.json`` and ``results.md`` (summary + one table per split) atomically. The header names
+    the metric ``convention`` when given (runs put `convention_note` into their notes instead)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", list(rows))
     splits = list(dict.fromkeys(r["split"] for r in rows))
-    parts = [f"# {title}", "", *notes, "", "AUROC / FPR95 / accuracy in %; hendrycks convention (ID positive).",
+    units = "AUROC / FPR95 / accuracy in %" + (f"; {CONVENTION_NOTES.get(convention, convention)}." if convention
+                                                 else ".")
+    parts = [f"# {title}", "", *notes, "", units,
              "", "## Summary (averages)", "", summary_table(rows), ""]
     parts += [markdown_table(rows, s) for s in splits]
     with atomic_write(out / "results.md") as f:

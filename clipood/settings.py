@@ -58,7 +58,8 @@ class EvalSettings:
     groups: int = opt(1, "NegLabel grouping: negatives split into this many groups, scores averaged")
     logit_scale: float = opt(100.0, "CLIP logit scale applied to cosines (logits = scale · cos)")
     batch_size: int = opt(256, "images per encoding batch")
-    convention: str = opt("hendrycks", "metric convention: hendrycks (ID positive) | openood")
+    convention: Optional[str] = opt(None, "metric convention: hendrycks (ID positive) | openood (None = openood "
+                                          "for openood-* suites, else hendrycks)")
     plots: bool = opt(True, "write score histograms and ROC curves")
     mcm: bool = opt(True, "add the zero-shot MCM row")
 
@@ -146,6 +147,8 @@ class RunSettings:
     progress: bool = opt(True, "progress bars")
     log_with: Optional[str] = opt(None, "an Accelerate tracker for training logs (tensorboard, wandb, ...)")
     mini: MiniSettings = section(MiniSettings, "the embedded mini world (benchmark=mini)")
+    classes: Optional[List[str]] = opt(None, "a subset of the suite's ID classes (names or WordNet IDs), labelled "
+                                             "in list order")
     id_data: Dict[str, Any] = opt({}, "benchmark=custom: the ID dataset spec")
     ood_data: Dict[str, Any] = opt({}, "benchmark=custom: OOD dataset specs, name: spec")
     new_class_suites: List[str] = opt([], "unseen-class suites evaluated as split new_class (paper Tab. 2)")

@@ -53,6 +53,8 @@ class TrainRunSettings(RunSettings):
                                     "its text features become the frozen base; needs base_checkpoint")
     base_checkpoint: Optional[str] = opt(None, "run folder (or its adapter/ folder) of that trained prompt adapter")
     train_data: Dict[str, Any] = opt({}, "dataset spec of the training pool (real benchmarks)")
+    train_classes: str = opt("exact", "the training data's classes (by name) must be the ID classes: exact | "
+                                      "subset (some of them)")
 
 
 @dataclass

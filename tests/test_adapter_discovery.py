@@ -150,3 +150,13 @@ def test_failed_discovery_is_reported_again(tmp_path, monkeypatch, clean_registr
             adapters.discover_adapters(refresh=True) if _ == 0 else adapters.list_adapters()
     monkeypatch.undo()
     registry.discover_adapters(refresh=True)
+
+
+def test_requires_must_name_batch_keys(clean_registry):
+    from adapters.base import Adapter, AdapterConfig, register_adapter
+
+    class Typo(Adapter):
+        requires = frozenset({"image_features", "local_feature"})
+
+    with pytest.raises(ClipoodError, match=r"\['local_feature'\].*local_features"):
+        register_adapter("typo", AdapterConfig, Typo)
