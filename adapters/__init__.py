@@ -22,7 +22,12 @@ from .base import (
     register_adapter,
     save_adapter,
 )
+from .connegpt import ConNegPT, ConNegPTConfig
 from .coop import CoOp, CoOpConfig
+from .lapt import LAPT, LAPTConfig
+from .locoop import LoCoOp, LoCoOpConfig
+from .negpt import NegPT, NegPTConfig
+from .stacked import Stacked, StackedConfig, stack
 from .feature_tuning import FT, NFT, CoFT, CoFTConfig, FeatureTuning, FeatureTuningConfig, FTConfig, NFTConfig
 from .taskres import TaskRes, TaskResConfig
 
@@ -44,5 +49,6 @@ __all__ = [
     "discover_adapters", "get_adapter_class", "get_adapter_spec", "list_adapters", "load_adapter",
     "register_adapter", "save_adapter",
     "CoOp", "CoOpConfig", "FeatureTuning", "FeatureTuningConfig", "FT", "FTConfig", "CoFT", "CoFTConfig", "NFT",
-    "NFTConfig", "TaskRes", "TaskResConfig",
+    "NFTConfig", "TaskRes", "TaskResConfig", "LoCoOp", "LoCoOpConfig", "NegPT", "NegPTConfig", "ConNegPT",
+    "ConNegPTConfig", "LAPT", "LAPTConfig", "Stacked", "StackedConfig", "stack",
 ]

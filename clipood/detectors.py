@@ -60,11 +60,13 @@ def evaluate_detectors(methods: list[Detector], sfs: list[SplitFeatures], cfg) -
 
 def zero_shot_detectors(cfg) -> list[Detector]:
     """Zero-shot NegLabel (always), the configured score's zero-shot baseline, and MCM where enabled."""
-    from .evaluate import zero_shot_logits
+    from .evaluate import zero_shot_local_logits, zero_shot_logits
 
     methods = [Detector("NegLabel (zero-shot)", zero_shot_logits, "neglabel", 1.0)]
     score = cfg["eval"]["score"]
-    if score not in ("neglabel", "mcm"):  # the tuned methods' score gets its zero-shot baseline too
+    if score == "glmcm":  # GL-MCM: MCM's T = 1 on raw cosines, global + best patch (needs patch features)
+        methods.append(Detector("GL-MCM (zero-shot)", zero_shot_local_logits, score, float(cfg["eval"]["logit_scale"])))
+    elif score not in ("neglabel", "mcm"):  # the tuned methods' score gets its zero-shot baseline too
         methods.append(Detector(f"{score} (zero-shot)", zero_shot_logits, score, 1.0))
     if cfg["eval"]["mcm"]:
         # MCM: max softmax over ID labels of cos / T with T = 1 (logits are 100·cos, so temperature 100)

@@ -67,6 +67,18 @@ def zero_shot_logits(batch: Mapping[str, torch.Tensor] | torch.Tensor, sf: Split
     return v @ sf.text_features.T
 
 
+def zero_shot_local_logits(batch: Mapping[str, torch.Tensor], sf: SplitFeatures):
+    """Frozen CLIP with patch features: (cos(v, c_i) B×K, cos(u_p, c_i) B×T×N over the ID labels) — what
+    GL-MCM scores. Needs ``local_features`` in the batch (splits encoded with ``local=True``)."""
+    if "local_features" not in batch:
+        from .errors import ClipoodError
+
+        raise ClipoodError("the GL-MCM score needs patch features: encode the splits with local=True (an adapter "
+                           "that requires local_features, e.g. locoop, does this), or use eval.score=mcm")
+    local = torch.nn.functional.normalize(batch["local_features"].float(), dim=-1)
+    return zero_shot_logits(batch, sf), local @ sf.text_features[: sf.num_id].T
+
+
 @torch.no_grad()
 def _scores(logits_fn: LogitsFn, feats: Mapping[str, torch.Tensor], sf: SplitFeatures, score: str,
             logit_scale: float, groups: int, temperature: float = 1.0,
@@ -79,16 +91,23 @@ def _scores(logits_fn: LogitsFn, feats: Mapping[str, torch.Tensor], sf: SplitFea
     return torch.cat(scores), torch.cat(preds)
 
 
-def score_cosines(cos: torch.Tensor, num_id: int, score: str = "neglabel", logit_scale: float = 100.0,
-                  groups: int = 1, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def score_cosines(cos: torch.Tensor | tuple[torch.Tensor, torch.Tensor], num_id: int, score: str = "neglabel",
+                  logit_scale: float = 100.0, groups: int = 1,
+                  temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine logits (B×K, ID columns first) → (per-image ID score, predicted ID class): the one scoring step
-    of evaluation and of :class:`clipood.detector.Detector`. NegLabel (Eq. 2) without grouping is ranked by its
-    float64 log-odds (no float saturation ties, see ``scores.neglabel_log_odds``)."""
+    of evaluation and of :class:`clipood.detector.Detector`. ``cos`` may also be (global cosines B×K, patch
+    cosines B×T×N) for scores that use local features (GL-MCM). NegLabel (Eq. 2) without grouping is ranked by
+    its float64 log-odds (no float saturation ties, see ``scores.neglabel_log_odds``)."""
+    local = None
+    if isinstance(cos, tuple):
+        cos, local = cos
+        local = logit_scale * local.double()
     logits = logit_scale * cos.float()
     if score == "neglabel" and groups == 1:
         s = neglabel_log_odds(logits, num_id)
     else:
-        s = compute_score(score, logits.double(), num_id, groups=groups, temperature=temperature)
+        s = compute_score(score, logits.double(), num_id, groups=groups, temperature=temperature,
+                          local_logits=local)
     return s, logits[:, :num_id].argmax(1)
 
 

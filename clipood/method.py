@@ -134,6 +134,11 @@ class TrainingTask(nn.Module):
         self.logit_scale = float(logit_scale)
         self.options = dict(options or {})
 
+    def extra_losses(self, o: LossInputs) -> dict[str, tuple[float, torch.Tensor]]:
+        """Method-specific terms ``{name: (weight, value)}`` added to the total; none here. Subclasses defined
+        next to their adapter (LoCoOp's entropy term, LAPT's mixing) override it; the core knows no method."""
+        return {}
+
     @property
     def needs_negatives(self) -> bool:
         return "ood" in self.loss_weights or bool(self.options.get("always_neg", False))
@@ -150,6 +155,9 @@ class TrainingTask(nn.Module):
         total = None
         for name, w in self.loss_weights.items():
             v = LOSS_TERMS[name](o)
+            out[f"{name}_loss"] = v.detach()
+            total = w * v if total is None else total + w * v
+        for name, (w, v) in self.extra_losses(o).items():
             out[f"{name}_loss"] = v.detach()
             total = w * v if total is None else total + w * v
         out["loss"] = total

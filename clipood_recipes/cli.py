@@ -1,4 +1,5 @@
-"""The ``clipood`` command line: ``clipood eval``, ``clipood mine``, ``clipood build-mini``, ``clipood adapters``.
+"""The ``clipood`` command line: ``clipood eval``, ``clipood mine``, ``clipood build-mini``, ``clipood adapters``,
+``clipood bench-report``.
 
 Every subcommand takes ``--config FILE`` and ``key=value`` overrides like the recipes (``clipood eval
 mini.seed=2``); ``--help`` after a subcommand prints the values it would use. Errors are one line on stderr
@@ -16,6 +17,7 @@ commands:
   build-mini  build (or reuse) the mini-world benchmark on disk and print its folder
   adapters    list the registered adapters and their options
   detect      score images with a saved detector (a trained run's output_dir or a detector folder)
+  bench-report FILE.json  print the efficiency table (paper Tab. 7 layout) of a saved `pytest --benchmark` run
 """
 
 
@@ -78,7 +80,19 @@ def _detect(argv):
     detect_main(argv)
 
 
-COMMANDS = {"eval": _eval, "mine": _mine, "build-mini": _build_mini, "adapters": _adapters, "detect": _detect}
+def _bench_report(argv):
+    """Render the efficiency record that ``pytest --benchmark`` wrote (``--bench-json``) as Markdown again."""
+    from clipood.bench_report import load_record, render_markdown
+    from clipood.errors import ClipoodError
+
+    if len(argv) != 1 or argv[0].startswith("-"):
+        raise ClipoodError("usage: clipood bench-report FILE.json (the record `pytest --benchmark` wrote, by default "
+                           "benchmark-results/efficiency.json)")
+    print(render_markdown(load_record(argv[0])), end="")
+
+
+COMMANDS = {"eval": _eval, "mine": _mine, "build-mini": _build_mini, "adapters": _adapters,
+            "bench-report": _bench_report, "detect": _detect}
 
 
 def main(argv=None) -> None:

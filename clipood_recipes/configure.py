@@ -84,13 +84,14 @@ def finish(cfg: dict) -> dict:
     if "adapter" in cfg:
         check_training(cfg)
         if cfg.get("method_name") is None:
-            cfg["method_name"] = "KR-NFT" if cfg["adapter"]["name"] == "nft" else cfg["adapter"]["name"]
+            name = "KR-NFT" if cfg["adapter"]["name"] == "nft" else cfg["adapter"]["name"]
+            cfg["method_name"] = f"{cfg['base']}+{name}" if cfg.get("base") else name
     return cfg
 
 
 def compose_variant(schema: type, base: dict, overrides: dict, where: str) -> dict:
     """``base`` (a complete config) with one variant's overrides, checked like a command line."""
-    base = {k: v for k, v in base.items() if k != "variants"}
+    base = {k: v for k, v in base.items() if k in _fields(schema)}  # drops the runner's own keys (variants, ...)
     cfg = to_dict(compose(schema, [("the base config", base), (where, overrides)], resets=RESETS))
     return finish(cfg)
 
@@ -127,6 +128,9 @@ def check_training(cfg: dict) -> None:
     for k in ("cls_groups", "ood_groups"):
         if cfg[k] < 1:
             raise ClipoodError(f"{k}={cfg[k]} is invalid; use an integer >= 1 (1 = no grouping)")
+    from .stacking import check_stacking
+
+    check_stacking(cfg)
     if not cfg.get("init_adapter"):
         a = cfg["adapter"]
         spec = import_adapters().get_adapter_spec(a["name"])

@@ -25,7 +25,7 @@ __all__ = ["ZeroShotRecipe", "KRNFTRecipe", "run_signature", "check_resume"]
 #: the config keys that decide a training run's weights: a checkpoint resumes only when they match
 SIGNATURE_KEYS = ("model", "pretrained", "benchmark", "mini", "seed", "negatives", "adapter", "losses",
                   "cls_groups", "ood_groups", "shots", "crops", "train", "init_adapter", "train_data", "classes",
-                  "train_classes")
+                  "train_classes", "base", "base_checkpoint")
 
 
 def run_signature(cfg: dict) -> dict:

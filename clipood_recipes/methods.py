@@ -56,20 +56,30 @@ def build_adapter_for(cfg: dict, sf, bench, device):
     context = label_context(cfg, sf, bench, device)
     if cfg.get("init_adapter"):
         return adapters.load_adapter(cfg["init_adapter"], context=context).to(device)
+    if cfg.get("base_checkpoint"):  # stacking: the adapter trains on a trained prompt adapter's features
+        from .stacking import stacked_adapter
+
+        return stacked_adapter(cfg, context, device)
     a = cfg["adapter"]
     return adapters.build_adapter(a["name"], context, **dict(a["options"]))
 
 
 def build_training_task(cfg: dict, sf, bench, accelerator) -> TrainingTask:
     """Adapter + the weighted loss terms of Eq. 10 (with the configured L_cls / L_ood grouping)."""
-    return training_task(cfg, build_adapter_for(cfg, sf, bench, accelerator.device))
+    adapter = build_adapter_for(cfg, sf, bench, accelerator.device)
+    task = training_task(cfg, adapter)
+    if hasattr(task, "prepare"):  # extra training data a method brings (LAPT's negative-label images)
+        task.prepare(cfg, sf, bench, accelerator)
+    return task
 
 
 def training_task(cfg: dict, adapter) -> TrainingTask:
     """``adapter`` trained with the config's loss weights (Eq. 10), logit scale and negative grouping
-    (``cls_groups`` / ``ood_groups``: 10 in the released code, seeded by the run's seed)."""
-    return TrainingTask(adapter, cfg["losses"], logit_scale=cfg["eval"]["logit_scale"],
-                        options={"cls_groups": cfg["cls_groups"], "ood_groups": cfg["ood_groups"], "seed": cfg["seed"]})
+    (``cls_groups`` / ``ood_groups``: 10 in the released code, seeded by the run's seed). An adapter class may
+    name its own task (``task_cls``: a TrainingTask subclass adding its method's terms, e.g. LoCoOp, LAPT)."""
+    task_cls = getattr(adapter, "task_cls", None) or TrainingTask
+    return task_cls(adapter, cfg["losses"], logit_scale=cfg["eval"]["logit_scale"],
+                    options={"cls_groups": cfg["cls_groups"], "ood_groups": cfg["ood_groups"], "seed": cfg["seed"]})
 
 
 def save_trained_adapter(adapter, directory) -> None:
@@ -95,6 +105,13 @@ def adapter_detector(cfg: dict, adapter, splits, bench) -> tuple[Detector, list,
     def logits_fn(batch, sf):
         a = moved[id(sf)]
         dev = a.base_text_features.device
-        return a({k: v.to(dev) for k, v in batch.items()}).logits.cpu()
+        out = a({k: v.to(dev) for k, v in batch.items()})
+        if score == "glmcm":  # GL-MCM needs the patch cosines too (LoCoOp returns them as local_logits)
+            local = out.extras.get("local_logits")
+            if local is None:
+                raise ClipoodError(f"eval.score=glmcm needs patch logits; adapter '{a.name}' returns none "
+                                   f"(use locoop, or eval.score=mcm)")
+            return out.logits.cpu(), local.cpu()
+        return out.logits.cpu()
 
     return Detector(cfg["method_name"], logits_fn, score, temperature), usable, notes

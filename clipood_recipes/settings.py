@@ -10,7 +10,7 @@ from clipood.settings import TrainConfig
 from clipood.settings import CropSettings, EvalSettings, RunSettings, opt, section
 
 __all__ = ["AdapterSettings", "LossWeights", "TrainRunSettings", "AblationSettings", "ZeroShotSettings",
-           "MineSettings", "BuildMiniSettings", "RECIPE_SETTINGS"]
+           "MineSettings", "BuildMiniSettings", "CompareSettings", "RECIPE_SETTINGS"]
 
 
 @dataclass
@@ -49,6 +49,9 @@ class TrainRunSettings(RunSettings):
     train: TrainConfig = section(TrainConfig, "optimisation and checkpoints")
     resume: bool = opt(True, "resume from output_dir/checkpoints when they belong to this configuration")
     init_adapter: Optional[str] = opt(None, "start from a saved adapter folder instead of a new adapter")
+    base: Optional[str] = opt(None, "stack the adapter on a trained prompt adapter (coop, locoop, lapt, negpt): "
+                                    "its text features become the frozen base; needs base_checkpoint")
+    base_checkpoint: Optional[str] = opt(None, "run folder (or its adapter/ folder) of that trained prompt adapter")
     train_data: Dict[str, Any] = opt({}, "dataset spec of the training pool (real benchmarks)")
     train_classes: str = opt("exact", "the training data's classes (by name) must be the ID classes: exact | "
                                       "subset (some of them)")
@@ -79,5 +82,13 @@ class BuildMiniSettings:
 
 #: the schema of each recipe, by the prefix of its YAML files (``recipes/configs/<recipe>_<preset>.yaml``);
 #: a YAML file with another prefix is a KR-NFT run config (e.g. an adapter's own, see docs/adding-an-adapter.md)
+@dataclass
+class CompareSettings(AblationSettings):
+    """recipes/compare.py: variants as in the ablation, some stacked on the trained adapter of an earlier one."""
+
+    output_dir: str = opt("outputs/compare", "folder of the combined table; variants train in sub-folders")
+    stack_on: Dict[str, Any] = opt({}, "variant: the earlier variant whose trained adapter it stacks on")
+
+
 RECIPE_SETTINGS: dict[str, type] = {"krnft": TrainRunSettings, "ablation": AblationSettings,
-                                    "zeroshot": ZeroShotSettings}
+                                    "zeroshot": ZeroShotSettings, "compare": CompareSettings}

@@ -65,7 +65,7 @@ def test_every_yaml_loads_validates_and_is_complete(path):
     assert not missing, f"{path.name} does not carry {sorted(missing)}"
     assert data["preset"] == path.stem[len(recipe) + 1:]
     assert settings(recipe, f"preset={data['preset']}") == cfg  # preset=NAME is the same file
-    if recipe == "ablation":
+    if recipe in ("ablation", "compare"):
         from clipood_recipes.configure import compose_variant
 
         for name, overrides in cfg["variants"].items():  # every variant composes and validates too
