@@ -1,17 +1,20 @@
-"""clipood adapters: the trainable part of every method, behind one contract (see ``adapters.base``).
+"""clipood adapters: the trainable part of every method, behind one contract (see ``adapters.contract``).
 
-Importing this package registers the built-in methods explicitly (each method module calls
-``register_adapter`` once; re-imports are safe). Note: AdapterHub also ships a package importable as
-``adapters``; use ``clipood._compat.import_adapters()`` for a clear error when that one shadows this.
+Methods are discovered without a central list: every module of this package is imported by a scan, and
+third-party adapters come in through the entry-point group ``clipood.adapters`` (see ``adapters.registry``).
+The built-in classes are also exported here by name. Note: AdapterHub also ships a package importable as
+``adapters``; use ``clipood_recipes._compat.import_adapters()`` for a clear error when that one shadows this.
 """
 from __future__ import annotations
 
 from .base import (
     Adapter,
     AdapterConfig,
+    AdapterContext,
     AdapterOutput,
     AdapterSpec,
     build_adapter,
+    discover_adapters,
     get_adapter_class,
     get_adapter_spec,
     list_adapters,
@@ -19,14 +22,33 @@ from .base import (
     register_adapter,
     save_adapter,
 )
+from .connegpt import ConNegPT, ConNegPTConfig
+from .coop import CoOp, CoOpConfig
+from .lapt import LAPT, LAPTConfig
+from .locoop import LoCoOp, LoCoOpConfig
+from .negpt import NegPT, NegPTConfig
+from .stacked import Stacked, StackedConfig, stack
 from .feature_tuning import FT, NFT, CoFT, CoFTConfig, FeatureTuning, FeatureTuningConfig, FTConfig, NFTConfig
 from .taskres import TaskRes, TaskResConfig
 
 __clipood_adapters__ = True
 
+
+def _register_detector_io() -> None:
+    # clipood.Detector (core) saves / reloads a trained adapter through these (the core never imports adapters)
+    from clipood.detector import register_adapter_io
+
+    register_adapter_io(save=lambda adapter, directory: save_adapter(adapter, directory, include_base=True),
+                        load=lambda directory, backbone=None: load_adapter(directory, backbone=backbone))
+
+
+_register_detector_io()
+
 __all__ = [
-    "Adapter", "AdapterConfig", "AdapterOutput", "AdapterSpec", "build_adapter", "get_adapter_class",
-    "get_adapter_spec", "list_adapters", "load_adapter", "register_adapter", "save_adapter",
-    "FeatureTuning", "FeatureTuningConfig", "FT", "FTConfig", "CoFT", "CoFTConfig", "NFT", "NFTConfig",
-    "TaskRes", "TaskResConfig",
+    "Adapter", "AdapterConfig", "AdapterContext", "AdapterOutput", "AdapterSpec", "build_adapter",
+    "discover_adapters", "get_adapter_class", "get_adapter_spec", "list_adapters", "load_adapter",
+    "register_adapter", "save_adapter",
+    "CoOp", "CoOpConfig", "FeatureTuning", "FeatureTuningConfig", "FT", "FTConfig", "CoFT", "CoFTConfig", "NFT",
+    "NFTConfig", "TaskRes", "TaskResConfig", "LoCoOp", "LoCoOpConfig", "NegPT", "NegPTConfig", "ConNegPT",
+    "ConNegPTConfig", "LAPT", "LAPTConfig", "Stacked", "StackedConfig", "stack",
 ]

@@ -31,9 +31,9 @@ from torch import nn
 
 from clipood.errors import ClipoodError
 
-from .base import (
-    Adapter, AdapterConfig, AdapterOutput, check_bool, check_choice, check_int, full_precision, register_adapter,
-)
+from .context import AdapterContext
+from .contract import Adapter, AdapterConfig, AdapterOutput, check_bool, check_choice, check_int, full_precision
+from .registry import register_adapter
 
 MODES = ("shared", "class_specific", "constant")
 _EPS = 1e-8  # norm clamp, as in F.normalize (squared before use)
@@ -158,12 +158,13 @@ class FeatureTuning(Adapter):
     config_cls = FeatureTuningConfig
     identity_at_init = True
 
-    def __init__(self, text_features: torch.Tensor, num_id: int, config: AdapterConfig | Mapping | None = None,
-                 **overrides: Any) -> None:
-        super().__init__(text_features, num_id, config, **overrides)
+    def __init__(self, context: AdapterContext | torch.Tensor, num_id: int | None = None,
+                 config: AdapterConfig | Mapping | None = None, **overrides: Any) -> None:
+        super().__init__(context, num_id, config, **overrides)
         cfg = self.config
         c = self.base_text_features
         k, d = c.shape
+        num_id = self.num_id
         if cfg.distribution_aware:
             if num_id == k:
                 raise ClipoodError(
@@ -228,6 +229,13 @@ class FeatureTuning(Adapter):
         if not self.config.conditional:
             base_t = base_t[0]  # static features: one cosine per row (K)
         return AdapterOutput(logits=logits_t, base_cos=base_t)
+
+    def _relabel(self, context: AdapterContext) -> "FeatureTuning":
+        """Shared and constant modes apply the learned transform to the new base rows; class_specific rows
+        belong to the training labels."""
+        if self.config.mode == "class_specific" and not self.context.same_labels(context):
+            raise self.label_tied_error(context, "per-row α, β (mode='class_specific')")
+        return super()._relabel(context)
 
     def factors(self, image_features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-image scale and shift, B×D each: ``alpha_id``, ``beta_id``, ``alpha_neg``, ``beta_neg``.

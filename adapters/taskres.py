@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Adapter, AdapterConfig, AdapterOutput, check_choice, check_float, register_adapter
+from .context import AdapterContext
+from .contract import Adapter, AdapterConfig, AdapterOutput, check_choice, check_float
+from .registry import register_adapter
 
 _EPS = 1e-8
 
@@ -36,9 +38,9 @@ class TaskRes(Adapter):
     config_cls = TaskResConfig
     identity_at_init = True
 
-    def __init__(self, text_features: torch.Tensor, num_id: int, config: AdapterConfig | Mapping | None = None,
-                 **overrides: Any) -> None:
-        super().__init__(text_features, num_id, config, **overrides)
+    def __init__(self, context: AdapterContext | torch.Tensor, num_id: int | None = None,
+                 config: AdapterConfig | Mapping | None = None, **overrides: Any) -> None:
+        super().__init__(context, num_id, config, **overrides)
         rows = self.num_id if self.config.residual_rows == "id" else self.num_labels
         self.residual = nn.Parameter(torch.zeros(rows, self.dim, dtype=self.base_text_features.dtype))
 
@@ -58,6 +60,14 @@ class TaskRes(Adapter):
             logits = torch.cat([logits, v @ c[r:].t()], dim=1)
             base_cos = torch.cat([base_cos, base_cos.new_ones(self.num_labels - r)])
         return AdapterOutput(logits=logits, base_cos=base_cos)
+
+    def _relabel(self, context: AdapterContext) -> "TaskRes":
+        """Residuals belong to rows: they move only when the rows that carry them are the same labels."""
+        rows = self.config.residual_rows
+        same = self.context.same_id_labels(context) if rows == "id" else self.context.same_labels(context)
+        if not same:
+            raise self.label_tied_error(context, f"per-row residuals (residual_rows='{self.config.residual_rows}')")
+        return super()._relabel(context)
 
     def tuned_text_features(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """K×D tuned features (not image-conditional; ``image_features`` is ignored)."""

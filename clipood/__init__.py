@@ -8,4 +8,8 @@ def __getattr__(name: str):
         from . import backbone
 
         return getattr(backbone, name)
+    if name == "Detector":  # the deployable detector (clipood.detector); not clipood.detectors.Detector
+        from .detector import Detector
+
+        return Detector
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

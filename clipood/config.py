@@ -1,35 +1,30 @@
-"""Recipe configuration: YAML files + presets + ``key=value`` command-line overrides.
+"""Typed run configuration: dataclass schemas (OmegaConf structured configs) ← YAML files ← ``key=value``.
 
-A recipe owns a dict of defaults; a YAML file and then ``key=value`` pairs override it (dotted keys reach into
-nested sections, values are parsed as YAML: ``lambda2=10``, ``mini.seed=3``, ``scores=[neglabel,mcm]``).
-``preset=NAME`` applies one of the recipe's named presets first. Unknown keys are errors with a "did you mean".
+A schema is a dataclass tree whose fields carry a type, a default and a one-line help
+(``field(default=..., metadata={"help": ...})``). :func:`compose` starts from the schema's defaults and applies
+layers in order (a preset file, a ``--config`` file, the command line). Every key is checked against the
+schema as it is applied: an unknown key fails with a "did you mean", a value of the wrong type fails with the
+key named, both before any model or image is touched. Fields typed ``Dict[str, Any]`` are free-form (their
+consumer validates them, e.g. an adapter's options); a mapping given for one in a YAML file replaces it whole.
+
+``resets`` ties a free-form section to a choice: ``{"adapter.name": "adapter.options"}`` means that a layer
+choosing another adapter starts from empty options (that adapter's defaults) unless it also sets options.
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import ClipoodError, did_you_mean, unknown
+from .errors import ClipoodError, did_you_mean
 
+__all__ = ["compose", "parse_overrides", "load_yaml", "split_config_arg", "flat_leaves", "get", "to_dict",
+           "field_help", "describe"]
 
-def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(_flatten(v, key + "."))
-        out[key] = v
-    return out
-
-
-def _free_form(dotted: str, known: dict[str, Any]) -> bool:
-    """Keys below a section whose default is an empty mapping are free-form (validated by their consumer)."""
-    parts = dotted.split(".")
-    return any(isinstance(known.get(".".join(parts[:i])), Mapping) and not known[".".join(parts[:i])]
-               for i in range(1, len(parts)))
+#: (where it comes from, a nested mapping or [(dotted key, value), ...])
+Layer = tuple[str, "Mapping[str, Any] | Sequence[tuple[str, Any]]"]
 
 
 def flat_leaves(d: Mapping | None, prefix: str = "") -> dict[str, Any]:
@@ -43,28 +38,14 @@ def flat_leaves(d: Mapping | None, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _set(d: dict, dotted: str, value: Any, known: dict[str, Any], where: str) -> None:
-    if _free_form(dotted, known):
-        node = d
-        for p in dotted.split(".")[:-1]:
-            node = node.setdefault(p, {})
-        node[dotted.split(".")[-1]] = value
-        return
-    if dotted not in known:
-        raise ClipoodError(f"unknown config key '{dotted}' in {where}{did_you_mean(dotted, known)}")
-    parts = dotted.split(".")
-    node = d
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    old = known[dotted]
-    if isinstance(old, Mapping) and not isinstance(value, Mapping) and value is not None:
-        raise ClipoodError(f"config key '{dotted}' in {where} is a section; set one of its keys "
-                           f"({', '.join(sorted(old))})")
-    if isinstance(old, Mapping) and isinstance(value, Mapping):
-        for k, v in value.items():
-            _set(d, f"{dotted}.{k}", v, known, where)
-        return
-    node[parts[-1]] = value
+def get(cfg: Mapping, dotted: str, default: Any = None) -> Any:
+    """``get(cfg, "eval.batch_size")``: a nested value, or ``default`` where a key is missing."""
+    node: Any = cfg
+    for p in dotted.split("."):
+        if not isinstance(node, Mapping) or p not in node:
+            return default
+        node = node[p]
+    return node
 
 
 _SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -88,7 +69,7 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[str, Any]]:
     out = []
     for a in args:
         if "=" not in a or a.startswith("="):
-            raise ClipoodError(f"cannot parse command-line argument '{a}': use key=value (e.g. lambda2=10)")
+            raise ClipoodError(f"cannot parse command-line argument '{a}': use key=value (e.g. losses.kr=10)")
         k, v = a.split("=", 1)
         k = k.strip().lstrip("-").replace("-", "_") if k.startswith("--") else k.strip()
         try:
@@ -99,6 +80,7 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[str, Any]]:
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
+    """A YAML mapping from ``path`` (a missing file or a syntax error is one line naming file and line)."""
     import yaml
 
     p = Path(path)
@@ -113,28 +95,6 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ClipoodError(f"config file {p} must hold a mapping of keys to values")
     return _numbers(data)
-
-
-def build_config(defaults: Mapping, argv: Sequence[str] = (), presets: Mapping[str, Mapping] | None = None,
-                 config_file: str | os.PathLike | None = None) -> dict:
-    """defaults ← preset ← YAML file ← command-line overrides. Returns a new nested dict."""
-    cfg = copy.deepcopy(dict(defaults))
-    known = _flatten(defaults)
-    overrides = parse_overrides([a for a in argv if not a.startswith("--config")])
-    file_data: dict = load_yaml(config_file) if config_file else {}
-    preset = dict(overrides).get("preset", file_data.get("preset", cfg.get("preset")))
-    if preset is not None and presets is not None:
-        if preset not in presets:
-            raise unknown("preset", preset, presets)
-        for k, v in _flatten(presets[preset]).items():
-            if not isinstance(v, Mapping):
-                _set(cfg, k, v, known, f"preset '{preset}'")
-    for k, v in _flatten(file_data).items():
-        if (not isinstance(v, Mapping) or not v) and not (isinstance(v, Mapping) and _free_form(k, known)):
-            _set(cfg, k, v, known, str(config_file))
-    for k, v in overrides:
-        _set(cfg, k, v, known, "the command line")
-    return cfg
 
 
 def split_config_arg(argv: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -159,10 +119,172 @@ def split_config_arg(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     return path, rest
 
 
-def get(cfg: Mapping, dotted: str, default: Any = None) -> Any:
-    node: Any = cfg
-    for p in dotted.split("."):
-        if not isinstance(node, Mapping) or p not in node:
-            return default
-        node = node[p]
-    return node
+# ------------------------------------------------------------------------------------------------ schemas
+def _kind(schema: type, dotted: str) -> tuple[str, Any]:
+    """What ``dotted`` names in ``schema``: ``("section", cls)``, ``("free", None)`` (inside or at a free-form
+    Dict field), ``("leaf", field)`` or ``("unknown", known_keys)``."""
+    cls: Any = schema
+    parts = dotted.split(".")
+    for i, p in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if p not in fields:
+            return "unknown", [".".join(parts[:i] + [k]) for k in fields]
+        t = _field_type(cls, p)
+        if dataclasses.is_dataclass(t):
+            if i == len(parts) - 1:
+                return "section", t
+            cls = t
+            continue
+        if _is_free(t):
+            return "free", None
+        return ("leaf", fields[p]) if i == len(parts) - 1 else ("unknown", [".".join(parts[:i + 1])])
+    return "section", cls
+
+
+def _field_type(cls: type, name: str) -> Any:
+    import typing
+
+    return typing.get_type_hints(cls)[name]
+
+
+def _is_free(t: Any) -> bool:
+    import typing
+
+    return t is dict or typing.get_origin(t) is dict or (
+        typing.get_origin(t) is typing.Union and any(_is_free(a) for a in typing.get_args(t) if a is not type(None)))
+
+
+def _all_keys(schema: type, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(schema):
+        t = _field_type(schema, f.name)
+        out.append(prefix + f.name)
+        if dataclasses.is_dataclass(t):
+            out += _all_keys(t, f"{prefix}{f.name}.")
+    return out
+
+
+def _ordered(items: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Dotted pairs in order; a key given twice keeps its last value (as ``a=1 a=2`` on a command line)."""
+    out: dict[str, Any] = {}
+    for k, v in items:
+        out.pop(k, None)
+        out[k] = v
+    return list(out.items())
+
+
+def _flatten_layer(schema: type, data: Mapping, where: str, prefix: str = "") -> list[tuple[str, Any]]:
+    """A nested mapping (a YAML file) as dotted assignments; mappings under free-form fields stay whole."""
+    out = []
+    for k, v in data.items():
+        dotted = f"{prefix}{k}"
+        kind, info = _kind(schema, dotted)
+        if kind == "unknown":
+            raise ClipoodError(f"unknown config key '{dotted}' in {where}{did_you_mean(dotted, info)}")
+        if kind == "section" and isinstance(v, Mapping):
+            out += _flatten_layer(schema, v, where, dotted + ".")
+        else:
+            out.append((dotted, v))
+    return out
+
+
+def compose(schema: type, layers: Sequence[Layer], resets: Mapping[str, str] | None = None):
+    """The schema's defaults with every layer applied in order; returns a typed OmegaConf ``DictConfig``.
+
+    A layer is ``(where, [(dotted_key, value), ...])``; ``where`` names the file or "the command line" in
+    errors. Raises ClipoodError on an unknown key (with the closest known key) or a value of the wrong type.
+    """
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.structured(schema)
+    resets = dict(resets or {})
+    for where, given in layers:
+        items = _flatten_layer(schema, dict(given) if isinstance(given, Mapping) else dict(_ordered(given)), where)
+        touched = {k for k, _ in items}
+        for dotted, value in items:
+            kind, info = _kind(schema, dotted)
+            if kind == "section":
+                keys = ", ".join(f.name for f in dataclasses.fields(info))
+                raise ClipoodError(f"config key '{dotted}' in {where} is a section; set one of its keys ({keys})")
+            for key, target in resets.items():
+                if dotted == key and value != OmegaConf.select(cfg, key) and not any(
+                        t == target or t.startswith(target + ".") for t in touched):
+                    OmegaConf.update(cfg, target, {}, merge=False)
+            _assign(cfg, dotted, value, where, schema)
+    return cfg
+
+
+def _assign(cfg, dotted: str, value: Any, where: str, schema: type) -> None:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    kind, info = _kind(schema, dotted)
+    if kind == "free" and value is None and _is_free_root(schema, dotted):
+        value = {}  # ``adapter.options=null``: back to the defaults of whatever consumes the section
+    try:
+        OmegaConf.update(cfg, dotted, value, merge=False, force_add=kind == "free")
+    except OmegaConfBaseException as e:
+        msg = str(e).splitlines()[0]
+        want = ""
+        if kind == "leaf":
+            want = f" (expected {_type_name(_field_type_of(schema, dotted))})"
+        raise ClipoodError(f"config key '{dotted}' in {where} has a wrong value {value!r}{want}: {msg}") from None
+
+
+def _is_free_root(schema: type, dotted: str) -> bool:
+    parent, _, name = dotted.rpartition(".")
+    cls = schema if not parent else _kind(schema, parent)[1]
+    return dataclasses.is_dataclass(cls) and _is_free(_field_type(cls, name))
+
+
+def _field_type_of(schema: type, dotted: str) -> Any:
+    parent, _, name = dotted.rpartition(".")
+    cls = schema if not parent else _kind(schema, parent)[1]
+    return _field_type(cls, name)
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
+
+
+def to_dict(cfg) -> dict:
+    """A plain nested dict (tuples as lists) of a composed config, for code, JSON and checkpoints."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def field_help(schema: type, prefix: str = "") -> dict[str, str]:
+    """``{dotted key: one-line help}`` for every field of a schema tree."""
+    out = {}
+    for f in dataclasses.fields(schema):
+        t = _field_type(schema, f.name)
+        if f.metadata.get("help"):
+            out[prefix + f.name] = f.metadata["help"]
+        if dataclasses.is_dataclass(t):
+            out.update(field_help(t, f"{prefix}{f.name}."))
+    return out
+
+
+def describe(schema: type, values: Mapping) -> str:
+    """``values`` as YAML with each key's help as a trailing comment (what ``--help`` prints)."""
+    import yaml
+
+    helps = field_help(schema)
+    lines = []
+
+    def emit(node: Mapping, prefix: str, indent: int) -> None:
+        for k, v in node.items():
+            dotted, pad = f"{prefix}{k}", "  " * indent
+            note = f"  # {helps[dotted]}" if dotted in helps else ""
+            if isinstance(v, Mapping) and v and dotted in set(_all_keys(schema)) and \
+                    _kind(schema, dotted)[0] == "section":
+                lines.append(f"{pad}{k}:{note}")
+                emit(v, dotted + ".", indent + 1)
+            else:
+                text = yaml.safe_dump(v, default_flow_style=True, width=10_000).strip()
+                text = text[:-4].strip() if text.endswith("...") else text
+                lines.append(f"{pad}{k}: {text}{note}")
+
+    emit(values, "", 0)
+    return "\n".join(lines)

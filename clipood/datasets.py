@@ -1,227 +1,44 @@
-"""Dataset specs (image folders, image-list files, Hugging Face datasets), the data root, and `ImageDataset`.
+"""Datasets from specs: `build_dataset(spec)` validates a spec (missing folder, empty or missing class folder,
+missing listed files) and returns an `ImageDataset` yielding ``(image, label)`` where ``image`` is a PIL RGB image,
+or ``transform(image)`` when a transform is given.
 
-A *spec* is a small dataclass that says where a dataset lives; `build_dataset(spec)` validates it up front
-(missing folder, empty class folder, missing listed files) and returns an `ImageDataset` yielding
-``(image, label)`` where ``image`` is a PIL RGB image, or ``transform(image)`` when a transform is given.
+Specs (`ImageFolderSpec`, `ImageListSpec`, `HFDatasetSpec`, `spec_from_dict`, `data_root`, ...) live in
+`clipood.specs` and the Hugging Face reader in `clipood.hf_data`; both are re-exported here. Named benchmark suites
+live in `clipood.suites` (re-exported lazily: `get_suite`, `list_suites`, `check_suite`, `half_split`, `Suite`).
 
-Relative paths in specs resolve against the data root: the ``data_root`` config value, else the environment
-variable ``CLIPOOD_DATA`` (see `data_root`). Named benchmark suites live in `clipood.suites` (re-exported
-here: `get_suite`, `list_suites`, `check_suite`, `half_split`, `Suite`).
-
-Class subsets: every spec has ``class_subset=(part, parts)``, which keeps only the classes with sorted index in
-``[ceil(part*N/parts), ceil((part+1)*N/parts))`` and relabels them 0..m-1 (so ``(0, 2)`` is the first half, with
-the extra class of an odd N in the first half, as CoOp's base/new split does). Labels elsewhere are kept as found.
+Labels by name: a folder spec with a ``label_set`` maps class folders (WordNet IDs, names or indices) to that
+set's labels; ``classes`` keeps a named subset (labels = positions in the list) for every spec type. A missing
+class folder is an error listing it, never a silent shift of the later labels.
 
 Corrupt images: ``on_corrupt="error"`` (default) raises `ClipoodError` naming the file when it is read.
 ``on_corrupt="skip"`` runs `ImageDataset.verify_images` while building (a header check for every image, with a
 full decode only for files whose header check fails), drops unreadable files with a logged warning, and counts
 them in ``dataset.skipped``. A file that passes the check but fails later to decode makes ``__getitem__`` return
-``None``; use ``dataset.collate_fn`` (drops ``None`` items) in the DataLoader. Such late skips are counted only in
-the process that read them (DataLoader workers keep their own copy). For a complete check up front call
+``None``; use ``dataset.collate_fn`` (drops ``None`` items) in the DataLoader. For a complete check up front call
 ``dataset.verify_images(full=True)``.
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, Sequence
 
 from torch.utils.data import Dataset
 
-from .errors import ClipoodError, did_you_mean, unknown
+from .errors import ClipoodError, unknown
+from .folders import IMAGE_EXTENSIONS, scan_image_folder  # noqa: F401
+from .hf_data import hf_content_key, hf_raw, load_hf
+from .specs import (  # noqa: F401  (re-exported: the public names of this module before the split)
+    DATA_ROOT_ENV, ROOT_HINT, HFDatasetSpec, ImageFolderSpec, ImageListSpec, Spec, as_ood_spec, data_root,
+    is_hf_disk_folder, resolve_spec, spec_from_dict, spec_name, spec_to_dict,
+)
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-DATA_ROOT_ENV = "CLIPOOD_DATA"
-ROOT_HINT = f"set data_root= in the config or the {DATA_ROOT_ENV} environment variable"
 _ON_CORRUPT = ("error", "skip")
-
-
-# ----------------------------------------------------------------------------------------------- data root
-def data_root(config_value: str | os.PathLike | None = None) -> Path:
-    """The folder that relative dataset paths resolve against: ``config_value``, else ``$CLIPOOD_DATA``."""
-    if config_value not in (None, ""):
-        root, source = Path(config_value).expanduser(), "data_root"
-    elif os.environ.get(DATA_ROOT_ENV):
-        root, source = Path(os.environ[DATA_ROOT_ENV]).expanduser(), DATA_ROOT_ENV
-    else:
-        raise ClipoodError(f"no data root: {ROOT_HINT} (the folder that holds the datasets)")
-    if not root.is_dir():
-        raise ClipoodError(f"data root {root} (from {source}) is not a folder; create it or fix {source}")
-    return root
-
-
-def _resolve(path: str | os.PathLike, root: str | os.PathLike | None) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else data_root(root) / p
-
-
-# ------------------------------------------------------------------------------------------------- specs
-def _check_subset(subset: Any) -> tuple[int, int] | None:
-    if subset is None:
-        return None
-    try:
-        part, parts = (int(x) for x in subset)
-    except (TypeError, ValueError):
-        raise ClipoodError(
-            f"class_subset must be [part, parts], e.g. [0, 2] for the first half; got {subset!r}"
-        ) from None
-    if not 0 <= part < parts:
-        raise ClipoodError(f"class_subset [part, parts] needs 0 <= part < parts; got {subset!r}")
-    return part, parts
-
-
-@dataclass
-class ImageFolderSpec:
-    """One sub-folder per class (sorted), images found recursively below it.
-
-    ``ood=True`` also accepts the MOS OOD layouts: a single pseudo-class folder (``SUN/images/*.jpg``) or
-    images directly in ``path``; then every image gets label 0 and ``classnames`` stays None.
-    ``sort``: "auto" sorts class folders numerically when all names are integers (ImageNet-V2's 0..999),
-    else by name; "name" / "numeric" force one. ``readable_names`` turns ``001.Black_footed_Albatross`` into
-    ``Black footed Albatross``.
-    """
-
-    path: str
-    classnames: list[str] | None = None
-    ood: bool = False
-    sort: str = "auto"
-    readable_names: bool = False
-    class_subset: tuple[int, int] | None = None
-    name: str | None = None
-    type: ClassVar[str] = "imagefolder"
-
-    def __post_init__(self) -> None:
-        self.path = str(self.path)
-        if self.sort not in ("auto", "name", "numeric"):
-            raise unknown("sort order", self.sort, ("auto", "name", "numeric"))
-        self.class_subset = _check_subset(self.class_subset)
-        self.classnames = None if self.classnames is None else [str(c) for c in self.classnames]
-
-
-@dataclass
-class ImageListSpec:
-    """Images listed in a file, paths relative to ``root``.
-
-    Text lists (OpenOOD): one ``relative/path label`` per line (integer label; blank lines and lines starting
-    with ``#`` are ignored; the path may contain spaces). JSON lists (CoOp ``split_zhou_*.json``): a dict of
-    splits, each a list of ``[relative/path, label, classname]``; ``split`` picks one and the classnames come
-    from the file. ``check_files`` stats every listed image while building.
-    """
-
-    root: str
-    list_file: str
-    split: str = "test"
-    classnames: list[str] | None = None
-    check_files: bool = True
-    class_subset: tuple[int, int] | None = None
-    name: str | None = None
-    type: ClassVar[str] = "imagelist"
-
-    def __post_init__(self) -> None:
-        self.root, self.list_file = str(self.root), str(self.list_file)
-        self.class_subset = _check_subset(self.class_subset)
-        self.classnames = None if self.classnames is None else [str(c) for c in self.classnames]
-
-
-@dataclass
-class HFDatasetSpec:
-    """A Hugging Face dataset: ``from_disk=True`` loads a `save_to_disk` folder (relative to the data root),
-    otherwise ``load_dataset(path_or_name, config_name)`` from the local cache or the hub.
-    ``label_column=None`` gives every image label 0 (an OOD set). Classnames come from a ClassLabel feature
-    unless given."""
-
-    path_or_name: str
-    split: str = "test"
-    image_column: str = "image"
-    label_column: str | None = "label"
-    from_disk: bool = False
-    config_name: str | None = None
-    classnames: list[str] | None = None
-    class_subset: tuple[int, int] | None = None
-    name: str | None = None
-    type: ClassVar[str] = "hf"
-
-    def __post_init__(self) -> None:
-        self.path_or_name = str(self.path_or_name)
-        self.class_subset = _check_subset(self.class_subset)
-        self.classnames = None if self.classnames is None else [str(c) for c in self.classnames]
-
-
-Spec = ImageFolderSpec | ImageListSpec | HFDatasetSpec
-_SPEC_TYPES: dict[str, type] = {
-    "imagefolder": ImageFolderSpec, "image_folder": ImageFolderSpec,
-    "imagelist": ImageListSpec, "image_list": ImageListSpec,
-    "hf": HFDatasetSpec, "huggingface": HFDatasetSpec, "hf_dataset": HFDatasetSpec,
-}
-
-
-def spec_from_dict(d: dict | str | Spec) -> Spec:
-    """Build a spec from a YAML/JSON dict. ``type`` is one of imagefolder / imagelist / hf; without it the type
-    is inferred from the keys (``list_file`` → image list, ``path_or_name`` → HF, ``path`` → image folder).
-    A plain string is an image folder path; a spec is returned unchanged."""
-    if isinstance(d, (ImageFolderSpec, ImageListSpec, HFDatasetSpec)):
-        return d
-    if isinstance(d, (str, os.PathLike)):
-        return ImageFolderSpec(path=str(d))
-    if not isinstance(d, dict):
-        raise ClipoodError(f"a dataset spec must be a mapping or a folder path; got {type(d).__name__}")
-    d = dict(d)
-    kind = d.pop("type", None)
-    if kind is None:
-        kind = "imagelist" if "list_file" in d else "hf" if "path_or_name" in d else "imagefolder"
-    cls = _SPEC_TYPES.get(str(kind).lower())
-    if cls is None:
-        raise unknown("dataset type", kind, ("imagefolder", "imagelist", "hf"))
-    fields = [f.name for f in dataclasses.fields(cls)]
-    for key in d:
-        if key not in fields:
-            raise ClipoodError(
-                f"unknown key '{key}' in {cls.type} dataset spec{did_you_mean(key, fields)}; "
-                f"valid keys: {', '.join(fields)}"
-            )
-    try:
-        return cls(**d)
-    except TypeError as e:  # a required key is missing
-        raise ClipoodError(f"bad {cls.type} dataset spec {d}: {e}") from None
-
-
-def spec_to_dict(spec: Spec) -> dict:
-    """The inverse of `spec_from_dict` (a ``type`` key plus every field; JSON-safe, usable as a cache key)."""
-    out = {"type": spec.type}
-    for k, v in dataclasses.asdict(spec).items():
-        out[k] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def resolve_spec(spec: Spec, root: str | os.PathLike | None = None) -> Spec:
-    """A copy of ``spec`` with its paths made absolute against the data root (hub names are left alone)."""
-    if isinstance(spec, ImageFolderSpec):
-        return dataclasses.replace(spec, path=str(_resolve(spec.path, root)))
-    if isinstance(spec, ImageListSpec):
-        return dataclasses.replace(spec, root=str(_resolve(spec.root, root)),
-                                   list_file=str(_resolve(spec.list_file, root)))
-    if spec.from_disk:
-        return dataclasses.replace(spec, path_or_name=str(_resolve(spec.path_or_name, root)))
-    return spec
-
-
-def spec_name(spec: Spec) -> str:
-    """``spec.name``, else a short name from its path (``SUN``, ``test_ninco``, ``uoft-cs/cifar10``)."""
-    if spec.name:
-        return spec.name
-    if isinstance(spec, ImageFolderSpec):
-        return Path(spec.path).name or spec.path
-    if isinstance(spec, ImageListSpec):
-        return Path(spec.list_file).stem
-    return Path(spec.path_or_name).name if spec.from_disk else spec.path_or_name
 
 
 # ------------------------------------------------------------------------------------------------- dataset
@@ -234,7 +51,7 @@ class ImageDataset(Dataset):
 
     def __init__(self, samples: list[tuple[Any, int]], name: str, classnames: list[str] | None = None,
                  transform: Callable | None = None, on_corrupt: str = "error", hf_dataset: Any = None,
-                 image_column: str = "image") -> None:
+                 image_column: str = "image", root: str | None = None, source: Any = None) -> None:
         if on_corrupt not in _ON_CORRUPT:
             raise unknown("on_corrupt mode", on_corrupt, _ON_CORRUPT)
         self.samples = samples
@@ -246,6 +63,8 @@ class ImageDataset(Dataset):
         self.skipped_items: list[Any] = []
         self._hf = hf_dataset
         self._image_column = image_column
+        self.root = root  #: folder that file paths are relative to in the content key
+        self._source = source  #: the resolved spec (what the selection is)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -253,6 +72,22 @@ class ImageDataset(Dataset):
     @property
     def labels(self) -> list[int]:
         return [label for _, label in self.samples]
+
+    def content_key(self) -> list:
+        """What this dataset yields, for cache keys: an HF dataset's fingerprint and selection (split, columns,
+        rows), or every file's path relative to ``root`` with its size and mtime; plus every label."""
+        if self._hf is not None:
+            return [hf_content_key(self._hf, self._source), [[int(i), int(y)] for i, y in self.samples]]
+        files = []
+        for path, label in self.samples:
+            p = str(path)
+            rel = os.path.relpath(p, self.root) if self.root else p
+            try:
+                st = os.stat(p)
+                files.append([rel, int(label), st.st_size, st.st_mtime_ns])
+            except OSError:
+                files.append([rel, int(label), None, None])
+        return ["files", files]
 
     def _describe(self, item: Any) -> str:
         return f"{self.name}[{item}]" if self._hf is not None else str(item)
@@ -324,11 +159,29 @@ def _pil_rgb(value: Any):
     from PIL import Image
 
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
+        return _to_8bit(value).convert("RGB")
     if isinstance(value, dict):  # an undecoded HF image: {"bytes": ..., "path": ...}
         value = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
     with Image.open(value) as im:
-        return im.convert("RGB")
+        return _to_8bit(im).convert("RGB")
+
+
+def _to_8bit(im):
+    """High-bit-depth grayscale (16-bit PNG/TIFF: modes ``I;16*`` and ``I``; float ``F``) scaled to 8 bits.
+    PIL's ``convert("RGB")`` clips such values at 255, which turns a 16-bit image almost entirely white."""
+    if not (im.mode.startswith("I") or im.mode == "F"):
+        return im
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(im).astype(np.float64)
+    if im.mode == "F":
+        top = 1.0 if a.size and a.max() <= 1.0 else 255.0
+    else:
+        top = 65535.0 if im.mode.startswith("I;16") or (a.size and a.max() > 255) else 255.0
+        if a.size and a.max() > 65535:
+            top = float(a.max())
+    return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
 
 
 def _readable(ds: ImageDataset, index: int, full: bool) -> bool:
@@ -337,7 +190,7 @@ def _readable(ds: ImageDataset, index: int, full: bool) -> bool:
     item = ds.samples[index][0]
     if not full:
         try:
-            source = item if ds._hf is None else _hf_raw(ds, item)
+            source = item if ds._hf is None else hf_raw(ds, item)
             with Image.open(source) as im:
                 im.verify()
             return True
@@ -350,15 +203,6 @@ def _readable(ds: ImageDataset, index: int, full: bool) -> bool:
         return False
 
 
-def _hf_raw(ds: ImageDataset, item: Any):
-    """The undecoded bytes or path of an HF image (cheap header checks without decoding the pixels)."""
-    if getattr(ds, "_hf_raw_view", None) is None:
-        import datasets
-
-        ds._hf_raw_view = ds._hf.cast_column(ds._image_column, datasets.Image(decode=False))
-    value = ds._hf_raw_view[int(item)][ds._image_column]
-    return io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-
 
 # ------------------------------------------------------------------------------------------------- builders
 def build_dataset(spec: Spec | dict | str, transform: Callable | None = None, root: str | os.PathLike | None = None,
@@ -370,18 +214,23 @@ def build_dataset(spec: Spec | dict | str, transform: Callable | None = None, ro
         raise unknown("on_corrupt mode", on_corrupt, _ON_CORRUPT)
     name = spec_name(spec)
     spec = resolve_spec(spec, root)
-    hf, image_column = None, "image"
+    hf, image_column, base = None, "image", None
     if isinstance(spec, ImageFolderSpec):
-        samples, classnames = _scan_image_folder(spec)
+        samples, classnames = scan_image_folder(spec)
+        base = spec.path
     elif isinstance(spec, ImageListSpec):
         samples, classnames = _read_image_list(spec)
+        base = spec.root
     else:
-        hf, samples, classnames = _load_hf(spec)
+        hf, samples, classnames = load_hf(spec)
         image_column = spec.image_column
-    if spec.classnames is not None and not isinstance(spec, ImageFolderSpec):
-        classnames = _check_classnames(spec.classnames, len(classnames) if classnames else None, name, samples)
+    if not isinstance(spec, ImageFolderSpec):
+        if spec.classnames is not None:
+            classnames = _check_classnames(spec.classnames, len(classnames) if classnames else None, name, samples)
+        if spec.classes is not None:
+            samples, classnames = _select_classes(samples, classnames, spec.classes, name)
     samples, classnames = _apply_subset(samples, classnames, spec.class_subset, name)
-    ds = ImageDataset(samples, name, classnames, transform, on_corrupt, hf, image_column)
+    ds = ImageDataset(samples, name, classnames, transform, on_corrupt, hf, image_column, root=base, source=spec)
     if on_corrupt == "skip":
         ds.verify_images(full=False)
         if not ds.samples:
@@ -394,6 +243,28 @@ def _check_classnames(names: list[str], n_found: int | None, name: str, samples)
     if len(names) < n_needed or (n_found is not None and len(names) != n_found):
         raise ClipoodError(f"dataset {name}: {len(names)} classnames given but it has {n_needed} classes")
     return list(names)
+
+
+def _select_classes(samples, classnames, classes: list[str], name: str):
+    """Keep the listed classes (by name, or by label index: a string of digits); relabel by list position."""
+    norm = lambda s: " ".join(str(s).replace("_", " ").split()).lower()  # noqa: E731
+    index = {norm(c): i for i, c in enumerate(classnames or [])}
+    want, bad = [], []
+    for c in classes:
+        i = index.get(norm(c))
+        if i is None and str(c).isdigit() and int(c) < (len(classnames) if classnames else 1 << 62):  # an index
+            i = int(c)
+        (want if i is not None else bad).append(i if i is not None else c)
+    if bad:
+        known = ", ".join(classnames[:10]) if classnames else "none (the dataset has no class names: use indices)"
+        raise ClipoodError(f"dataset {name}: classes {', '.join(bad)} not found; its classes: {known}")
+    relabel = {old: new for new, old in enumerate(want)}
+    kept = [(item, relabel[lab]) for item, lab in samples if lab in relabel]
+    empty = [str(classes[relabel[i]]) for i in want if not any(lab == relabel[i] for _, lab in kept)]
+    if empty:
+        raise ClipoodError(f"dataset {name}: no images of class(es) {', '.join(empty)}")
+    names = [classnames[i] for i in want] if classnames else list(classes)
+    return kept, names
 
 
 def _apply_subset(samples, classnames, subset, name):
@@ -411,63 +282,6 @@ def _apply_subset(samples, classnames, subset, name):
     if classnames is not None:
         classnames = [classnames[old] for old in keep]
     return samples, classnames
-
-
-def _is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def _walk_images(folder: Path) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".") and _is_image(f))
-    return found
-
-
-def _scan_image_folder(spec: ImageFolderSpec) -> tuple[list[tuple[str, int]], list[str] | None]:
-    path = Path(spec.path)
-    if not path.is_dir():
-        raise ClipoodError(
-            f"image folder not found: {path} (relative paths resolve against the data root; {ROOT_HINT})"
-        )
-    entries = sorted(os.scandir(path), key=lambda e: e.name)
-    subdirs = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
-    direct = [e.path for e in entries if e.is_file() and _is_image(e.name)]
-    exts = " ".join(IMAGE_EXTENSIONS)
-    if spec.ood and len(subdirs) <= 1:  # MOS layout: one pseudo-class folder, or a flat folder of images
-        files = direct + (_walk_images(path / subdirs[0]) if subdirs else [])
-        if not files:
-            raise ClipoodError(f"no images ({exts}) found in OOD folder {path}")
-        return [(f, 0) for f in files], spec.classnames
-    if not subdirs:
-        hint = "; for a flat folder of OOD images set ood: true" if direct else ""
-        raise ClipoodError(f"no class sub-folders in {path}: an image folder needs {path}/<class>/<image>{hint}")
-    numeric = all(s.isdigit() for s in subdirs)
-    if spec.sort == "numeric" and not numeric:
-        raise ClipoodError(f"sort: numeric needs integer class folder names in {path}; use sort: name")
-    if spec.sort == "numeric" or (spec.sort == "auto" and numeric):
-        subdirs.sort(key=int)
-    if direct:
-        logger.warning("image folder %s: ignoring %d image(s) outside the class folders", path, len(direct))
-    samples, empty = [], []
-    for label, sub in enumerate(subdirs):
-        files = _walk_images(path / sub)
-        if not files:
-            empty.append(str(path / sub))
-        samples.extend((f, label) for f in files)
-    if empty:
-        raise ClipoodError(f"class folder(s) with no images ({exts}): {', '.join(empty)}; add images or remove them")
-    if spec.classnames is not None:
-        if len(spec.classnames) != len(subdirs):
-            raise ClipoodError(f"{len(spec.classnames)} classnames given but {path} has {len(subdirs)} class folders")
-        return samples, list(spec.classnames)
-    names = [_readable_name(s) for s in subdirs] if spec.readable_names else subdirs
-    return samples, names
-
-
-def _readable_name(folder: str) -> str:
-    return re.sub(r"^\d+[._]", "", folder).replace("_", " ").strip()
 
 
 def _read_image_list(spec: ImageListSpec) -> tuple[list[tuple[str, int]], list[str] | None]:
@@ -534,47 +348,6 @@ def _read_json_list(list_file: Path, split: str) -> tuple[list[tuple[str, int]],
     n = max(names, default=-1) + 1
     classnames = [names[i] for i in range(n)] if names and all(i in names for i in range(n)) else None
     return entries, classnames
-
-
-def _load_hf(spec: HFDatasetSpec):
-    import datasets
-
-    source = spec.path_or_name
-    try:
-        if spec.from_disk:
-            if not Path(source).exists():
-                raise ClipoodError(f"HF dataset folder not found: {source} (a save_to_disk folder; {ROOT_HINT})")
-            ds = datasets.load_from_disk(source)
-        else:
-            ds = datasets.load_dataset(source, spec.config_name, split=spec.split)
-    except ClipoodError:
-        raise
-    except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if spec.from_disk:
-            raise ClipoodError(f"cannot load HF dataset folder {source} ({type(e).__name__}: {first})") from None
-        raise ClipoodError(
-            f"HF dataset '{source}' is not cached on this machine and cannot be downloaded ({first}); download it "
-            f"once online with datasets.load_dataset('{source}'), or save_to_disk it and pass that folder "
-            "with from_disk: true"
-        ) from None
-    if isinstance(ds, datasets.DatasetDict):
-        if spec.split not in ds:
-            raise unknown(f"split of HF dataset {source}", spec.split, ds.keys())
-        ds = ds[spec.split]
-    for col in (spec.image_column, spec.label_column):
-        if col is not None and col not in ds.column_names:
-            raise unknown(f"column of HF dataset {source}", col, ds.column_names)
-    if spec.label_column is None:
-        labels = [0] * len(ds)
-        classnames = None
-    else:
-        labels = [int(x) for x in ds[spec.label_column]]
-        feature = ds.features[spec.label_column]
-        classnames = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
-    if not labels:
-        raise ClipoodError(f"HF dataset {source} (split {spec.split}) has no rows")
-    return ds, list(enumerate(labels)), classnames
 
 
 # Suites live in clipood.suites; re-exported lazily (clipood.suites imports this module).

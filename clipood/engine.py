@@ -1,5 +1,5 @@
-"""The one training loop (on Hugging Face Accelerate): optimiser and schedule from config, mixed precision from
-Accelerate, progress bar, trackers, atomic checkpoints with exact resume, deterministic by seed.
+"""The one training loop (on Hugging Face Accelerate): torch optimiser and ``torch.optim.lr_scheduler`` schedule,
+mixed precision from Accelerate, progress bar, trackers, atomic checkpoints with exact resume, deterministic.
 
 Data order is a pure function of (seed, epoch): every epoch draws a permutation of the training images, cuts
 it into *global* batches of ``batch_size`` images, and rank r of W processes takes the r-th contiguous slice
@@ -16,62 +16,14 @@ import shutil
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-
 import torch
 
-from .config import flat_leaves
+from .checkpoints import (CHECKPOINT_FILES, check_resumable, latest_checkpoint, load_checkpoint,  # noqa: F401
+                          save_checkpoint, truncate_history)
 from .errors import ClipoodError
-from .io import load_safetensors, make_temp_dir, save_safetensors, write_json
+from .settings import TrainConfig  # noqa: F401  (the ``train`` section; re-exported)
 
 log = logging.getLogger("clipood")
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings (one YAML section ``train``)."""
-
-    epochs: int = 30
-    batch_size: int = 8  # images per global step; each brings Q ID crops and Q negative crops
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    optimizer: str = "adamw"  # adamw | sgd
-    momentum: float = 0.9
-    schedule: str = "cosine"  # constant | cosine
-    warmup_steps: int = 0
-    grad_clip: float = 0.0  # 0 = off
-    max_steps: int = 0  # 0 = epochs × steps per epoch; >0 stops early (smoke tests)
-    checkpoint_every: int = 0  # steps; 0 = only at epoch ends
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
-    condition: str = "self"  # meta-net input for crops: self | top_crop (official code)
-
-    def __post_init__(self):
-        for k in ("epochs", "batch_size"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ClipoodError(f"train.{k} must be an integer >= 1, got {v!r}")
-        for k in ("warmup_steps", "max_steps", "checkpoint_every", "log_every"):
-            v = getattr(self, k)
-            if not isinstance(v, int) or v < 0:
-                raise ClipoodError(f"train.{k} must be an integer >= 0, got {v!r}")
-        if isinstance(self.lr, bool) or not (isinstance(self.lr, (int, float)) and self.lr > 0
-                                              and math.isfinite(self.lr)):
-            raise ClipoodError(f"train.lr must be a positive number (e.g. train.lr=0.001), got {self.lr!r}")
-        for k in ("weight_decay", "grad_clip", "momentum"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ClipoodError(f"train.{k} must be a number >= 0, got {v!r}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ClipoodError(f"train.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        if self.schedule not in ("constant", "cosine"):
-            raise ClipoodError(f"train.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-        if self.condition not in ("self", "top_crop"):
-            raise ClipoodError(f"train.condition must be 'self' or 'top_crop', got {self.condition!r}")
-        if isinstance(self.keep_checkpoints, bool) or not isinstance(self.keep_checkpoints, int) \
-                or self.keep_checkpoints < 1:
-            raise ClipoodError("train.keep_checkpoints must be >= 1")
 
 
 class NonFiniteLoss(ClipoodError):
@@ -109,6 +61,8 @@ class CropTrainData:
         if self.condition == "top_crop":
             batch["id_condition"] = c.top_features[c.id_image[idr]]
             batch["neg_condition"] = c.top_features[c.neg_image[ngr]]
+        if getattr(c, "id_local", None) is not None:  # patch features, when some adapter asked for them
+            batch["id_local"], batch["neg_local"] = c.id_local[idr], c.neg_local[ngr]
         return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -116,98 +70,6 @@ def _rows_by_image(owner: torch.Tensor, n: int) -> list[torch.Tensor]:
     order = torch.argsort(owner, stable=True)
     counts = torch.bincount(owner, minlength=n).tolist()
     return list(torch.split(order, counts))
-
-
-# ------------------------------------------------------------------------------------------- checkpoints
-def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
-    for idx, st in sd["state"].items():
-        meta["state"][str(idx)] = {}
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{idx}.{k}"] = v
-                meta["state"][str(idx)][k] = {"tensor": f"{idx}.{k}"}
-            else:
-                meta["state"][str(idx)][k] = v
-    return tensors, meta
-
-
-def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
-    state = {}
-    for idx, st in meta["state"].items():
-        state[int(idx)] = {k: tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v
-                           for k, v in st.items()}
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def save_checkpoint(ckpt_root: Path, adapter, optimizer, state: dict, keep: int) -> Path:
-    """Write ``step-NNNNNN/`` atomically (temporary folder, then rename) and prune old checkpoints."""
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step-{state['step']:06d}"
-    tmp = make_temp_dir(ckpt_root, ".tmp-")
-    try:
-        save_safetensors(adapter.state_dict(), tmp / "adapter.safetensors")
-        tensors, meta = _flatten_optimizer(optimizer.state_dict())
-        save_safetensors(tensors if tensors else {"_empty": torch.zeros(1)}, tmp / "optimizer.safetensors")
-        write_json(tmp / "optimizer.json", meta)
-        write_json(tmp / "trainer_state.json", state)
-        if final.exists():
-            # never delete in place: a kill mid-delete would leave a half checkpoint under a valid name.
-            # Renames are atomic; a kill between the two leaves the previous checkpoint as the latest.
-            _discard(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
-        _discard(old)
-    return final
-
-
-def _discard(folder: Path) -> None:
-    """Rename out of the ``step-*`` namespace first (atomic), then delete."""
-    trash = folder.with_name(f".tmp-trash-{folder.name}-{os.getpid()}")
-    os.replace(folder, trash)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-CHECKPOINT_FILES = ("adapter.safetensors", "optimizer.safetensors", "optimizer.json", "trainer_state.json")
-
-
-def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    """The newest complete ``step-*`` checkpoint (every file present), or None."""
-    cands = sorted(p for p in Path(ckpt_root).glob("step-*") if all((p / f).is_file() for f in CHECKPOINT_FILES))
-    return cands[-1] if cands else None
-
-
-def load_checkpoint(path: Path, adapter, optimizer) -> dict:
-    sd = load_safetensors(path / "adapter.safetensors")
-    try:
-        adapter.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise ClipoodError(f"checkpoint {path} does not fit this adapter ({str(e).splitlines()[-1].strip()}); "
-                           f"use another output_dir or delete the checkpoints folder") from None
-    meta = json.loads((path / "optimizer.json").read_text())
-    tensors = load_safetensors(path / "optimizer.safetensors")
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta))
-    return json.loads((path / "trainer_state.json").read_text())
-
-
-def check_resumable(output_dir: str | os.PathLike, signature: dict) -> Path | None:
-    """The checkpoint a run in ``output_dir`` would resume from, or None. Raises ClipoodError when that folder
-    holds checkpoints of another configuration (recipes call this first, before any expensive work)."""
-    ckpt_root = Path(output_dir) / "checkpoints"
-    ck = latest_checkpoint(ckpt_root)
-    if ck is None:
-        return None
-    signature = json.loads(json.dumps(signature, default=str))
-    old = json.loads((ck / "trainer_state.json").read_text()).get("signature")
-    if old != signature:
-        a, b = flat_leaves(old or {}), flat_leaves(signature)
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        raise ClipoodError(f"{ckpt_root} holds checkpoints of another configuration (differs in: "
-                           f"{', '.join(diff[:6])}); set another output_dir, or resume=false to start over")
-    return ck
 
 
 # ------------------------------------------------------------------------------------------------ loop
@@ -219,13 +81,32 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """Multiplier of ``cfg.lr`` at optimiser step ``step`` (0-based) of ``total``: linear warm-up
+    ``(s+1)/warmup``, then constant or cosine ``½(1 + cos(π·q))`` with q the post-warm-up progress."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "cosine":
         q = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, q)))
     return 1.0
+
+
+def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """``torch.optim.AdamW`` or ``SGD`` over the trainable parameters."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total: int,
+                   start_step: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """``LambdaLR`` with :func:`lr_factor`, positioned at ``start_step`` (a resumed run continues its schedule;
+    the base rate is always ``cfg.lr``, whatever rate a loaded optimiser state last used)."""
+    for g in optimizer.param_groups:
+        g["initial_lr"] = cfg.lr
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, total),
+                                             last_epoch=start_step - 1)
 
 
 class _StopFlag:
@@ -253,6 +134,41 @@ class _StopFlag:
             signal.signal(s, h)
 
 
+def total_steps(data: "CropTrainData", cfg: TrainConfig, world: int) -> int:
+    """Optimiser steps of the whole run (checks the batch size against processes and images first)."""
+    if cfg.batch_size % world != 0:
+        raise ClipoodError(f"train.batch_size={cfg.batch_size} must be divisible by the number of processes ({world})")
+    if cfg.batch_size > data.n:
+        raise ClipoodError(f"train.batch_size={cfg.batch_size} is larger than the {data.n} training images; lower it")
+    total = len(data.epoch_batches(0, _seed(cfg), cfg.batch_size, world)) * cfg.epochs
+    return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def _seed(cfg: TrainConfig) -> int:
+    return 0 if cfg.seed is None else int(cfg.seed)
+
+
+def _check_finite(loss: torch.Tensor, step: int, epoch: int, ckpt_root: Path) -> None:
+    if not torch.isfinite(loss.detach()).all():
+        raise NonFiniteLoss(f"loss became {float(loss.detach())} at step {step + 1} (epoch {epoch + 1}); training "
+                            f"stopped, last good checkpoint: {latest_checkpoint(ckpt_root) or 'none'}. Lower "
+                            f"train.lr or the loss weights")
+
+
+def _start_log(accelerator, out: Path, step: int) -> Path:
+    """The JSON-lines training log: new for a fresh run, cut back to ``step`` for a resumed one."""
+    path = out / "train_log.jsonl"
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if step == 0:
+            path.write_text("")
+        else:
+            truncate_history(path, step)
+        for stale in (out / "checkpoints").glob(".tmp-*"):  # a checkpoint being written when the process was killed
+            shutil.rmtree(stale, ignore_errors=True)
+    return path
+
+
 def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: str | os.PathLike, *,
         resume: bool = True, progress: bool = True, signature: dict | None = None) -> TrainResult:
     """Train ``method`` (an adapter + loss terms) on ``data``; checkpoints go to ``output_dir/checkpoints``.
@@ -267,21 +183,11 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
     out = Path(output_dir)
     ckpt_root = out / "checkpoints"
     world, rank = accelerator.num_processes, accelerator.process_index
-    if cfg.batch_size % world != 0:
-        raise ClipoodError(f"train.batch_size={cfg.batch_size} must be divisible by the number of processes ({world})")
-    if cfg.batch_size > data.n:
-        raise ClipoodError(f"train.batch_size={cfg.batch_size} is larger than the {data.n} training images; lower it")
-    steps_per_epoch = len(data.epoch_batches(0, cfg.seed, cfg.batch_size, world))
-    total = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps)
+    total = total_steps(data, cfg, world)
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
         raise ClipoodError("the adapter has no trainable parameters")
-    if cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg, params)
     signature = json.loads(json.dumps(signature if signature is not None else asdict(cfg), default=str))
     state = {"step": 0, "epoch": 0, "batch": 0, "signature": signature}
     result = TrainResult(steps=0)
@@ -290,17 +196,10 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
         result.resumed_from = str(ck)
         if accelerator.is_main_process:
             log.info("resuming from %s (step %d)", ck, state["step"])
+    scheduler = make_scheduler(cfg, opt, total, start_step=state["step"])
     model, opt = accelerator.prepare(method, opt)
     inner = accelerator.unwrap_model(model)
-    history_path = out / "train_log.jsonl"
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if state["step"] == 0:
-            history_path.write_text("")
-        else:
-            _truncate_history(history_path, state["step"])
-        for stale in ckpt_root.glob(".tmp-*"):  # a checkpoint being written when the process was killed
-            shutil.rmtree(stale, ignore_errors=True)
+    history_path = _start_log(accelerator, out, state["step"])
     t0 = time.time()
     step = state["step"]
     bar = tqdm(total=total, initial=step, desc="train", disable=not (progress and accelerator.is_main_process),
@@ -308,33 +207,28 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
     stopped = False
     with _StopFlag() as flag:
         for epoch in range(state["epoch"], cfg.epochs):
-            batches = data.epoch_batches(epoch, cfg.seed, cfg.batch_size, world)
+            batches = data.epoch_batches(epoch, _seed(cfg), cfg.batch_size, world)
             first = state["batch"] if epoch == state["epoch"] else 0
             for bi in range(first, len(batches)):
                 if step >= total:
                     break
-                gb = batches[bi]
-                per = len(gb) // world
-                batch = data.collate(gb[rank * per:(rank + 1) * per], accelerator.device)
-                for g in opt.param_groups:
-                    g["lr"] = cfg.lr * _lr_factor(cfg, step, total)
+                per = len(batches[bi]) // world
+                batch = data.collate(batches[bi][rank * per:(rank + 1) * per], accelerator.device)
+                lr = opt.param_groups[0]["lr"]
                 with accelerator.autocast():
                     outd = model(batch)
-                loss = outd["loss"]
-                if not torch.isfinite(loss.detach()).all():
-                    last = latest_checkpoint(ckpt_root)
-                    raise NonFiniteLoss(f"loss became {float(loss.detach())} at step {step + 1} (epoch {epoch + 1}); "
-                                        f"training stopped, last good checkpoint: {last or 'none'}. Lower train.lr "
-                                        f"or the loss weights")
-                accelerator.backward(loss)
+                _check_finite(outd["loss"], step, epoch, ckpt_root)
+                accelerator.backward(outd["loss"])
                 if cfg.grad_clip:
                     accelerator.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
+                if step < total:  # the rate of the next step; at the end the optimiser keeps its last rate
+                    scheduler.step()
                 state.update(step=step, epoch=epoch, batch=bi + 1)
                 logs = {k: float(accelerator.reduce(v.detach().float(), "mean")) for k, v in outd.items()}
-                rec = {"step": step, "epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **logs}
+                rec = {"step": step, "epoch": epoch + 1, "lr": lr, **logs}
                 result.history.append(rec)
                 if accelerator.is_main_process:
                     bar.update(1)
@@ -343,10 +237,9 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
                         f.write(json.dumps(rec) + "\n")
                     if cfg.log_every and step % cfg.log_every == 0 and accelerator.trackers:
                         accelerator.log(logs, step=step)
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or flag.stop:
                     _ckpt(accelerator, ckpt_root, inner, opt, state, cfg)
                 if flag.stop:
-                    _ckpt(accelerator, ckpt_root, inner, opt, state, cfg)
                     stopped = True
                     break
             if stopped or step >= total:
@@ -361,24 +254,6 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
     result.steps = step
     result.seconds = time.time() - t0
     return result
-
-
-def _truncate_history(path: Path, step: int) -> None:
-    """Keep the log records of steps <= ``step`` (the checkpoint resumed from): a run killed after logging a
-    step but before checkpointing it replays that step, which must not appear twice."""
-    from .io import atomic_write
-
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):  # a line cut short by the kill
-            continue
-    with atomic_write(path) as f:
-        f.write("".join(f"{line}\n" for line in keep))
 
 
 def _ckpt(accelerator, ckpt_root, inner, opt, state, cfg):

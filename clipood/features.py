@@ -1,8 +1,9 @@
 """Frozen-encoder feature extraction: sharded over Accelerate processes, cached once as safetensors.
 
-Every frozen encoder runs once per input: the cache key is the backbone identifier + the dataset's files
-(paths, sizes, mtimes) + the transform, so the zero-shot baseline and every tuned method evaluated on the same
-images share one cache file.
+Every frozen encoder runs once per input: the cache key is the backbone identifier + what the dataset yields
+(`dataset_fingerprint`: an HF dataset's own fingerprint with its split, columns and rows; or every file's relative
+path, size and mtime; and every label) + the transform, so the zero-shot baseline and every tuned method evaluated
+on the same images share one cache file, and two datasets with other pixels never do.
 """
 from __future__ import annotations
 
@@ -27,15 +28,22 @@ def default_cache_dir() -> Path:
 
 
 def dataset_fingerprint(dataset) -> str:
-    """Hash of what a dataset will yield: its sample list with file sizes and mtimes."""
+    """Hash of what a dataset will yield. An `ImageDataset` gives its ``content_key()`` (HF: fingerprint, split,
+    columns and selected rows; files: relative path, size and mtime of each); other datasets with ``samples``
+    hash each sample (files are stat'ed only when the item is a path, never an integer row index)."""
     h = hashlib.sha256()
-    for path, label in getattr(dataset, "samples", []):
-        h.update(f"{path}|{label}".encode())
-        try:
-            st = os.stat(path)
-            h.update(f"{st.st_size}|{int(st.st_mtime)}".encode())
-        except (OSError, TypeError):
-            pass
+    content = getattr(dataset, "content_key", None)
+    if callable(content):
+        h.update(json.dumps(content(), default=str).encode())
+    else:
+        for item, label in getattr(dataset, "samples", []):
+            h.update(f"{type(item).__name__}|{item}|{label}".encode())
+            if isinstance(item, (str, os.PathLike)):
+                try:
+                    st = os.stat(item)
+                    h.update(f"|{st.st_size}|{st.st_mtime_ns}".encode())
+                except OSError:
+                    pass
     h.update(str(len(dataset)).encode())
     return h.hexdigest()[:16]
 

@@ -28,14 +28,20 @@ def _check_num_id(num_id: int, num_labels: int) -> None:
         raise ClipoodError(f"num_id={num_id!r} must be an integer between 1 and K={num_labels}")
 
 
-def negative_groups(num_neg: int, groups: int, seed: int = 0) -> list[torch.Tensor]:
-    """Fixed random split of the M negative columns into ``groups`` near-equal index groups (0-based in M).
+def negative_groups(num_neg: int, groups: int, seed: int = 0, *, drop_remainder: bool = False) -> list[torch.Tensor]:
+    """Fixed random split of the M negative columns into ``groups`` index groups (0-based in M).
 
-    ``torch.randperm(M, generator=torch.Generator().manual_seed(seed))`` then ``torch.tensor_split`` —
-    the official KR-NFT / NegLabel grouping (10 groups, seed 0 in training).
+    Default: ``torch.randperm(M, generator=torch.Generator().manual_seed(seed))`` then ``torch.tensor_split``
+    (near-equal groups, every negative used). ``drop_remainder=True`` is the released KR-NFT trainer's rule:
+    drop the last M mod G columns, permute the other M' with ``randperm(M', seed)``, cut into G equal groups.
+    The two agree whenever G divides M (the official M = 10,500 and the mini world's 40 with G = 10).
     """
     if isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= max(num_neg, 1):
         raise ClipoodError(f"groups={groups!r} must be an integer between 1 and the number of negatives M={num_neg}")
+    if drop_remainder:
+        kept = num_neg - num_neg % groups
+        perm = torch.randperm(kept, generator=torch.Generator().manual_seed(seed))
+        return list(perm.view(groups, -1))
     perm = torch.randperm(num_neg, generator=torch.Generator().manual_seed(seed))
     return list(torch.tensor_split(perm, groups))
 
@@ -69,16 +75,28 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, num_id: int 
     return torch.stack(losses).mean()
 
 
-def ood_loss(logits: torch.Tensor, num_id: int) -> torch.Tensor:
+def ood_loss(logits: torch.Tensor, num_id: int, groups: int = 1, seed: int = 0) -> torch.Tensor:
     """L_n, Eq. 8: mean over the batch of log(Σ_{i≤N} softmax(logits)_i) = logsumexp(ID) − logsumexp(all).
 
     logits: B×K scaled logits of negative (OOD) samples. Minimising it pushes them away from the ID labels.
+
+    With ``groups = G > 1`` (the released KR-NFT trainer: G = 10, seed 0) the softmax runs over [ID | group g]
+    instead of all K columns and the loss is the mean over the batch and the G groups: the last M mod G negative
+    columns are dropped, the remaining M' columns are permuted with ``torch.randperm(M', seed)`` and cut into G
+    equal groups (:func:`negative_groups` with ``drop_remainder=True``).
+
     The official code computes log(Σ softmax + 1e-16); the log-sum-exp form is exact and needs no epsilon
     (it differs from the official value only where Σ_ID softmax < ~1e-14, where theirs saturates at −36.8).
     """
     _check_logits(logits)
     _check_num_id(num_id, logits.shape[1])
-    return (torch.logsumexp(logits[:, :num_id], dim=1) - torch.logsumexp(logits, dim=1)).mean()
+    lse_id = torch.logsumexp(logits[:, :num_id], dim=1)
+    if groups == 1:
+        return (lse_id - torch.logsumexp(logits, dim=1)).mean()
+    idx = negative_groups(logits.shape[1] - num_id, groups, seed, drop_remainder=True)
+    cols = torch.stack(idx).to(logits.device)                                       # G×(M'/G)
+    lse_neg = torch.logsumexp(logits[:, num_id:][:, cols], dim=2)                   # B×G
+    return (lse_id[:, None] - torch.logaddexp(lse_id[:, None], lse_neg)).mean()
 
 
 def kr_feature_loss(base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
@@ -136,16 +154,16 @@ def kr_prob_loss(tuned_logits: torch.Tensor, base_logits: torch.Tensor) -> torch
 
 def krnft_loss(id_logits: torch.Tensor, id_labels: torch.Tensor, neg_logits: torch.Tensor | None, num_id: int,
                base_cos: torch.Tensor | None, lambda1: float = 0.3, lambda2: float = 100.0, groups: int = 1,
-               seed: int = 0) -> dict[str, torch.Tensor]:
+               seed: int = 0, ood_groups: int = 1) -> dict[str, torch.Tensor]:
     """Eq. 10: L = L_p + λ1·L_n + λ2·L_kr.
 
     id_logits: B×K scaled logits of ID crops with labels B; neg_logits: B'×K scaled logits of negative crops
     (None → L_n = 0); base_cos: K or B×K cos(c_i, c'_i) (None → L_kr = 0). λ2 = 100 follows the paper
-    (the official code uses 10); ``groups`` = 10 reproduces the official grouped L_p.
+    (the official code uses 10); ``groups`` = 10 and ``ood_groups`` = 10 reproduce the official grouped L_p and L_n.
     Returns {"loss": total, "cls_loss": L_p, "ood_loss": L_n, "kr_loss": L_kr} with the terms unweighted.
     """
     cls = classification_loss(id_logits, id_labels, num_id=num_id, groups=groups, seed=seed)
     zero = cls.new_zeros(())
-    ood = ood_loss(neg_logits, num_id) if neg_logits is not None else zero
+    ood = ood_loss(neg_logits, num_id, groups=ood_groups, seed=seed) if neg_logits is not None else zero
     kr = kr_cos_loss(base_cos) if base_cos is not None else zero
     return {"loss": cls + lambda1 * ood + lambda2 * kr, "cls_loss": cls, "ood_loss": ood, "kr_loss": kr}

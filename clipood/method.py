@@ -1,10 +1,17 @@
-"""Method = an adapter + weighted loss terms. ``forward(batch)`` returns ``{"loss": total, "<term>_loss": ...}``
-so the training loop stays generic (the open_clip / timm "task" pattern).
+"""TrainingTask = an adapter + weighted loss terms. ``forward(batch)`` returns ``{"loss": total, "<term>_loss": ...}``
+so the training loop stays generic (the open_clip / timm "task" pattern). ``Method`` is its former name.
 
 A training batch from the crop cache carries ``id_features`` (n×D) with ``id_labels`` (n), ``neg_features``
 (m×D) and optionally ``id_condition`` / ``neg_condition`` (features the meta-nets see instead of the crop
-itself). Loss terms are plain functions registered by name; KR composes with *any* adapter because it only
-needs ``AdapterOutput.base_cos`` (or the frozen text features for the logit / probability variants).
+itself) and ``id_local`` / ``neg_local`` (n×T×D patch features). The task hands the adapter what its
+``requires`` names — ``image_features`` from ``*_features``, ``condition_features`` from ``*_condition``,
+``local_features`` from ``*_local`` — and the adapter reports a missing key by name. Loss terms are plain
+functions registered by name; KR composes with *any* adapter because it only needs ``AdapterOutput.base_cos``
+(or the frozen text features for the logit / probability variants). The grouped terms (``cls_groups``,
+``ood_groups``) follow the released KR-NFT code when set to 10.
+
+The adapter is duck-typed (any module with ``num_id``, ``base_text_features`` and ``requires``): the core never
+imports ``adapters``.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ from .errors import ClipoodError, unknown
 
 
 @dataclass
-class Outputs:
+class LossInputs:
     """What loss terms see: adapter outputs for ID and negative crops plus the batch and settings."""
 
     id_out: Any
@@ -32,50 +39,51 @@ class Outputs:
     options: dict = field(default_factory=dict)
 
 
-def _cls(o: Outputs) -> torch.Tensor:
+def _cls(o: LossInputs) -> torch.Tensor:
     """Eq. 7: CE over all K labels for ID crops (grouped negatives optional, as in the official code)."""
     return L.classification_loss(o.logit_scale * o.id_out.logits, o.batch["id_labels"], num_id=o.num_id,
                                  groups=int(o.options.get("cls_groups", 1)), seed=int(o.options.get("seed", 0)))
 
 
-def _ood(o: Outputs) -> torch.Tensor:
-    """Eq. 8: log Σ_ID softmax for negative (background) crops."""
+def _ood(o: LossInputs) -> torch.Tensor:
+    """Eq. 8: log Σ_ID softmax for negative (background) crops (averaged over negative groups, optional)."""
     if o.neg_out is None:
         raise ClipoodError("the 'ood' loss needs negative crops (neg_features) in the batch")
-    return L.ood_loss(o.logit_scale * o.neg_out.logits, o.num_id)
+    return L.ood_loss(o.logit_scale * o.neg_out.logits, o.num_id, groups=int(o.options.get("ood_groups", 1)),
+                      seed=int(o.options.get("seed", 0)))
 
 
-def _base_cos(o: Outputs) -> torch.Tensor:
+def _base_cos(o: LossInputs) -> torch.Tensor:
     parts = [x.base_cos for x in (o.id_out, o.neg_out) if x is not None and x.base_cos is not None]
     if not parts:
         raise ClipoodError("the 'kr' loss needs an adapter whose output carries base_cos (tuned text features)")
     return torch.cat([p.reshape(-1) for p in parts]) if len(parts) > 1 else parts[0]
 
 
-def _kr(o: Outputs) -> torch.Tensor:
+def _kr(o: LossInputs) -> torch.Tensor:
     """Eq. 9: 1 − mean cos(c_i, c'_i) over all rows (and images, for image-conditional adapters)."""
     return L.kr_cos_loss(_base_cos(o))
 
 
-def _frozen_logits(o: Outputs, feats: torch.Tensor) -> torch.Tensor:
+def _frozen_logits(o: LossInputs, feats: torch.Tensor) -> torch.Tensor:
     return o.logit_scale * (feats @ o.base_text_features.T)
 
 
-def _kr_logit(o: Outputs) -> torch.Tensor:
+def _kr_logit(o: LossInputs) -> torch.Tensor:
     """KR on logits (Fig. 4c): tuned vs frozen logits of the same crops."""
     t = torch.cat([o.id_out.logits] + ([o.neg_out.logits] if o.neg_out is not None else []))
     f = torch.cat([o.batch["id_features"]] + ([o.batch["neg_features"]] if o.neg_out is not None else []))
     return L.kr_logit_loss(o.logit_scale * t, _frozen_logits(o, f))
 
 
-def _kr_prob(o: Outputs) -> torch.Tensor:
+def _kr_prob(o: LossInputs) -> torch.Tensor:
     """KR on probabilities (Fig. 4c): KL(frozen softmax ‖ tuned softmax)."""
     t = torch.cat([o.id_out.logits] + ([o.neg_out.logits] if o.neg_out is not None else []))
     f = torch.cat([o.batch["id_features"]] + ([o.batch["neg_features"]] if o.neg_out is not None else []))
     return L.kr_prob_loss(o.logit_scale * t, _frozen_logits(o, f))
 
 
-LOSS_TERMS: dict[str, Callable[[Outputs], torch.Tensor]] = {
+LOSS_TERMS: dict[str, Callable[[LossInputs], torch.Tensor]] = {
     "cls": _cls, "ood": _ood, "kr": _kr, "kr_logit": _kr_logit, "kr_prob": _kr_prob,
 }
 
@@ -94,8 +102,28 @@ def check_loss_weights(loss_weights: Mapping[str, float]) -> None:
         raise ClipoodError("every loss weight is 0: nothing to train (set e.g. losses.cls=1)")
 
 
-class Method(nn.Module):
-    """An adapter trained with ``Σ weight · term`` (Eq. 10 for KR-NFT: cls + λ1·ood + λ2·kr)."""
+#: adapter batch key ← crop-batch key suffix (``id_`` / ``neg_`` prefix)
+_BATCH_SOURCES = {"image_features": "features", "condition_features": "condition", "local_features": "local"}
+
+
+def adapter_inputs(batch: Mapping[str, torch.Tensor], prefix: str, requires=frozenset({"image_features"})) -> dict:
+    """The adapter batch for the ``id`` or ``neg`` crops: ``image_features`` always, ``condition_features``
+    when the batch has it, ``local_features`` when the adapter requires it (and the batch has it: otherwise the
+    adapter names what is missing)."""
+    out = {"image_features": batch[f"{prefix}_features"]}
+    for key, suffix in _BATCH_SOURCES.items():
+        src = batch.get(f"{prefix}_{suffix}")
+        if key != "image_features" and src is not None and (key == "condition_features" or key in requires):
+            out[key] = src
+    return out
+
+
+class TrainingTask(nn.Module):
+    """An adapter trained with ``Σ weight · term`` (Eq. 10 for KR-NFT: cls + λ1·ood + λ2·kr).
+
+    ``options``: ``cls_groups`` / ``ood_groups`` (negative groups of L_p / L_n, 1 = ungrouped), ``seed`` (their
+    permutation), ``always_neg`` (run negative crops even without an ``ood`` term).
+    """
 
     def __init__(self, adapter: nn.Module, loss_weights: Mapping[str, float], *, logit_scale: float = 100.0,
                  options: Mapping[str, Any] | None = None):
@@ -106,28 +134,36 @@ class Method(nn.Module):
         self.logit_scale = float(logit_scale)
         self.options = dict(options or {})
 
+    def extra_losses(self, o: LossInputs) -> dict[str, tuple[float, torch.Tensor]]:
+        """Method-specific terms ``{name: (weight, value)}`` added to the total; none here. Subclasses defined
+        next to their adapter (LoCoOp's entropy term, LAPT's mixing) override it; the core knows no method."""
+        return {}
+
     @property
     def needs_negatives(self) -> bool:
         return "ood" in self.loss_weights or bool(self.options.get("always_neg", False))
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         a = self.adapter
-        id_in = {"image_features": batch["id_features"]}
-        if batch.get("id_condition") is not None:
-            id_in["condition_features"] = batch["id_condition"]
-        id_out = a(id_in)
+        requires = frozenset(getattr(a, "requires", ()) or ())
+        id_out = a(adapter_inputs(batch, "id", requires))
         neg_out = None
         if self.needs_negatives and batch.get("neg_features") is not None:
-            neg_in = {"image_features": batch["neg_features"]}
-            if batch.get("neg_condition") is not None:
-                neg_in["condition_features"] = batch["neg_condition"]
-            neg_out = a(neg_in)
-        o = Outputs(id_out, neg_out, batch, a.num_id, self.logit_scale, a.base_text_features, self.options)
+            neg_out = a(adapter_inputs(batch, "neg", requires))
+        o = LossInputs(id_out, neg_out, batch, a.num_id, self.logit_scale, a.base_text_features, self.options)
         out: dict[str, torch.Tensor] = {}
         total = None
         for name, w in self.loss_weights.items():
             v = LOSS_TERMS[name](o)
             out[f"{name}_loss"] = v.detach()
             total = w * v if total is None else total + w * v
+        for name, (w, v) in self.extra_losses(o).items():
+            out[f"{name}_loss"] = v.detach()
+            total = w * v if total is None else total + w * v
         out["loss"] = total
         return out
+
+
+#: former names, kept for existing callers
+Method = TrainingTask
+Outputs = LossInputs

@@ -2,7 +2,7 @@
 
 Scores follow clipood's convention: **higher = more in-distribution**. All metrics are fractions in [0, 1].
 
-Two conventions are in use in the literature (see ``notes/metrics.md``); :func:`ood_metrics` names the one it
+Two conventions are in use in the literature (see ``docs/metrics.md``); :func:`ood_metrics` names the one it
 reports and implements both with numpy only (sklearn is a test dependency, used to check these numbers):
 
 ``"hendrycks"`` (MCM, LoCoOp, NegLabel, NegPrompt, ...): ID is the positive class.

@@ -21,12 +21,13 @@ The backbone enters only through ``encode_text``: list[str] → L2-normalised te
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -351,6 +352,12 @@ _CACHE_KEYS = ("format", "backbone", "id_names_sha256", "num_id", "corpus_sha256
                "fraction", "quantile", "id_template", "noun_template", "adj_template")
 
 
+def _mining_options() -> dict[str, Any]:
+    """The keyword options of :func:`mine_negatives` with their defaults."""
+    params = inspect.signature(mine_negatives).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
 def mine_or_load(
     cache_path: str | os.PathLike,
     encode_text: EncodeText,
@@ -358,21 +365,22 @@ def mine_or_load(
     corpus: Corpus | None = None,
     *,
     backbone: str,
-    num_negatives: int | None = None,
-    fraction: float = 0.15,
-    quantile: float = 0.95,
-    id_template: str = NEGLABEL_TEMPLATES["id"],
-    noun_template: str = NEGLABEL_TEMPLATES["noun"],
-    adj_template: str = NEGLABEL_TEMPLATES["adj"],
-    batch_size: int = 1024,
-    progress: bool = True,
+    **options: Any,
 ) -> NegativeSet:
     """Reuse ``cache_path`` when its header settings match these (backbone id string, ID names hash,
     corpus hash, M / fraction, q, templates); otherwise mine with ``mine_negatives`` and write it.
-    ``corpus`` defaults to the shipped WordNet lists."""
+    ``options`` are :func:`mine_negatives`'s keyword options (``num_negatives``, ``fraction``, ``quantile``,
+    the three templates, ``batch_size``, ``progress``) with the same defaults. ``corpus`` defaults to the
+    shipped WordNet lists."""
+    opts = _mining_options()
+    unknown_opts = sorted(set(options) - set(opts))
+    if unknown_opts:
+        raise TypeError(f"mine_or_load() got unexpected keyword argument(s) {unknown_opts}; "
+                        f"valid options: {sorted(opts)}")
+    opts.update(options)
     corpus = load_corpus() if corpus is None else corpus
-    wanted = _settings([str(c) for c in id_classnames], corpus, num_negatives, fraction, quantile,
-                       id_template, noun_template, adj_template)
+    wanted = _settings([str(c) for c in id_classnames], corpus, opts["num_negatives"], opts["fraction"],
+                       opts["quantile"], opts["id_template"], opts["noun_template"], opts["adj_template"])
     wanted["backbone"] = str(backbone)
     path = Path(cache_path)
     if path.is_file():
@@ -382,9 +390,7 @@ def mine_or_load(
             cached = None  # unreadable cache: mine again and overwrite it
         if cached is not None and all(cached.settings.get(k) == wanted[k] for k in _CACHE_KEYS):
             return cached
-    ns = mine_negatives(encode_text, id_classnames, corpus, num_negatives=num_negatives, fraction=fraction,
-                        quantile=quantile, id_template=id_template, noun_template=noun_template,
-                        adj_template=adj_template, batch_size=batch_size, progress=progress)
+    ns = mine_negatives(encode_text, id_classnames, corpus, **opts)
     ns.settings["backbone"] = str(backbone)
     ns.save(path)
     return ns

@@ -33,7 +33,7 @@ SELECT7_TEMPLATES = (
 )
 
 # NegLabel / KR-NFT prompts per part of speech: ID names and noun negatives use 'the nice {}.',
-# adjective negatives 'This is a {} photo.' (methods.md, KR-NFT official code).
+# adjective negatives 'This is a {} photo.' (docs/methods.md, KR-NFT official code).
 NEGLABEL_TEMPLATES = {"id": "the nice {}.", "noun": "the nice {}.", "adj": "This is a {} photo."}
 
 
@@ -102,13 +102,50 @@ class LabelSet:
     name: str
     classnames: list[str]
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    ids: list[str] | None = None  #: WordNet IDs in label order (ImageNet sets), else None
 
     def __len__(self) -> int:
         return len(self.classnames)
 
+    def describe(self, index: int) -> str:
+        """``n01443537 (goldfish)`` for a label-set index (the name alone when there are no IDs)."""
+        name = self.classnames[index]
+        return f"{self.ids[index]} ({name})" if self.ids else name
+
+    def resolve(self, keys: Sequence, numeric: bool = False) -> list[int | str]:
+        """Label indices of ``keys`` (class folders or a ``classes`` list), by WordNet ID, by class name
+        (case-insensitive, '_' read as space) or by label index (an int key or a string of digits; with
+        ``numeric`` digits are always an index).
+
+        Returns one entry per key: its index, or the problem as a string ("unknown" / "ambiguous").
+        """
+        by_id = {w: i for i, w in enumerate(self.ids or [])}
+        by_name: dict[str, list[int]] = {}
+        for i, c in enumerate(self.classnames):
+            by_name.setdefault(_norm(c), []).append(i)
+        out: list[int | str] = []
+        for key in keys:
+            k = str(key).strip()
+            if isinstance(key, int) or (numeric and k.isdigit()):
+                i = int(k)
+                out.append(i if 0 <= i < len(self) else "unknown")
+            elif k in by_id:
+                out.append(by_id[k])
+            elif len(by_name.get(_norm(k), [])) == 1:
+                out.append(by_name[_norm(k)][0])
+            elif k.isdigit() and not by_name.get(_norm(k)):  # a label index
+                out.append(int(k) if int(k) < len(self) else "unknown")
+            else:
+                out.append("ambiguous" if by_name.get(_norm(k)) else "unknown")
+        return out
+
     def prompts(self) -> list[list[str]]:
         """``format_prompts(self.classnames, self.templates)``: one list of prompts per class."""
         return format_prompts(self.classnames, self.templates)
+
+
+def _norm(name: str) -> str:
+    return " ".join(str(name).replace("_", " ").split()).lower()
 
 
 def _imagenet_names() -> list[str]:
@@ -126,21 +163,25 @@ def _timm_info_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "_info"
 
 
-def _imagenet_subset(subset: str) -> list[str]:
-    """open_clip ImageNet names of a 200-class subset ('r' or 'a') via timm's synset files."""
-    info = _timm_info_dir()
+def _synsets(which: str) -> list[str]:
+    """WordNet IDs from timm's ``imagenet[_r|_a]_synsets.txt`` (label order; the 1k list is sorted)."""
     try:
-        all_synsets = info.joinpath("imagenet_synsets.txt").read_text().split()
-        sub = info.joinpath(f"imagenet_{subset}_synsets.txt").read_text().split()
+        return _timm_info_dir().joinpath(f"imagenet{which}_synsets.txt").read_text().split()
     except FileNotFoundError as e:
         raise ClipoodError(f"timm does not ship {e.filename}; upgrade timm (pip install -U timm)") from None
-    index = {s: i for i, s in enumerate(all_synsets)}
+
+
+def _imagenet_subset(subset: str) -> tuple[list[str], list[str]]:
+    """open_clip ImageNet names and WordNet IDs of a 200-class subset ('r' or 'a') via timm's synset files."""
+    index = {s: i for i, s in enumerate(_synsets(""))}
+    sub = _synsets(f"_{subset}")
     names = _imagenet_names()
-    return [names[index[s]] for s in sub]
+    return [names[index[s]] for s in sub], sub
 
 
+#: name → () -> class names, or (class names, WordNet IDs)
 LABEL_SETS = {
-    "imagenet": lambda: _imagenet_names(),
+    "imagenet": lambda: (_imagenet_names(), _synsets("")),
     "imagenet-r": lambda: _imagenet_subset("r"),
     "imagenet-a": lambda: _imagenet_subset("a"),
     "cifar10": lambda: list(CIFAR10_CLASSNAMES),
@@ -153,12 +194,16 @@ def get_label_set(name: str) -> LabelSet:
 
     'imagenet' keeps open_clip's 1000 names as they are, including the two duplicated names
     ('missile', 'sunglasses'): they are separate classes, so label index i is ImageNet class i.
-    'imagenet-r' / 'imagenet-a' are the 200-class subsets in the order of their class indices.
+    'imagenet-r' / 'imagenet-a' are the 200-class subsets in the order of their class indices. ImageNet sets
+    carry their WordNet IDs (``ids``), which map ``n01440764``-style class folders to labels.
     """
     key = str(name).strip().lower()
     if key not in LABEL_SETS:
         raise unknown("label set", name, LABEL_SETS)
-    return LabelSet(name=key, classnames=LABEL_SETS[key](), templates=list(TEMPLATES["openai80"]))
+    got = LABEL_SETS[key]()
+    names, ids = got if isinstance(got, tuple) else (got, None)
+    return LabelSet(name=key, classnames=list(names), templates=list(TEMPLATES["openai80"]),
+                    ids=None if ids is None else list(ids))
 
 
 def get_templates(name: str) -> list[str]:

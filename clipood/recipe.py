@@ -1,10 +1,10 @@
-"""Helpers for recipe scripts: config from argv, clean error exits, logging, seeding."""
+"""Helpers for recipe scripts: clean error exits, logging, seeding."""
 from __future__ import annotations
 
 import logging
 import os
 import sys
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from .errors import ClipoodError
 
@@ -28,35 +28,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def config_from_argv(defaults: Mapping, argv=None, presets: Mapping | None = None) -> dict:
-    from .config import build_config, split_config_arg
+def use_cpu_threads() -> None:
+    """Threads for CPU work: ``CLIPOOD_THREADS`` when set; under ``accelerate launch`` (which sets
+    OMP_NUM_THREADS=1) a CPU-only single-process run uses every core. Called when a run starts its work, so
+    that a config error exits before torch is even imported."""
+    import torch
 
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        import yaml
-
-        print(sys.modules["__main__"].__doc__ or "")
-        print("Defaults (override with key=value):\n")
-        print(yaml.safe_dump(dict(defaults), sort_keys=False))
-        if presets:
-            print("Presets (preset=NAME):", ", ".join(presets))
-        raise SystemExit(0)
-    path, rest = split_config_arg(argv)
-    return build_config(defaults, rest, presets=presets, config_file=path)
+    if os.environ.get("CLIPOOD_THREADS"):
+        torch.set_num_threads(int(os.environ["CLIPOOD_THREADS"]))
+    elif os.environ.get("OMP_NUM_THREADS") == "1" and not torch.cuda.is_available() \
+            and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
 def run(main: Callable[[list[str]], Any]) -> None:
     """Run a recipe's main; a ClipoodError becomes one line on stderr and exit status 2 (no traceback)."""
-    if "OMP_NUM_THREADS" in os.environ and os.environ["OMP_NUM_THREADS"] == "1" and "CLIPOOD_THREADS" not in os.environ:
-        # accelerate launch sets OMP_NUM_THREADS=1; on a CPU-only single-process run use the cores we have
-        import torch
-
-        if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            torch.set_num_threads(max(1, os.cpu_count() or 1))
-    elif os.environ.get("CLIPOOD_THREADS"):
-        import torch
-
-        torch.set_num_threads(int(os.environ["CLIPOOD_THREADS"]))
     try:
         main(sys.argv[1:])
     except ClipoodError as e:

@@ -60,14 +60,29 @@ def summary_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+CONVENTION_NOTES = {
+    "hendrycks": "hendrycks convention (ID positive; FPR95 = OOD accepted at 95 % ID recall)",
+    "openood": "openood convention (OpenOOD v1.5: OOD positive; FPR95 = ID flagged as OOD at 95 % OOD recall)",
+}
+
+
+def convention_note(convention: str) -> str:
+    """The results.md header line that names the metric convention (and how to get the other one)."""
+    other = "openood" if convention == "hendrycks" else "hendrycks"
+    return f"Metrics: {CONVENTION_NOTES.get(convention, convention)}; eval.convention={other} gives the other."
+
+
 def write_results(rows: Sequence[dict], out_dir: str | os.PathLike, title: str = "clipood results",
-                  notes: Sequence[str] = ()) -> Path:
-    """Write ``results.json`` and ``results.md`` (summary + one table per split) atomically."""
+                  notes: Sequence[str] = (), convention: str | None = None) -> Path:
+    """Write ``results.json`` and ``results.md`` (summary + one table per split) atomically. The header names
+    the metric ``convention`` when given (runs put `convention_note` into their notes instead)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", list(rows))
     splits = list(dict.fromkeys(r["split"] for r in rows))
-    parts = [f"# {title}", "", *notes, "", "AUROC / FPR95 / accuracy in %; hendrycks convention (ID positive).",
+    units = "AUROC / FPR95 / accuracy in %" + (f"; {CONVENTION_NOTES.get(convention, convention)}." if convention
+                                                 else ".")
+    parts = [f"# {title}", "", *notes, "", units,
              "", "## Summary (averages)", "", summary_table(rows), ""]
     parts += [markdown_table(rows, s) for s in splits]
     with atomic_write(out / "results.md") as f:
@@ -130,6 +145,36 @@ def plot_roc(raw: dict[str, dict[str, np.ndarray]], path: str | os.PathLike, tit
     ax.set_xlabel("false positive rate (OOD accepted)")
     ax.set_ylabel("true positive rate (ID accepted)")
     ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(rows: Sequence[dict], raw: dict, out_dir: str | os.PathLike, title: str, notes: Sequence[str] = (),
+                  plots: bool = True) -> Path:
+    """results.json, results.md and (with ``plots``) a histogram and a ROC plot per split."""
+    out = Path(out_dir)
+    md = write_results(rows, out, title=title, notes=notes)
+    if plots:
+        for split, by_method in raw.items():
+            plot_histograms(by_method, out / f"hist_{split}.png", title=f"{title}: {split}")
+            plot_roc(by_method, out / f"roc_{split}.png", title=f"ROC: {split}")
+    return md
+
+
+def plot_loss(history: Sequence[dict], path: str | os.PathLike) -> None:
+    """Every ``*loss`` column of the training log against the step (symlog y axis)."""
+    if not history:
+        return
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    steps = [h["step"] for h in history]
+    for k in sorted(k for k in history[0] if k.endswith("loss")):
+        ax.plot(steps, [h[k] for h in history], label=k)
+    ax.set_xlabel("step")
+    ax.set_yscale("symlog", linthresh=1e-3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -12,8 +12,10 @@ openood-imagenet (OpenOOD v1.5; near-OOD ssb_hard, ninco; far-OOD inaturalist, t
     benchmark_imglist/imagenet/test_{imagenet,ssb_hard,ninco,inaturalist,textures,openimage_o}.txt
     images_largescale/...               paths as listed (imagenet_1k/val/..., ssb_hard/..., ninco/..., ...)
     images_classic/...                  textures (OpenOOD keeps DTD with the classic images)
-cifar10, cifar100 (OpenOOD v1.5; OOD mnist, svhn, places365, texture)
-    benchmark_imglist/cifar10/test_{cifar10,mnist,svhn,places365,texture}.txt   (cifar100/ likewise)
+cifar10, cifar100 (OpenOOD v1.5; near-OOD the other CIFAR and tin (TinyImageNet); far-OOD mnist, svhn,
+                  texture, places365)
+    benchmark_imglist/cifar10/test_{cifar10,cifar100,tin,mnist,svhn,texture,places365}.txt
+    benchmark_imglist/cifar100/test_{cifar100,cifar10,tin,mnist,svhn,texture,places365}.txt
     images_classic/...                  paths as listed
 imagenet-r, imagenet-a, imagenet-v2, imagenet-sketch (style shift: these are the ID set, OOD as in "imagenet")
     imagenet-rendition/imagenet-r/<wnid>/*.jpg      200 classes (label set "imagenet-r")
@@ -27,6 +29,11 @@ the second half OOD; with an odd count the first half gets the extra class)
     stanford_cars/split_zhou_StanfordCars.json + stanford_cars/cars_test/*.jpg     (CoOp split files;
     food-101/split_zhou_Food101.json + food-101/images/<class>/*.jpg               the "test" split is used)
     oxford_pets/split_zhou_OxfordPets.json + oxford_pets/images/*.jpg
+
+Class folders of the ImageNet family are matched to the suite's label set by name (WordNet ID, or label index
+for ImageNet-V2's numeric folders): a missing or unexpected class folder is an error. To evaluate a subset, pass
+``classes`` (names or WordNet IDs) to `get_suite` (config key ``classes``).
+The OpenOOD v1.5 ``data/`` folder is used as is: ``data_root=<OpenOOD>/data benchmark=openood-imagenet``.
 
 Other layouts: write the specs yourself (`clipood.datasets.spec_from_dict` accepts YAML dicts).
 """
@@ -95,15 +102,16 @@ def _openood_imagenet() -> Suite:
 
 
 def _openood_cifar(bench: str) -> Suite:
-    names = ["mnist", "svhn", "places365", "texture"]
+    near = ["cifar100" if bench == "cifar10" else "cifar10", "tin"]
+    far = ["mnist", "svhn", "texture", "places365"]
     return Suite(bench, _openood_list(bench, bench, "images_classic"),
-                 {n: _openood_list(bench, n, "images_classic") for n in names}, bench,
-                 f"{bench.upper()} test (OpenOOD v1.5 lists) with OOD MNIST, SVHN, Places365, Textures",
-                 groups={"far": names})
+                 {n: _openood_list(bench, n, "images_classic") for n in near + far}, bench,
+                 f"{bench.upper()} test (OpenOOD v1.5 lists): near-OOD {near[0].upper()}, TinyImageNet; far-OOD "
+                 "MNIST, SVHN, Textures, Places365", groups={"near": near, "far": far})
 
 
 def _style(name: str, path: str, label_set: str, what: str) -> Suite:
-    return Suite(name, ImageFolderSpec(path, name=name), _mos_ood(), label_set,
+    return Suite(name, ImageFolderSpec(path, name=name, label_set=label_set), _mos_ood(), label_set,
                  f"{what} as ID (style shift) with the MOS OOD sets iNaturalist, SUN, Places, Textures")
 
 
@@ -114,7 +122,8 @@ def _fine_grained(name: str, spec: Spec, what: str) -> Suite:
 
 
 _SUITES = {
-    "imagenet": lambda: Suite("imagenet", ImageFolderSpec("imagenet/val", name="imagenet"), _mos_ood(), "imagenet",
+    "imagenet": lambda: Suite("imagenet", ImageFolderSpec("imagenet/val", name="imagenet", label_set="imagenet"),
+                              _mos_ood(), "imagenet",
                               "ImageNet-1k val with the MOS OOD sets iNaturalist, SUN, Places, Textures"),
     "openood-imagenet": _openood_imagenet,
     "cifar10": lambda: _openood_cifar("cifar10"),
@@ -137,23 +146,72 @@ _SUITES = {
 }
 
 
+def default_convention(benchmark: str) -> str:
+    """The metric convention a benchmark is reported in by default: ``openood`` for the ``openood-*`` suites
+    (comparable with OpenOOD v1.5 tables), else ``hendrycks`` (the CLIP-OOD papers, KR-NFT's tables)."""
+    return "openood" if str(benchmark).lower().startswith("openood") else "hendrycks"
+
+
 def list_suites() -> list[str]:
     """Names accepted by `get_suite`."""
     return sorted(_SUITES)
 
 
-def get_suite(name: str, root: str | os.PathLike | None = None) -> Suite:
+def get_suite(name: str, root: str | os.PathLike | None = None, classes: list | None = None) -> Suite:
     """The named suite. Its spec paths stay relative unless ``root`` (the ``data_root`` config value) is given,
-    in which case they are made absolute against it. Nothing is read from disk (see `check_suite`)."""
+    in which case they are made absolute against it. ``classes`` (names or WordNet IDs) evaluates that subset of
+    the ID classes, labelled by position in the list. Nothing is read from disk (see `check_suite`)."""
     key = str(name).lower().replace(" ", "")
     if key not in _SUITES:
         raise unknown("suite", name, _SUITES)
     suite = _SUITES[key]()
+    if classes:
+        suite.id = with_classes(suite.id, suite.label_set, classes)
     if root is not None:
         suite.id = resolve_spec(suite.id, root)
         suite.ood = {k: resolve_spec(v, root) for k, v in suite.ood.items()}
         suite.root = str(data_root(root))
     return suite
+
+
+def with_classes(spec: Spec, label_set: str | None, classes) -> Spec:
+    """``spec`` keeping only ``classes``. With a label set the keys are checked against it at once (a typo fails
+    here), and image lists (integer labels) get the label set's names and the classes as label indices."""
+    spec = dataclasses.replace(spec, classes=[str(c) for c in classes])
+    if label_set is None or isinstance(spec, ImageFolderSpec):
+        if label_set is not None:
+            suite_classnames_for(label_set, spec.classes)
+        return spec
+    suite_classnames_for(label_set, spec.classes)  # fails on an unknown or ambiguous class at once
+    from .prompts import get_label_set
+
+    ls = get_label_set(label_set)
+    return dataclasses.replace(spec, classnames=list(ls.classnames), classes=[str(i) for i in ls.resolve(spec.classes)])
+
+
+def suite_classnames_for(label_set: str, classes=None) -> list[str]:
+    """The class names (prompts) of ``label_set``, or of its ``classes`` subset in list order."""
+    from .prompts import get_label_set
+
+    ls = get_label_set(label_set)
+    if not classes:
+        return list(ls.classnames)
+    found = ls.resolve(classes)
+    bad = [f"{c} ({i})" for c, i in zip(classes, found) if not isinstance(i, int)]
+    if bad:
+        raise ClipoodError(f"classes: {', '.join(bad[:10])} not in label set {ls.name} (use WordNet IDs for "
+                           "ambiguous names); check the spelling")
+    return [ls.classnames[i] for i in found]
+
+
+def suite_classnames(suite: Suite, root: str | os.PathLike | None = None) -> list[str]:
+    """The ID class names of ``suite`` in label order: its label set (or the ``classes`` subset of it), else the
+    ID dataset's own names (half-split suites)."""
+    if suite.label_set:
+        return suite_classnames_for(suite.label_set, getattr(suite.id, "classes", None))
+    from .datasets import build_dataset
+
+    return list(build_dataset(suite.id, root=root).classnames)
 
 
 def _required_paths(spec: Spec) -> list[str]:
@@ -168,7 +226,8 @@ def check_suite(suite: Suite | str, root: str | os.PathLike | None = None) -> No
     """Check that every folder and list file of ``suite`` exists, and every image an existing list names.
 
     Raises ONE `ClipoodError` naming every missing path and the data root it looked in; returns None if all
-    is there. Image folders are not scanned here (`build_dataset` validates their contents).
+    is there. Image folders are not scanned here (`build_dataset` validates their contents, and
+    `clipood.data_checks.check_data` runs both for every split of a run before the model loads).
     """
     if isinstance(suite, str):
         suite = get_suite(suite)
@@ -212,4 +271,4 @@ def _missing_listed(spec: ImageListSpec, base: Path) -> list[str]:
             f"(first: {', '.join(gone[:3])})"]
 
 
-__all__ = ["Suite", "get_suite", "list_suites", "check_suite", "half_split"]
+__all__ = ["Suite", "get_suite", "list_suites", "check_suite", "half_split", "suite_classnames"]

@@ -19,6 +19,8 @@ from clipood.losses import kr_cos_loss, kr_feature_loss
 
 K, N, D = 7, 4, 16
 NAMES = list_adapters()
+ID_NAMES = ["cat", "small red car", "tree", "dog"]
+NEG_NAMES = ["stone", "river", "cloud"]
 
 
 def unit(*shape, seed=0, dtype=torch.float32):
@@ -31,15 +33,28 @@ def text():
     return unit(K, D, seed=1)
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    from clipood.backbone import load_clip
+
+    return load_clip("clipood-tiny")
+
+
+@pytest.fixture(scope="module")
+def context(tiny):
+    """A full context (names, templates, text path) over the random-weight tiny CLIP: every adapter builds on it."""
+    return adapters.AdapterContext.from_backbone(tiny, ID_NAMES, NEG_NAMES, neg_templates=["a {} texture."])
+
+
 def small(name: str) -> dict:
     """Config overrides that keep every registered adapter tiny."""
     fields = {f.name for f in dataclasses.fields(adapters.get_adapter_spec(name).config_cls)}
     return {"hidden_dim": 8} if "hidden_dim" in fields else {}
 
 
-def make(name, text, seed=0, **overrides):
+def make(name, context, seed=0, **overrides):
     torch.manual_seed(seed)
-    return build_adapter(name, text, N, **{**small(name), **overrides})
+    return build_adapter(name, context, **{**small(name), **overrides})
 
 
 def perturb(adapter, seed=123, scale=0.3):
@@ -53,14 +68,14 @@ def perturb(adapter, seed=123, scale=0.3):
 
 # ------------------------------------------------------------------------------------ contract
 def test_builtin_adapters_registered():
-    assert {"ft", "coft", "nft", "taskres"} <= set(NAMES)
+    assert {"ft", "coft", "nft", "taskres", "coop"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("batch", [1, 3])
-def test_output_shapes(name, batch, text):
-    adapter = make(name, text)
-    v = unit(batch, D, seed=2)
+def test_output_shapes(name, batch, context):
+    adapter = make(name, context)
+    v = unit(batch, context.dim, seed=2)
     for out in (adapter(v), adapter({"image_features": v, "labels": torch.zeros(batch)})):
         assert isinstance(out, adapters.AdapterOutput)
         assert out.logits.shape == (batch, K)
@@ -71,9 +86,9 @@ def test_output_shapes(name, batch, text):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_gradients_reach_only_trainable_parameters(name, text):
-    adapter = perturb(make(name, text))
-    v = unit(3, D, seed=2)
+def test_gradients_reach_only_trainable_parameters(name, context, tiny):
+    adapter = perturb(make(name, context))
+    v = unit(3, context.dim, seed=2)
     out = adapter(v)
     loss = F.cross_entropy(100 * out.logits, torch.tensor([0, 1, 3]))
     if out.base_cos is not None:
@@ -81,6 +96,7 @@ def test_gradients_reach_only_trainable_parameters(name, text):
     loss.backward()
     assert not adapter.base_text_features.requires_grad and adapter.base_text_features.grad is None
     assert all(not b.requires_grad for b in adapter.buffers())
+    assert all(p.grad is None for p in tiny.model.parameters())  # the frozen encoder gets nothing
     for pname, p in adapter.named_parameters():
         assert p.grad is not None, pname
         assert bool(torch.isfinite(p.grad).all()), pname
@@ -88,53 +104,58 @@ def test_gradients_reach_only_trainable_parameters(name, text):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_save_load_round_trip(name, text, tmp_path):
-    adapter = perturb(make(name, text))
-    v = unit(3, D, seed=2)
+def test_save_load_round_trip(name, context, tiny, tmp_path):
+    adapter = perturb(make(name, context))
+    v = unit(3, context.dim, seed=2)
     save_adapter(adapter, tmp_path / "a")
     weights = load_file(str(tmp_path / "a" / "adapter.safetensors"))
     assert set(weights) == {n for n, _ in adapter.named_parameters()}  # trainable only, no base features
     assert not (tmp_path / "a" / "base_text_features.safetensors").exists()
     meta = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
-    assert (meta["adapter"], meta["num_id"], meta["num_labels"], meta["dim"]) == (name, N, K, D)
+    assert (meta["adapter"], meta["num_id"], meta["num_labels"], meta["dim"]) == (name, N, K, context.dim)
     assert meta["config"] == dataclasses.asdict(adapter.config)
-    loaded = load_adapter(tmp_path / "a", text)
+    assert meta["context"]["id_names"] == ID_NAMES and meta["context"]["neg_names"] == NEG_NAMES
+    assert meta["context"]["neg_templates"] == ["a {} texture."] and meta["context"]["backbone"] == "clipood-tiny"
+    loaded = load_adapter(tmp_path / "a", context=context)
     assert type(loaded) is type(adapter)
     assert torch.equal(loaded(v).logits, adapter(v).logits)
     with pytest.raises(ClipoodError, match="without base text features"):
         load_adapter(tmp_path / "a")
+    # names from the JSON, features re-encoded and the text path attached from the backbone
+    again = load_adapter(tmp_path / "a", backbone=tiny)
+    assert again.context.id_names == ID_NAMES
+    torch.testing.assert_close(again(v).logits, adapter(v).logits, atol=1e-6, rtol=0)
 
     save_adapter(adapter, tmp_path / "b", include_base=True)
-    alone = load_adapter(tmp_path / "b")
+    alone = load_adapter(tmp_path / "b", backbone=tiny) if adapter.uses_text_encoder else load_adapter(tmp_path / "b")
     assert torch.equal(alone(v).logits, adapter(v).logits)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_load_shape_mismatch_names_file_and_shapes(name, text, tmp_path):
-    save_adapter(make(name, text), tmp_path)
-    for bad in (unit(K + 1, D), unit(K, D + 2)):
+def test_load_shape_mismatch_names_file_and_shapes(name, context, tmp_path):
+    save_adapter(make(name, context), tmp_path)
+    k, d = context.num_labels, context.dim
+    for bad in (unit(k + 1, d), unit(k, d + 2)):
         with pytest.raises(ClipoodError) as e:
             load_adapter(tmp_path, bad)
         msg = str(e.value)
-        assert "adapter_config.json" in msg and str(tuple(bad.shape)) in msg and f"({K}, {D})" in msg
+        assert "adapter_config.json" in msg and str(tuple(bad.shape)) in msg and f"({k}, {d})" in msg
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_same_seed_same_adapter(name, text):
-    a, b = make(name, text, seed=5), make(name, text, seed=5)
+def test_same_seed_same_adapter(name, context):
+    a, b = make(name, context, seed=5), make(name, context, seed=5)
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-    v = unit(3, D, seed=2)
+    v = unit(3, context.dim, seed=2)
     assert torch.equal(a(v).logits, b(v).logits)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if get_adapter_class(n).identity_at_init])
-def test_identity_at_init(name, text):
-    v = unit(3, D, seed=2)
-    out = make(name, text)(v)
-    torch.testing.assert_close(out.logits, v @ text.T, atol=1e-6, rtol=0)
-    if out.base_cos is not None:
-        torch.testing.assert_close(out.base_cos, torch.ones_like(out.base_cos), atol=1e-6, rtol=0)
+def test_identity_at_init(name, context):
+    v = unit(3, context.dim, seed=2)
+    out = make(name, context)(v)
+    torch.testing.assert_close(out.logits, v @ context.text_features.T, atol=1e-6, rtol=0)
 
 
 def test_identity_names():
@@ -142,15 +163,16 @@ def test_identity_names():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_forward_matches_tuned_features(name, text):
+def test_forward_matches_tuned_features(name, context):
     """Where an adapter exposes its tuned features, logits and base_cos must agree with them."""
-    adapter = perturb(make(name, text))
-    v = unit(3, D, seed=2)
+    adapter = perturb(make(name, context))
+    text, d = context.text_features, context.dim
+    v = unit(3, d, seed=2)
     try:
         tuned = adapter.tuned_text_features(v)
     except NotImplementedError:
         pytest.skip(f"{name} does not expose tuned text features")
-    tuned = tuned.expand(3, K, D) if tuned.ndim == 2 else tuned
+    tuned = tuned.expand(3, K, d) if tuned.ndim == 2 else tuned
     out = adapter(v)
     torch.testing.assert_close(out.logits, torch.einsum("bd,bkd->bk", v, tuned), atol=1e-5, rtol=0)
     base = torch.einsum("kd,bkd->bk", text, tuned)
@@ -159,22 +181,23 @@ def test_forward_matches_tuned_features(name, text):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_bad_inputs(name, text):
+def test_bad_inputs(name, context):
     cls = get_adapter_class(name)
-    with pytest.raises(ClipoodError, match=r"\(16,\)"):
+    text, d = context.text_features, context.dim
+    with pytest.raises(ClipoodError, match=rf"\({d},\)"):
         cls(text[0], 1)
     with pytest.raises(ClipoodError, match="num_id=9"):
         cls(text, 9)
     for bad in (0, -1):
         with pytest.raises(ClipoodError, match=f"num_id={bad}"):
             cls(text, bad)
-    adapter = make(name, text)
+    adapter = make(name, context)
     with pytest.raises(ClipoodError, match=r"\(2, 5\)"):
         adapter(torch.randn(2, 5))
-    with pytest.raises(ClipoodError, match=r"\(16,\)"):
-        adapter(torch.randn(16))
+    with pytest.raises(ClipoodError, match=rf"\({d},\)"):
+        adapter(torch.randn(d))
     with pytest.raises(ClipoodError, match="image_features"):
-        adapter({"images": torch.randn(2, D)})
+        adapter({"images": torch.randn(2, d)})
 
 
 def test_build_adapter_errors(text):

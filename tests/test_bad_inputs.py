@@ -56,16 +56,14 @@ def truncate(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def _krnft_recipe():
-    """recipes/ are scripts, not a package: load krnft.py by path (as recipes/ablation.py does)."""
-    import importlib.util
+def _settings(args=()):
+    """The KR-NFT recipe's config for ``args``, composed and checked as the recipe does (in-process)."""
+    from clipood_recipes.configure import compose_settings
+    from clipood_recipes.settings import TrainRunSettings
 
     from helpers import ROOT
 
-    spec = importlib.util.spec_from_file_location("_krnft_recipe", ROOT / "recipes" / "krnft.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return compose_settings(TrainRunSettings, list(args), configs_dir=ROOT / "recipes" / "configs", recipe="krnft")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +85,7 @@ def test_missing_data_root_names_both_ways_to_set_it(monkeypatch):
 
 
 def test_missing_data_root_cli_is_one_line(tmp_path):
-    r = run_script(["-m", "clipood.cli", "eval", "model=clipood-tiny", "benchmark=imagenet", "progress=false",
+    r = run_script(["-m", "clipood_recipes.cli", "eval", "model=clipood-tiny", "benchmark=imagenet", "progress=false",
                     f"output_dir={tmp_path / 'out'}"], env_extra={**isolated(tmp_path), "CLIPOOD_DATA": ""})
     cli_error(r, "no data root", "CLIPOOD_DATA")
     assert not (tmp_path / "out").exists()
@@ -151,7 +149,7 @@ def test_corrupt_image_in_cli_eval_is_one_line(tmp_path):
     bad = truncate(tmp_path / "id" / "red" / "red_1.png")
     words = tmp_path / "words.txt"
     words.write_text("apple\tnoun\nriver\tnoun\nstone\tnoun\nshiny\tadj\nbright\tadj\n")
-    r = run_script(["-m", "clipood.cli", "eval", "model=clipood-tiny", "benchmark=custom",
+    r = run_script(["-m", "clipood_recipes.cli", "eval", "model=clipood-tiny", "benchmark=custom",
                     f"id_data.path={tmp_path / 'id'}", f"ood_data.a.path={tmp_path / 'ood'}",
                     f"negatives.corpus={words}", "negatives.num=2", f"cache_dir={tmp_path / 'cache'}",
                     f"output_dir={tmp_path / 'out'}", "progress=false"], env_extra=isolated(tmp_path))
@@ -253,25 +251,20 @@ def test_krnft_recipe_rejects_bad_settings_before_any_work(tmp_path, args, needl
 
 
 @pytest.mark.parametrize("args, needles", [
-    (["train.lrr=0.1"], ["unknown config key 'train.lrr'", "did you mean 'lr'?", "valid train keys"]),
+    (["train.lrr=0.1"], ["unknown config key 'train.lrr'", "did you mean 'train.lr'?"]),
+    (["train.lr=fast"], ["config key 'train.lr'", "'fast'", "expected float"]),
+    (["adapter.name=taskres", "adapter.options.hidden_dim=8"], ["'hidden_dim'", "TaskResConfig", "valid options"]),
     (["adapter.options.hiden_dim=8"], ["'hiden_dim'", "adapter.options", "did you mean 'hidden_dim'?"]),
     (["eval.score=neglable"], ["unknown score 'neglable'", "did you mean 'neglabel'?"]),
     (["eval.convention=opennood"], ["eval.convention", "did you mean 'openood'?"]),
     (["shots=-2"], ["shots=-2", "integer >= 1"]),
     (["crops.scale=[0.5, 2]"], ["scale=(0.5, 2.0)", "0 < min <= max <= 1"]),
-], ids=["train-key", "adapter-option", "score", "convention", "shots", "scale"])
+], ids=["train-key", "train-type", "other-adapter-option", "adapter-option", "score", "convention", "shots", "scale"])
 def test_training_config_is_checked_up_front(args, needles):
-    """What ``setup_benchmark`` checks before it loads a model or touches data (in-process, no subprocess)."""
-    from clipood.config import build_config
-    from clipood.pipeline import check_config
-
-    krnft = _krnft_recipe()
-    cfg = build_config(krnft.DEFAULTS, args, presets=krnft.PRESETS)
+    """What the recipe checks before it loads a model or touches data (in-process, no subprocess)."""
     with pytest.raises(ClipoodError) as e:
-        check_config(cfg)
+        _settings(args)
     user_error(e, *needles)
-    for preset in krnft.PRESETS:  # every shipped preset passes
-        check_config(build_config(krnft.DEFAULTS, [f"preset={preset}"], presets=krnft.PRESETS))
 
 
 def test_unknown_open_clip_model_suggests_the_closest():
@@ -334,11 +327,10 @@ def test_train_config_out_of_range(kwargs, needles):
 
 def test_scientific_notation_on_the_command_line_is_a_number():
     """YAML 1.1 reads ``1e-5`` as a string; the config turns it into the float the user meant."""
-    from clipood.config import build_config
     from clipood.engine import TrainConfig
 
-    cfg = build_config({"train": {}}, ["train.lr=1e-5", "train.weight_decay=5E-4"])
-    assert cfg["train"] == {"lr": 1e-5, "weight_decay": 5e-4}
+    cfg = _settings(["train.lr=1e-5", "train.weight_decay=5E-4"])
+    assert (cfg["train"]["lr"], cfg["train"]["weight_decay"]) == (1e-5, 5e-4)
     assert TrainConfig(**cfg["train"]).lr == 1e-5
 
 
@@ -461,24 +453,20 @@ def test_nft_bad_num_id_or_text_features_name_the_value():
 
 
 # ------------------------------------------------------------------------------------------------ config
-def test_build_config_malformed_argument():
-    from clipood.config import build_config
-
+def test_malformed_argument():
     with pytest.raises(ClipoodError) as e:
-        build_config({"lr": 0.1}, ["lr"])
+        _settings(["lr"])
     user_error(e, "'lr'", "use key=value")
     with pytest.raises(ClipoodError) as e:
-        build_config({"lr": 0.1}, ["=3"])
+        _settings(["=3"])
     user_error(e, "'=3'", "use key=value")
 
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
-    from clipood.config import build_config
-
     f = tmp_path / "run.yaml"
     f.write_text("seed: 1\nlosses:\n  kr: [1, 2\n  ood: 0.3\n")
     with pytest.raises(ClipoodError) as e:
-        build_config({"seed": 0, "losses": {"kr": 1, "ood": 1}}, [], config_file=f)
+        _settings(["--config", str(f)])
     user_error(e, str(f), "line 4", "not valid YAML")
     r = run_script(["recipes/krnft.py", "--config", str(f)], env_extra=isolated(tmp_path))
     cli_error(r, str(f), "line 4", "not valid YAML")

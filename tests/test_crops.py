@@ -57,9 +57,6 @@ def test_config_validation(kwargs, message):
 
 def test_config_presets():
     assert CropConfig(num_crops=8, num_selected=4).num_selected == 4  # 2Q == P is allowed
-    off, paper = CropConfig.official(), CropConfig.paper()
-    assert (off.num_crops, off.num_selected, off.color_jitter, off.grayscale) == (128, 32, False, False)
-    assert (paper.num_crops, paper.num_selected, paper.color_jitter, paper.grayscale) == (256, 32, True, True)
     assert CropConfig(scale=[0.2, 0.9]).scale == (0.2, 0.9)  # lists from YAML become tuples
     with pytest.raises(ClipoodError, match="num_crop"):
         CropConfig.from_dict({"num_crop": 4})

@@ -268,7 +268,11 @@ def test_list_and_get_suites():
     oo = get_suite("openood-imagenet")
     assert oo.groups == {"near": ["ssb_hard", "ninco"], "far": ["inaturalist", "textures", "openimage_o"]}
     assert oo.ood["ninco"].list_file == "benchmark_imglist/imagenet/test_ninco.txt"
-    assert set(get_suite("cifar100").ood) == {"mnist", "svhn", "places365", "texture"}
+    c100 = get_suite("cifar100")  # OpenOOD v1.5: near-OOD CIFAR-10 and TinyImageNet, far-OOD the classic four
+    assert c100.groups == {"near": ["cifar10", "tin"], "far": ["mnist", "svhn", "texture", "places365"]}
+    assert set(c100.ood) == {"cifar10", "tin", "mnist", "svhn", "places365", "texture"}
+    assert get_suite("cifar10").ood["cifar100"].list_file == "benchmark_imglist/cifar10/test_cifar100.txt"
+    assert get_suite("cifar10").groups["near"] == ["cifar100", "tin"]
     cub = get_suite("cub")
     assert cub.id.class_subset == (0, 2) and list(cub.ood.values())[0].class_subset == (1, 2)
     with pytest.raises(ClipoodError, match="did you mean 'imagenet-r'"):

@@ -59,7 +59,7 @@ def make_method(text_features, init_seed: int = 0):
 
 @pytest.fixture(scope="module")
 def accelerator():
-    from clipood.pipeline import make_accelerator
+    from clipood.benchmarks import make_accelerator
 
     return make_accelerator({"cpu": True})
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import runpy
 import shutil
 
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import ROOT, run_script
+from helpers import run_script
 
 SIZES = {"mini.train_per_class": 4, "mini.test_per_class": 6, "mini.ood_per_set": 12, "mini.style_per_class": 4}
 # cpu=true: bit-identical comparisons hold on CPU (and 2-process CPU runs need it); a GPU box would differ
@@ -68,18 +67,19 @@ def cache_state(cache):
 
 
 def pipeline_cfg(mini, cache, *extra):
-    """The recipe's config, built in-process from its own DEFAULTS / PRESETS (recipes are not importable)."""
-    from clipood.recipe import config_from_argv
+    """The recipe's config, composed and checked in-process as recipes/krnft.py does."""
+    from clipood_recipes.configure import compose_settings
+    from clipood_recipes.settings import TrainRunSettings
 
-    ns = runpy.run_path(str(ROOT / "recipes" / "krnft.py"), run_name="krnft_defaults")
-    return config_from_argv(ns["DEFAULTS"], [*SMALL, f"mini.root={mini['root']}", f"cache_dir={cache}",
-                                             f"output_dir={mini['tmp'] / 'unused'}", *extra], ns["PRESETS"])
+    return compose_settings(TrainRunSettings, [*SMALL, f"mini.root={mini['root']}", f"cache_dir={cache}",
+                                               f"output_dir={mini['tmp'] / 'unused'}", *extra])
 
 
 def counted_pipeline(cfg, monkeypatch):
     """setup_benchmark → prepare_splits → build_crop_data, as the recipe runs them, counting image encodes."""
-    from clipood.pipeline import build_crop_data, make_accelerator, prepare_splits, setup_benchmark
+    from clipood.benchmarks import make_accelerator, prepare_splits, setup_benchmark
     from clipood.recipe import seed_everything
+    from clipood.train_data import build_crop_data
 
     acc = make_accelerator(cfg)
     seed_everything(cfg["seed"])  # clipood-tiny's random weights come from the global RNG, as in the recipe

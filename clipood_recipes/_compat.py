@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from .errors import ClipoodError
+from clipood.errors import ClipoodError
 
 
 def import_adapters() -> ModuleType:

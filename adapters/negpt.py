@@ -1,0 +1,125 @@
+"""NegPT: negative prompt tuning over the negative labels (the paper's NegPT*, Tab. 7: one learned context).
+
+The M negative labels get learned prompts ``[SOS] nctx_1 … nctx_n <neg name> . [EOS]`` through the frozen text
+encoder; the N ID rows stay the context's frozen base features C[:N]:
+
+    t_m = L2(TextEncoder([e_SOS, nctx, e(neg_m .), e_EOS])),   logits = [cos(v, c_i)]_{i<N} ‖ [cos(v, t_m)]_m
+
+and it trains with KR-NFT's L_cls + λ1·L_ood (Eq. 7-8; L_kr applies too: ``base_cos`` = cos(c_m, t_m) on the
+negative rows, 1 on the ID rows). Test: the NegLabel score (Eq. 2) over [ID | learned negatives].
+
+**Two stages** (as NegPrompt): stage 1 trains a positive context (``coop``); stage 2 stacks NegPT on it —
+``recipes/krnft.py adapter.name=negpt base=coop base_checkpoint=<coop run>`` — so the ID rows are CoOp's learned
+features (frozen) and the negative context starts at CoOp's context + U(±1e-5) (:meth:`init_from_base`). Alone,
+it starts at the token embeddings of ``ctx_init``. Shared context: n×W parameters (2,048 at ViT-B/16, n = 4);
+it moves to any label set (new ID names keep their base rows, new negatives are re-encoded).
+NegPrompt's multi-label soft-margin loss and its two prompt-distance regularisers are not implemented.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from clipood.errors import ClipoodError
+
+from .context import AdapterContext
+from .contract import Adapter, AdapterConfig, AdapterOutput, check_int, full_precision
+from .prompting import PromptBank, check_frozen_text_path, phrase_length
+from .registry import register_adapter
+
+__all__ = ["NegPT", "NegPTConfig", "NegativePrompts"]
+
+
+@dataclass
+class NegPTConfig(AdapterConfig):
+    ctx_init: str = field(default="a photo of a", metadata={
+        "help": "phrase whose token embeddings initialise the negative context (its token count sets n_ctx); "
+                "'' = N(0, 0.02) with n_ctx vectors"})
+    n_ctx: int = field(default=4, metadata={"help": "context length when ctx_init is ''"})
+    chunk_size: int = field(default=256, metadata={"help": "prompts encoded per text-encoder call"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.ctx_init, str) or "{}" in self.ctx_init:
+            raise ClipoodError(f"ctx_init must be a plain phrase such as 'a photo of a', got {self.ctx_init!r}")
+        check_int("n_ctx", self.n_ctx, minimum=1)
+        check_int("chunk_size", self.chunk_size, minimum=1)
+
+
+class NegativePrompts(Adapter):
+    """Shared machinery: frozen ID rows, a :class:`PromptBank` over the negative names, a learned ``neg_ctx``."""
+
+    config_cls = NegPTConfig
+    uses_text_encoder = True
+
+    def __init__(self, context: AdapterContext | torch.Tensor, num_id: int | None = None,
+                 config: AdapterConfig | Mapping | None = None, **overrides: Any) -> None:
+        super().__init__(context, num_id, config, **overrides)
+        ctx = self.context
+        ctx.require_text_path(self.name or "negpt")
+        if not ctx.neg_names:
+            raise ClipoodError(f"adapter '{self.name}' learns prompts for the negative labels; the context has none "
+                               "(mine negatives first)")
+        check_frozen_text_path(ctx.text_path, f"adapter '{self.name}'")
+        cfg = self.config
+        phrase = " ".join(cfg.ctx_init.split())
+        n_ctx = phrase_length(ctx.text_path, ctx.tokenizer, phrase) if phrase else cfg.n_ctx
+        self.bank = PromptBank(ctx.text_path, ctx.tokenizer, ctx.neg_names, n_ctx, phrase or None, cfg.chunk_size)
+        init = self.bank.init_ctx.clone() if phrase else 0.02 * torch.randn(n_ctx, ctx.text_path.width)
+        self.neg_ctx = nn.Parameter(init.float())
+
+    def init_from_base(self, base: Adapter) -> None:
+        """Stage 2 of NegPrompt: start the negative context at the trained positive one + U(±1e-5)."""
+        pos = getattr(base, "ctx", None)
+        if pos is not None and pos.ndim == 2 and tuple(pos.shape) == tuple(self.neg_ctx.shape):
+            with torch.no_grad():
+                noise = (torch.rand(pos.shape) * 2 - 1) * 1e-5
+                self.neg_ctx.copy_(pos.detach().float().cpu().to(self.neg_ctx.device) + noise.to(self.neg_ctx.device))
+
+    def _combine(self, v: torch.Tensor, neg: torch.Tensor) -> AdapterOutput:
+        """Logits [cos(v, c_id) | cos(v, t_neg)] for neg M×D (shared) or B×M×D (per image)."""
+        c = self.base_text_features
+        n = self.num_id
+        with full_precision(v.device):
+            id_logits = v @ c[:n].t()
+            if neg.ndim == 2:
+                neg_logits = v @ neg.t()
+                neg_cos = (c[n:] * neg).sum(-1)
+                base_cos = torch.cat([c.new_ones(n), neg_cos])
+            else:
+                neg_logits = torch.einsum("bd,bmd->bm", v, neg)
+                neg_cos = torch.einsum("md,bmd->bm", c[n:], neg)
+                base_cos = torch.cat([neg_cos.new_ones(v.shape[0], n), neg_cos], dim=1)
+        return AdapterOutput(logits=torch.cat([id_logits, neg_logits], dim=1), base_cos=base_cos)
+
+
+class NegPT(NegativePrompts):
+    """``NegPT(context, ctx_init="a photo of a")``: one learned context for all negative labels."""
+
+    def negative_text_features(self) -> torch.Tensor:
+        """M×D learned negative features (cached while no gradient is needed and the context is unchanged)."""
+        grad = torch.is_grad_enabled() and self.neg_ctx.requires_grad
+        key = (self.neg_ctx._version, self.neg_ctx.data_ptr(), self.neg_ctx.device)
+        cache = self.__dict__.get("_eval_cache")
+        if not grad and cache is not None and cache[0] == key:
+            return cache[1]
+        feats = self.bank.encode(self.neg_ctx)
+        self.__dict__["_eval_cache"] = None if grad else (key, feats)
+        return feats
+
+    def train(self, mode: bool = True) -> "NegPT":
+        self.__dict__["_eval_cache"] = None
+        return super().train(mode)
+
+    def tuned_text_features(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """K×D: the frozen ID rows, then the learned negative prompts' features."""
+        return torch.cat([self.base_text_features[: self.num_id], self.negative_text_features()], dim=0)
+
+    def forward_batch(self, batch: Mapping[str, Any]) -> AdapterOutput:
+        return self._combine(self.image_features(batch), self.negative_text_features())
+
+
+register_adapter("negpt", NegPTConfig, NegPT)

@@ -1,0 +1,108 @@
+"""Soft prompts for any list of label names: the machinery LoCoOp, NegPT, ConNegPT and LAPT share.
+
+A :class:`PromptBank` holds, for R label names, the frozen token embeddings of ``"<phrase> <name>."`` split
+around the n context slots: the start token (R×1×W), and the name, full stop, end token and padding after the
+context (R×L'×W). ``encode(ctx)`` puts learned context vectors into the slots and runs the frozen text path:
+
+    t_r = L2(TextEncoder([e_SOS, ctx_r, e(name_r .), e_EOS]))
+
+``ctx`` is one shared context (n×W), one per row (R×n×W), or one per (image, row) pair (B×R×n×W, conditional
+prompts as in CoCoOp): all sequences are encoded in chunks of ``chunk_size``, each chunk under activation
+checkpointing while gradients are needed, so memory grows with the chunk, not with B·R. The bank has no
+parameters and is never saved; the text path stays outside every module tree.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from clipood.errors import ClipoodError
+
+__all__ = ["PromptBank", "phrase_length", "check_frozen_text_path"]
+
+_EPS = 1e-8
+
+
+def check_frozen_text_path(text_path, who: str) -> None:
+    """Prompt learners train only their contexts: the text encoder must be frozen."""
+    mods = (text_path.token_embedding, text_path.transformer, text_path.ln_final)
+    if any(p.requires_grad for m in mods for p in m.parameters()):
+        raise ClipoodError(f"{who} needs a frozen text encoder (load_clip returns one); gradients must reach only "
+                           f"the learned contexts")
+
+
+def phrase_length(text_path, tokenizer, phrase: str) -> int:
+    """Number of tokens of ``phrase`` (without start / end tokens)."""
+    toks = tokenizer([phrase]).to(text_path.token_embedding.weight.device)
+    return int(text_path.end_positions(toks)[0]) - 1
+
+
+class PromptBank(nn.Module):
+    """Frozen prompt pieces of ``names`` around ``n_ctx`` context slots (see the module docstring).
+
+    ``phrase``: the words in the context slots when the prompts are tokenised (its token embeddings are
+    :attr:`init_ctx`, the natural initial context); ``None`` uses ``n_ctx`` placeholder tokens.
+    """
+
+    def __init__(self, text_path, tokenizer, names: Sequence[str], n_ctx: int, phrase: str | None = None,
+                 chunk_size: int = 256) -> None:
+        super().__init__()
+        object.__setattr__(self, "text_path", text_path)  # frozen, never a submodule
+        if not names:
+            raise ClipoodError("a prompt bank needs at least one label name")
+        phrase = " ".join(phrase.split()) if phrase else " ".join(["X"] * n_ctx)
+        with torch.no_grad():
+            tokens = tokenizer([f"{phrase} {n}." for n in names]).to(text_path.token_embedding.weight.device)
+            ends = text_path.end_positions(tokens)
+            if text_path.pool_type in ("argmax", "eos") and text_path.attn_mask is not None:
+                tokens = tokens[:, : int(ends.max()) + 1]  # causal and end-pooled: later positions change nothing
+            emb = text_path.embed(tokens).float()
+        if int(ends.min()) < n_ctx + 1:
+            raise ClipoodError(f"a prompt is shorter than its {n_ctx} context tokens; check the context phrase")
+        if int(ends.max()) >= tokens.shape[1] and text_path.pool_type in ("argmax", "eos"):
+            raise ClipoodError("a prompt does not fit the text encoder's context length; shorten the context")
+        self.n_ctx = int(n_ctx)
+        self.chunk_size = int(chunk_size)
+        self.register_buffer("prefix", emb[:, :1], persistent=False)
+        self.register_buffer("suffix", emb[:, 1 + n_ctx:], persistent=False)
+        self.register_buffer("ends", ends, persistent=False)
+        self.register_buffer("init_ctx", emb[0, 1:1 + n_ctx].clone(), persistent=False)
+
+    @property
+    def num_rows(self) -> int:
+        return self.prefix.shape[0]
+
+    def _encode(self, ctx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        tp = self.text_path
+        dev = tp.token_embedding.weight.device
+        x = torch.cat([self.prefix[rows].to(dev), ctx.to(dev), self.suffix[rows].to(dev)], dim=1)
+        return tp.encode_embeddings(x, self.ends[rows].to(dev)).float()
+
+    def encode(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Unit text features R×D for one shared context (n×W) or one context per row (R×n×W)."""
+        r = self.num_rows
+        flat = ctx[None].expand(r, -1, -1) if ctx.ndim == 2 else ctx
+        return self._chunks(flat, torch.arange(r, device=self.prefix.device))
+
+    def encode_per_image(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Unit text features B×R×D for one context per image (B×n×W) shared by the R rows (CoCoOp-style):
+        the B·R sequences are batched together and encoded in chunks."""
+        b, r, n = ctx.shape[0], self.num_rows, self.n_ctx
+        flat = ctx[:, None].expand(b, r, n, ctx.shape[-1]).reshape(b * r, n, ctx.shape[-1])
+        rows = torch.arange(r, device=self.prefix.device).repeat(b)
+        return self._chunks(flat, rows).reshape(b, r, -1)
+
+    def _chunks(self, flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        grad = torch.is_grad_enabled() and flat.requires_grad
+        parts = []
+        for s in range(0, flat.shape[0], self.chunk_size):
+            e = min(s + self.chunk_size, flat.shape[0])
+            if grad:
+                parts.append(checkpoint(self._encode, flat[s:e], rows[s:e], use_reentrant=False))
+            else:
+                parts.append(self._encode(flat[s:e], rows[s:e]))
+        return F.normalize(torch.cat(parts).to(self.prefix.device), dim=-1, eps=_EPS)

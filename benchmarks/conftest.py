@@ -1,0 +1,91 @@
+"""Efficiency suite plumbing: scales built once per session, one row per (scale, method), and at the end the
+Tab. 7-style Markdown table printed and the JSON record written (``--bench-json``)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+_SCALES: dict = {}
+_ROWS: dict = {}
+
+
+def scale_names(config) -> list[str]:
+    raw = config.getoption("--bench-scale", default="mini,vit-b-16") or "mini,vit-b-16"
+    return [s.strip() for s in raw.split(",") if s.strip()]
+
+
+def get_scale(config, name: str):
+    from efficiency import make_scale
+
+    if name not in _SCALES:
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+        _SCALES[name] = make_scale(name, rounds=config.getoption("--bench-rounds") or None,
+                                   train_budget_s=config.getoption("--bench-train-budget") or None)
+    return _SCALES[name]
+
+
+def get_row(config, scale: str, method: str) -> dict:
+    """The measured row (memoised: the acceptance test reuses the parametrised tests' rows)."""
+    from efficiency import measure_method
+
+    key = (scale, method)
+    if key not in _ROWS:
+        _ROWS[key] = measure_method(get_scale(config, scale), method)
+    return _ROWS[key]
+
+
+def methods() -> list[str]:
+    import adapters
+    from efficiency import ZERO_SHOT
+
+    return list(ZERO_SHOT) + adapters.list_adapters()
+
+
+def pytest_generate_tests(metafunc):
+    if "bench_scale" in metafunc.fixturenames and "bench_method" in metafunc.fixturenames:
+        pairs = [(s, m) for s in scale_names(metafunc.config) for m in methods()]
+        metafunc.parametrize(("bench_scale", "bench_method"), pairs, ids=[f"{s}-{m}" for s, m in pairs])
+
+
+@pytest.fixture
+def bench_row(request, bench_scale, bench_method):
+    return get_row(request.config, bench_scale, bench_method)
+
+
+def _record() -> dict:
+    from efficiency import now_iso
+
+    from clipood import bench
+    from clipood.bench_report import SCHEMA
+
+    device = next(iter(_SCALES.values())).device if _SCALES else None
+    return {"schema": SCHEMA, "created": now_iso(), "machine": bench.machine_info(device),
+            "git": bench.git_info(Path(__file__).resolve().parent),
+            "scales": {n: s.describe() for n, s in _SCALES.items()},
+            "rows": [r for (s, m), r in sorted(_ROWS.items(), key=lambda kv: (_order(kv[0][0]), _morder(kv[0][1])))]}
+
+
+def _order(scale: str) -> int:
+    return {"mini": 0, "vit-b-16": 1}.get(scale, 2)
+
+
+def _morder(method: str) -> tuple:
+    first = ["neglabel", "mcm", "nft"]
+    return (first.index(method) if method in first else len(first), method)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _ROWS:
+        return
+    from clipood.bench_report import render_markdown, save_record
+
+    record = _record()
+    path = Path(config.getoption("--bench-json"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_record(record, path)
+    terminalreporter.write_sep("=", "clipood efficiency (paper Tab. 7 layout)")
+    terminalreporter.write_line(render_markdown(record))
+    terminalreporter.write_line(f"efficiency record written to {path} (render again: clipood bench-report {path})")

@@ -1,0 +1,434 @@
+"""The efficiency suite behind ``pytest --benchmark`` (paper Tab. 7): one :class:`Scale` (backbone, label set,
+batch) and one :func:`measure_method` per method — every registered adapter plus zero-shot NegLabel and MCM.
+
+What is measured, per method, on the same backbone and label set:
+
+- **train step** on a batch of cached crop features (``BATCH_ID`` ID crops + ``BATCH_NEG`` negative crops; each
+  crop is its own image, so image-conditional methods condition on every crop): the adapter's own training task
+  with L_cls + 0.3·L_ood (+ 100·L_kr where the adapter reports ``base_cos``); FLOPs of the forward and of the
+  backward counted apart, exactly, on fake tensors (prompt learners: their text-encoder forward, activation
+  recomputation and backward); wall time and peak memory of the real step when its predicted time fits the
+  scale's budget, else an estimate from the FLOPs and the throughput measured on the backbone in the same run.
+- **one-off encoding**: the crops of that batch through the image encoder (cached, paid once: KR-NFT's crop
+  encoding) and, for prompt learners whose text features do not depend on the image, their label prompts
+  (encoded once per label set, then cached).
+- **test time per image** = image encoder (measured once per scale, median over rounds) + method part (adapter +
+  score on the image features, measured per method; ConNegPT's per-image text encoding is the method part).
+- **learnable parameters**, exactly.
+
+Values of features do not change costs: the large scale uses random weights (open_clip ViT-B-16) and random unit
+text features for the frozen rows (encoding 11,000 prompts would take minutes on a CPU and change no cost).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from clipood import bench
+from clipood.method import TrainingTask
+from clipood.scores import mcm_score, neglabel_score
+
+BATCH_ID, BATCH_NEG = 16, 16       # crops per training step (same batch for every method)
+TEST_BATCH = 8                     # images per test-time call
+LOGIT_SCALE = 100.0
+ZERO_SHOT = ("neglabel", "mcm")
+
+#: per-scale adapter options: paper settings where the paper gives them (CoOp/LoCoOp n_ctx 16)
+OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "mini": {"nft": {"hidden_dim": 32}, "coop": {"ctx_init": "", "n_ctx": 16}, "locoop": {"ctx_init": "", "n_ctx": 16},
+             "stacked": {"tuner_options": {"hidden_dim": 32}}},
+    "vit-b-16": {"nft": {"hidden_dim": 64}, "coop": {"ctx_init": "", "n_ctx": 16},
+                 "locoop": {"ctx_init": "", "n_ctx": 16}},
+}
+
+#: paper Tab. 7 (RTX 3090, ImageNet-1k, 4-shot): train hours, test ms / image, training TFLOPs, parameters
+PAPER = {
+    "nft": {"method": "KR-NFT", "train_h": 0.25, "test_ms": 21.6, "tflops": 0.11, "params": "6K"},
+    "locoop": {"method": "LoCoOp", "train_h": 0.33, "test_ms": 10.9, "tflops": 38.25, "params": "8K"},
+    "negpt": {"method": "NegPT*", "train_h": 1.60, "test_ms": 21.5, "tflops": 193.76, "params": "2K"},
+    "connegpt": {"method": "ConNegPT*", "train_h": 1.65, "test_ms": 936.1, "tflops": 194.53, "params": "3K"},
+}
+
+DISPLAY = {"nft": "KR-NFT", "neglabel": "NegLabel (zero-shot)", "mcm": "MCM (zero-shot)", "ft": "FT",
+           "coft": "CoFT", "coop": "CoOp", "locoop": "LoCoOp", "negpt": "NegPT", "connegpt": "ConNegPT",
+           "lapt": "LAPT", "taskres": "TaskRes", "stacked": "coop+KR-NFT (stacked)"}
+
+
+# ------------------------------------------------------------------------------------------------ scale
+@dataclass
+class Scale:
+    """A backbone, its label set and the measured cost of its image encoder."""
+
+    name: str
+    backbone: Any
+    id_names: list[str]
+    neg_names: list[str]
+    text_features: torch.Tensor
+    device: torch.device
+    rounds: int
+    train_budget_s: float
+    test_budget_s: float = math.inf
+    image: torch.Tensor = field(init=False)
+    local_tokens: int = field(init=False, default=0)
+    backbone_s_per_image: float = field(init=False, default=0.0)
+    backbone_flops_per_image: int = field(init=False, default=0)
+    throughput: float = field(init=False, default=0.0)   # FLOP/s of the backbone forward, this run
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_id(self) -> int:
+        return len(self.id_names)
+
+    @property
+    def dim(self) -> int:
+        return int(self.text_features.shape[1])
+
+    def context(self, num_neg: int | None = None):
+        """The adapter context; ``num_neg`` keeps only the first negatives (a lower-bound measurement)."""
+        import adapters
+
+        bb = self.backbone
+        m = len(self.neg_names) if num_neg is None else int(num_neg)
+        return adapters.AdapterContext.from_backbone(
+            bb, self.id_names, self.neg_names[:m], id_templates=["a photo of a {}."],
+            neg_templates=["a photo of a {}."], text_features=self.text_features[: self.num_id + m].to(self.device))
+
+    def measure_backbone(self) -> None:
+        """Image-encoder cost per image: FLOPs (exact) and time (median of ``rounds`` batches)."""
+        bb = self.backbone
+        size = bb.image_size
+        self.image = torch.randn(TEST_BATCH, 3, size, size, device=self.device)
+        c = bench.count_flops(lambda: bb.model.encode_image(self.image[:1]), modules=[bb.model], fake=True)
+        self.backbone_flops_per_image = c.forward
+        with torch.no_grad():
+            t = bench.time_call(lambda: bb.encode_images(self.image), rounds=self.rounds, warmup=1,
+                                device=self.device)
+            _, loc = bb.encode_images(self.image[:1], local=True)
+        self.local_tokens = int(loc.shape[1])
+        self.backbone_s_per_image = t.median / TEST_BATCH
+        self.throughput = self.backbone_flops_per_image / max(self.backbone_s_per_image, 1e-12)
+        self.backbone_timing = t.to_dict()
+
+    def describe(self) -> dict[str, Any]:
+        return {"backbone": self.backbone.model_name, "num_id": self.num_id, "num_neg": len(self.neg_names),
+                "dim": self.dim, "batch_id_crops": BATCH_ID, "batch_neg_crops": BATCH_NEG, "test_batch": TEST_BATCH,
+                "local_tokens": self.local_tokens, "rounds": self.rounds, "train_budget_s": self.train_budget_s,
+                "test_budget_s": self.test_budget_s,
+                "backbone_ms_per_image": 1e3 * self.backbone_s_per_image,
+                "backbone_gflops_per_image": self.backbone_flops_per_image / 1e9,
+                "throughput_gflops": self.throughput / 1e9, "backbone_timing": self.backbone_timing,
+                "notes": self.notes}
+
+
+def _negative_words(n: int) -> list[str]:
+    """n distinct WordNet nouns (letters and spaces only), spread over the shipped list."""
+    from importlib.resources import files
+
+    lines = files("clipood").joinpath("data/wordnet_nouns.txt").read_text(encoding="utf-8").splitlines()
+    words = [w.replace("_", " ") for w in lines if w and not w.startswith("#") and w.replace("_", "").isalpha()]
+    step = max(1, len(words) // n)
+    out = list(dict.fromkeys(words[::step]))[:n]
+    if len(out) < n:
+        raise RuntimeError(f"only {len(out)} usable nouns for {n} negatives")
+    return out
+
+
+def make_scale(name: str, *, rounds: int | None = None, device: str | None = None,
+               train_budget_s: float | None = None) -> Scale:
+    """``mini``: the shipped clipood-mini CLIP, 10 Base shapes + 40 negatives (the default run's counts), real
+    text features. ``vit-b-16``: open_clip ViT-B-16 with random weights, 1,000 ImageNet names + 10,000 nouns."""
+    import clipood
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu = dev.type == "cuda"
+    if name == "mini":
+        from clipood.mini.shapes import SHAPE_NAMES
+
+        bb = clipood.load_clip("clipood-mini", device=dev)
+        ids, negs = list(SHAPE_NAMES[:10]), _negative_words(40)
+        with torch.no_grad():
+            feats = torch.cat([bb.encode_text(ids, templates=["a photo of a {}."]),
+                               bb.encode_text([f"a photo of a {w}." for w in negs])]).float()
+        sc = Scale(name, bb, ids, negs, feats, dev, rounds or 5, train_budget_s or math.inf)
+    elif name == "vit-b-16":
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        bb = clipood.load_clip("ViT-B-16", device=dev, dtype=torch.bfloat16 if gpu else None)
+        ids, negs = list(IMAGENET_CLASSNAMES), _negative_words(10_000)
+        g = torch.Generator().manual_seed(0)
+        feats = F.normalize(torch.randn(len(ids) + len(negs), bb.embed_dim, generator=g), dim=-1)
+        sc = Scale(name, bb, ids, negs, feats, dev, rounds or (5 if gpu else 2),
+                   train_budget_s or (math.inf if gpu else 30.0))
+        sc.notes.append("random weights and random unit text features (costs do not depend on values)")
+    else:
+        raise ValueError(f"unknown benchmark scale {name!r}; choose mini or vit-b-16")
+    sc.measure_backbone()
+    if name == "vit-b-16" and not gpu:
+        # long enough that a method timed on a part of its negatives shows a ratio of ~30 image encodings
+        sc.test_budget_s = max(60.0, 30 * sc.backbone_s_per_image)
+    return sc
+
+
+# --------------------------------------------------------------------------------------------- batches
+def train_batch(sc: Scale, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    d = sc.dim
+
+    def unit(*shape):
+        return F.normalize(torch.randn(*shape, d, generator=g), dim=-1).to(sc.device)
+
+    return {"id_features": unit(BATCH_ID), "id_labels": torch.randint(0, sc.num_id, (BATCH_ID,), generator=g).to(
+        sc.device), "neg_features": unit(BATCH_NEG), "id_local": unit(BATCH_ID, sc.local_tokens),
+        "neg_local": unit(BATCH_NEG, sc.local_tokens)}
+
+
+def build(sc: Scale, name: str, num_neg: int | None = None):
+    """The adapter ``name`` (default options, except the scale's :data:`OPTIONS`) on the scale's labels."""
+    import adapters
+
+    torch.manual_seed(0)
+    ctx = sc.context(num_neg)
+    opts = OPTIONS.get(sc.name, {}).get(name, {})
+    if sc.name == "mini":
+        return adapters.build_adapter(name, ctx, **opts).to(sc.device)
+    # a stacked adapter encodes its prompt adapter's labels at build time: counted as its one-off, not paid here
+    holder = type("_Holder", (), {"context": ctx})()
+    with _stub_text_encoder(holder, sc.dim):
+        return adapters.build_adapter(name, ctx, **opts).to(sc.device)
+
+
+def training_task(sc: Scale, adapter) -> TrainingTask:
+    with torch.no_grad(), _stub_text_encoder(adapter, sc.dim):
+        has_base_cos = adapter(sc.text_features[:1].to(sc.device)).base_cos is not None
+    _reset_caches(adapter)
+    weights = {"cls": 1.0, "ood": 0.3, **({"kr": 100.0} if has_base_cos else {})}
+    task = (getattr(adapter, "task_cls", None) or TrainingTask)(adapter, weights, logit_scale=LOGIT_SCALE)
+    if hasattr(task, "set_negative_images"):  # LAPT trains on images of its negative labels too
+        g = torch.Generator().manual_seed(1)
+        k = adapter.num_labels
+        task.set_negative_images(torch.randn(BATCH_NEG, sc.dim, generator=g).to(sc.device),
+                                 torch.randint(sc.num_id, k, (BATCH_NEG,), generator=g).to(sc.device))
+    return task
+
+
+@contextlib.contextmanager
+def _fake_friendly():
+    """Fake tensors have no values: give the two value-dependent steps of the methods a shape-only twin.
+
+    ``torch.unique(rows, dim=0)`` (ConNegPT: encode each distinct condition once) → every row distinct, which is
+    exact for this suite's random conditions; LoCoOp's "any OOD patch?" branch → always taken (its entropy is
+    element-wise work, which FLOP counts do not include).
+    """
+    import adapters.locoop as locoop
+
+    real_unique, real_entropy = torch.unique, locoop.locoop_entropy_loss
+
+    def unique(x, *args, dim=None, return_inverse=False, **kwargs):
+        if dim == 0 and return_inverse:
+            return x, torch.arange(x.shape[0], device=x.device)
+        return real_unique(x, *args, dim=dim, return_inverse=return_inverse, **kwargs)
+
+    def entropy(scaled, labels, top_k):
+        mask = locoop.ood_patch_mask(scaled.detach(), labels, top_k).float()
+        return -(locoop.patch_entropy(scaled) * mask).sum() / mask.numel()
+
+    torch.unique, locoop.locoop_entropy_loss = unique, entropy
+    try:
+        yield
+    finally:
+        torch.unique, locoop.locoop_entropy_loss = real_unique, real_entropy
+
+
+@contextlib.contextmanager
+def _one_chunk(adapter):
+    """Encode all prompts in one chunk while counting on fake tensors (fewer fake calls, the same FLOPs: every
+    sequence costs the same in any chunk; the real runs keep the configured chunk size)."""
+    from adapters.prompting import PromptBank
+
+    if adapter is None:
+        yield
+        return
+    mods = [adapter] + [m for m in (getattr(adapter, "base", None), getattr(adapter, "tuner", None)) if m is not None]
+    saved = []
+    for mod in mods:
+        for sub in mod.modules():
+            if isinstance(sub, PromptBank):
+                saved.append((sub, "chunk_size", sub.chunk_size))
+                sub.chunk_size = 1 << 40
+        cfg = getattr(mod, "config", None)
+        if cfg is not None and hasattr(cfg, "chunk_size"):
+            saved.append((cfg, "chunk_size", cfg.chunk_size))
+            cfg.chunk_size = 1 << 40
+    try:
+        yield
+    finally:
+        for obj, attr, val in reversed(saved):
+            setattr(obj, attr, val)
+
+
+@contextlib.contextmanager
+def _stub_text_encoder(adapter, dim: int):
+    """Replace the frozen text encoder by random unit rows for a while: fills a prompt learner's once-per-label-
+    set feature cache without paying for it (the one-off is counted and, when it fits, timed apart)."""
+    tp = getattr(getattr(adapter, "context", None), "text_path", None)
+    if tp is None:
+        yield
+        return
+    tp.encode_embeddings = lambda x, pos: torch.randn(x.shape[0], dim, device=x.device)
+    try:
+        yield
+    finally:
+        del tp.encode_embeddings
+
+
+# ------------------------------------------------------------------------------------------ measuring
+def _test_fn(sc: Scale, name: str, adapter) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Image features → OOD scores (the method part of test time)."""
+    c = sc.text_features.to(sc.device)
+    n = sc.num_id
+    if name == "neglabel":
+        return lambda v: neglabel_score(LOGIT_SCALE * (v @ c.t()), n)
+    if name == "mcm":
+        return lambda v: mcm_score(LOGIT_SCALE * (v @ c[:n].t()), temperature=LOGIT_SCALE)
+    return lambda v: neglabel_score(LOGIT_SCALE * adapter(v).logits, n)
+
+
+def measure_method(sc: Scale, name: str) -> dict[str, Any]:
+    """Every cost of one method at one scale (see the module docstring); a JSON-ready row."""
+    row: dict[str, Any] = {"scale": sc.name, "method": name, "display": DISPLAY.get(name, name), "notes": []}
+    adapter = None if name in ZERO_SHOT else build(sc, name)
+    row["options"] = OPTIONS.get(sc.name, {}).get(name, {})
+    row["params"] = 0 if adapter is None else bench.count_parameters(adapter)
+    if name in PAPER:
+        row["paper"] = PAPER[name]
+    modules = [sc.backbone.model] + ([adapter] if adapter is not None else [])
+
+    # ---- test time: method part on image features (after any one-off label encoding)
+    v = F.normalize(torch.randn(TEST_BATCH, sc.dim, generator=torch.Generator().manual_seed(2)), dim=-1).to(sc.device)
+    fn = _test_fn(sc, name, adapter)
+    if adapter is not None:
+        adapter.eval()
+    with torch.no_grad():
+        one_off = _one_off_labels(adapter)
+        if one_off is not None:                    # encoded once per label set, then cached
+            _reset_caches(adapter)
+            with _one_chunk(adapter):
+                lc = bench.count_flops(one_off, modules=modules, fake=True)
+            row["one_off_label_encoding_tflops"] = lc.forward / 1e12
+            _reset_caches(adapter)
+            with _stub_text_encoder(adapter, sc.dim):
+                fn(v[:1])                          # fills the cache with stand-in features
+        with _fake_friendly(), _one_chunk(adapter):
+            c = bench.count_flops(lambda: fn(v[:1]), modules=modules, fake=True)
+        row["test_method_flops_per_image"] = c.forward
+        nimg = TEST_BATCH
+        predicted = c.forward / max(sc.throughput, 1.0)
+        if predicted > 5.0:                        # ConNegPT at ViT-B/16 on a CPU: one image, one round
+            nimg = 1
+        m = len(sc.neg_names)
+        sub = None
+        if predicted > sc.test_budget_s and adapter is not None and m > 1:
+            # too slow to time in full here: time the same method on the first m' negatives (a measured lower
+            # bound: fewer prompts per image) and scale that to all m negatives (an estimate)
+            keep = max(1, int(m * sc.test_budget_s / predicted))
+            sub = build(sc, name, num_neg=keep).eval()
+            fn_t, predicted_t = _test_fn(sc, name, sub), predicted * keep / m
+        else:
+            keep, fn_t, predicted_t = m, fn, predicted
+        rounds = sc.rounds if predicted_t * nimg * sc.rounds < 60 else 1
+        t = bench.time_call(lambda: fn_t(v[:nimg]), rounds=rounds, warmup=1 if predicted_t * nimg < 30 else 0,
+                            device=sc.device)
+    measured_s = t.median / nimg
+    method_s = measured_s * m / keep
+    row["test"] = {"backbone_ms_per_image": 1e3 * sc.backbone_s_per_image, "method_ms_per_image": 1e3 * method_s,
+                   "ms_per_image": 1e3 * (sc.backbone_s_per_image + method_s), "images_timed": nimg,
+                   "timing": t.to_dict(), "method_gflops_per_image": c.forward / 1e9,
+                   "backbone_gflops_per_image": sc.backbone_flops_per_image / 1e9, "estimated": sub is not None}
+    if sub is not None:
+        row["test"].update(timed_num_neg=keep, lower_bound_ms_per_image=1e3 * (sc.backbone_s_per_image + measured_s))
+        row["notes"].append(f"test time: the method part was timed on the first {keep:,} of {m:,} negatives "
+                            f"(measured lower bound {1e3 * (sc.backbone_s_per_image + measured_s):,.0f} ms/img) and "
+                            f"scaled by {m / keep:.1f}; predicted {predicted:.0f} s for all > budget "
+                            f"{sc.test_budget_s:.0f} s")
+    if adapter is None:
+        row["train"] = None
+        return row
+
+    # ---- training step on cached crop features
+    adapter.train()
+    task = training_task(sc, adapter)
+    batch = train_batch(sc)
+    params = [p for p in adapter.parameters() if p.requires_grad]
+    with _fake_friendly(), _one_chunk(adapter):
+        fl = bench.count_flops(lambda: task(batch)["loss"], lambda out: torch.autograd.grad(out, params),
+                               modules=modules, fake=True)
+    if sc.name == "mini":                          # small enough to count for real too: the fake count must agree
+        real = bench.count_flops(lambda: task(batch)["loss"], lambda out: torch.autograd.grad(out, params),
+                                 modules=modules)
+        row["fake_count_matches_real"] = (real.forward, real.backward) == (fl.forward, fl.backward)
+    row["train"] = {"flops_forward": fl.forward, "flops_backward": fl.backward, "tflops": fl.total / 1e12,
+                    "one_off_crop_encoding_tflops": (BATCH_ID + BATCH_NEG) * sc.backbone_flops_per_image / 1e12,
+                    "one_off_crop_encoding_s": (BATCH_ID + BATCH_NEG) * sc.backbone_s_per_image}
+    predicted = fl.total / max(sc.throughput, 1.0)
+
+    def step():
+        adapter.zero_grad(set_to_none=True)
+        task(batch)["loss"].backward()
+
+    if predicted <= sc.train_budget_s:
+        rounds = sc.rounds if predicted * sc.rounds < 60 else 1
+        t = bench.time_call(step, rounds=rounds, warmup=1, device=sc.device)
+        row["train"].update(time_s=t.median, estimated=False, timing=t.to_dict(),
+                            peak_memory_bytes=bench.peak_memory(step, sc.device))
+    else:
+        row["train"].update(time_s=predicted, estimated=True, peak_memory_bytes=None)
+        row["notes"].append(f"train step not run: {predicted:.0f} s predicted from its FLOPs at the backbone's "
+                            f"{sc.throughput / 1e9:.1f} GFLOP/s > budget {sc.train_budget_s:.0f} s")
+    return row
+
+
+def _image_conditional(adapter) -> bool:
+    """True when the tuned text features depend on the image (nothing to cache per label set)."""
+    a = getattr(adapter, "tuner", adapter)       # a stacked adapter conditions like its tuner
+    v = F.normalize(torch.ones(1, a.dim, device=a.base_text_features.device), dim=-1)
+    try:
+        with torch.no_grad(), _stub_text_encoder(a, a.dim):
+            t = a.tuned_text_features(v)
+    except (NotImplementedError, ValueError, TypeError):
+        return True
+    finally:
+        _reset_caches(a)
+    return t.ndim == 3
+
+
+def _one_off_labels(adapter) -> Callable[[], Any] | None:
+    """What a prompt learner encodes once per label set: its K×D text features (a stacked adapter: its prompt
+    adapter's, at build time); None for feature tuners, zero-shot scores and image-conditional prompts."""
+    if adapter is None or not getattr(adapter, "uses_text_encoder", False):
+        return None
+    base = getattr(adapter, "base", None)
+    if base is not None and hasattr(adapter, "tuner"):
+        return base.tuned_text_features
+    if _image_conditional(adapter):
+        return None
+    return adapter.tuned_text_features
+
+
+def _reset_caches(adapter) -> None:
+    """Drop cached label features (those made on fake or stand-in tensors) by re-setting the mode."""
+    if adapter is None:
+        return
+    adapter.train(adapter.training)
+    base = getattr(adapter, "base", None)
+    if base is not None:
+        base.train(base.training)
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,221 @@
+"""The benchmark a run evaluates on, and what every run prepares before any method: the accelerator, the
+backbone, the evaluation splits (embedded mini world, a named suite, or custom datasets), the frozen label
+features of each split (ID names then mined NegLabel negatives, Eq. 1) and the cached image features."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import get
+from .errors import ClipoodError
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .evaluate import EvalSplit, SplitFeatures
+
+log = logging.getLogger("clipood")
+
+__all__ = ["Benchmark", "cache_root", "make_accelerator", "check_run_settings", "resolve_defaults",
+           "setup_benchmark", "label_features", "prepare_splits"]
+
+
+def cache_root(cfg) -> Path:
+    c = get(cfg, "cache_dir")
+    if c:
+        return Path(c)
+    env = os.environ.get("CLIPOOD_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "clipood"
+
+
+def make_accelerator(cfg):
+    """An Accelerator on the GPU when there is one, else on the CPU (``cpu=True`` also enables multi-process
+    CPU runs under ``accelerate launch --multi_gpu --num_processes N``)."""
+    import torch
+    from accelerate import Accelerator
+
+    cpu = get(cfg, "cpu")
+    if cpu is None:
+        cpu = not torch.cuda.is_available()
+    log_with = cfg.get("log_with")
+    kwargs = {"log_with": log_with, "project_dir": cfg.get("output_dir")} if log_with else {}
+    try:
+        return Accelerator(cpu=bool(cpu), **kwargs)
+    except (ValueError, ImportError) as e:
+        raise ClipoodError(f"log_with={log_with!r} is not available ({e}); install that tracker or drop "
+                           f"log_with") from None
+
+
+@dataclass
+class Benchmark:
+    backbone: Any
+    splits: list[EvalSplit]
+    corpus: Any
+    train_spec: Any = None
+    world_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    #: mined negatives per ID label set (``tuple(classnames)``), filled by :func:`prepare_splits`
+    negatives: dict = field(default_factory=dict)
+
+
+def check_run_settings(cfg) -> None:
+    """Validate the cheap shared settings (score, metric convention) before any model, image or cache is
+    touched, so that a typo fails in seconds instead of after the features are encoded."""
+    from .metrics import CONVENTIONS
+    from .scores import get_score
+
+    e = cfg.get("eval") or {}
+    if e.get("score") is not None:
+        get_score(e["score"])
+    if e.get("convention") is not None and e["convention"] not in CONVENTIONS:
+        from .errors import unknown
+
+        raise unknown("metric convention (eval.convention)", e["convention"], CONVENTIONS)
+
+
+def setup_benchmark(cfg, accelerator) -> Benchmark:
+    """The benchmark named by ``cfg['benchmark']`` (``mini`` = the embedded default) and the backbone. Data are
+    checked first (a missing file is reported before minutes of weight loading)."""
+    from .backbone import load_clip
+    from .data_checks import check_data
+    from .report import convention_note
+
+    check_run_settings(cfg)
+    resolve_defaults(cfg)
+    check_data(cfg)  # every data problem of every split, before any model work
+    bench = _setup_data(cfg, accelerator)
+    bench.notes.append(convention_note(cfg["eval"]["convention"]))
+    bench.backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
+    if str(bench.backbone.identifier).split("|", 1)[-1].startswith("random"):
+        # any model without pretrained weights (not only clipood-tiny): said in results.md and the printed
+        # summary (not in the log: an error line after it must stay the only line on stderr)
+        note = (f"> **{cfg['model']} has random weights (no pretrained tag or weights file): these numbers are "
+                f"meaningless.**")
+        bench.notes = [n for n in bench.notes if "random weights" not in n] + [note]
+    return bench
+
+
+def _setup_data(cfg, accelerator) -> Benchmark:
+    from .evaluate import EvalSplit
+
+    backbone = None  # loaded by setup_benchmark once the data are known to be there
+    notes = []
+    if cfg["model"] == "clipood-tiny":
+        notes.append("> **clipood-tiny has random weights: these numbers are meaningless (smoke test only).**")
+    if cfg["benchmark"] == "mini":
+        from .mini.build import MiniWorldConfig, build_world
+        from .mini.protocol import mini_corpus, mini_splits, mini_train_spec
+
+        m = cfg["mini"]
+        mcfg = MiniWorldConfig(seed=int(m["seed"]), train_per_class=int(m["train_per_class"]),
+                               test_per_class=int(m["test_per_class"]), ood_per_set=int(m["ood_per_set"]),
+                               style_per_class=int(m["style_per_class"]))
+        with accelerator.main_process_first():
+            world = build_world(mcfg, root=get(cfg, "mini.root"), progress=accelerator.is_main_process and cfg["progress"])
+        corpus = mini_corpus(world) if not get(cfg, "negatives.corpus") else _corpus(cfg)
+        notes.append(f"Mini world seed {mcfg.seed} ({world.name}).")
+        return Benchmark(backbone, mini_splits(world), corpus, mini_train_spec(world), world, notes)
+    from .suites import check_suite, get_suite
+
+    if cfg["benchmark"] == "custom":
+        # any dataset specs: id_data (one spec) and ood_data (name → spec), e.g. generated ImageFolders
+        from .datasets import build_dataset, spec_from_dict
+
+        if not cfg.get("id_data") or not cfg.get("ood_data"):
+            raise ClipoodError("benchmark=custom needs id_data (a dataset spec) and ood_data (name: spec, ...)")
+        id_spec = spec_from_dict(cfg["id_data"])
+        names = build_dataset(id_spec, root=cfg.get("data_root")).classnames
+        if not names:
+            raise ClipoodError("benchmark=custom: the ID dataset has no class names (use an ImageFolder with one "
+                               "folder per class, or set classnames in id_data)")
+        from .datasets import as_ood_spec
+
+        ood = {k: as_ood_spec(spec_from_dict(v)) for k, v in cfg["ood_data"].items()}
+        split = EvalSplit("base", {"id": id_spec}, ood, list(names), "custom datasets")
+        return Benchmark(backbone, [split], _corpus(cfg), None, None, notes)
+
+    root = cfg.get("data_root")
+    suite = get_suite(cfg["benchmark"], root=root, classes=cfg.get("classes"))
+    extra = [("new_class", n) for n in cfg.get("new_class_suites") or []]
+    extra += [("new_style", n) for n in cfg.get("new_style_suites") or []]
+    suites = [("base", suite)] + [(k, get_suite(n, root=root)) for k, n in extra]
+    problems = []
+    for _, s_ in suites:  # report every missing file of every suite at once
+        try:
+            check_suite(s_, root)
+        except ClipoodError as e:
+            problems.append(str(e))
+    if problems:
+        raise ClipoodError(" | ".join(problems))
+
+    def names(s_):
+        from .suites import suite_classnames
+
+        return suite_classnames(s_, root)
+
+    splits = []
+    for kind, s_ in suites:
+        # unseen styles keep the Base OOD sets (paper §4.1); unseen classes bring their own
+        ood = suite.ood if kind == "new_style" else s_.ood
+        groups = suite.groups if kind == "new_style" else s_.groups
+        splits.append(EvalSplit(kind, {s_.name: s_.id}, ood, names(s_), s_.description, groups=groups))
+    return Benchmark(backbone, splits, _corpus(cfg), None, None, notes)
+
+
+MINI_NEGATIVES = {"num": 40, "id_template": "a photo of a {}.", "noun_template": "a photo of a {}.",
+                  "adj_template": "a {} texture."}
+NEGLABEL_NEGATIVES = {"num": None, "id_template": "the nice {}.", "noun_template": "the nice {}.",
+                      "adj_template": "This is a {} photo."}
+
+
+def resolve_defaults(cfg) -> dict:
+    """Resolve ``None`` settings to the benchmark's defaults (in place; returns ``cfg``): the negative-label
+    settings, and the metric convention (openood for the ``openood-*`` suites, else hendrycks)."""
+    from .suites import default_convention
+
+    if cfg["eval"].get("convention") is None:
+        cfg["eval"]["convention"] = default_convention(cfg["benchmark"])
+    src = MINI_NEGATIVES if cfg["benchmark"] == "mini" else NEGLABEL_NEGATIVES
+    for k, v in src.items():
+        if cfg["negatives"].get(k) is None:
+            cfg["negatives"][k] = v
+    return cfg
+
+
+def _corpus(cfg):
+    from .negatives import load_corpus, load_word_file
+
+    path = get(cfg, "negatives.corpus")
+    return load_word_file(path) if path else load_corpus()
+
+
+def label_features(backbone, classnames, corpus, cfg, accelerator=None):
+    """Frozen text features C (K×D) of the ID names then the mined negatives, and the NegativeSet; mined and
+    encoded once per backbone, corpus and settings (cached; see `clipood.label_features`)."""
+    from .label_features import label_text_features
+
+    return label_text_features(backbone, classnames, corpus, cfg["negatives"], cache_root(cfg),
+                               accelerator=accelerator, progress=bool(cfg.get("progress")))
+
+
+def prepare_splits(bench: Benchmark, cfg, accelerator, local: bool = False) -> list[SplitFeatures]:
+    """Label features + cached image features for every split of the benchmark (with ``local``, patch
+    features too, for a method whose adapter requires ``local_features``)."""
+    from .evaluate import prepare_split
+
+    out = []
+    labels = {}  # splits with the same ID classes (Base and unseen styles) share their label features
+    for split in bench.splits:
+        key = tuple(split.classnames)
+        if key not in labels:
+            labels[key] = label_features(bench.backbone, split.classnames, bench.corpus, cfg, accelerator)
+        C, num_id, negs = labels[key]
+        bench.negatives[key] = negs
+        sf = prepare_split(split, bench.backbone, C, num_id, negatives=negs.words,
+                           batch_size=cfg["eval"]["batch_size"], accelerator=accelerator,
+                           cache_dir=cache_root(cfg) / "features", progress=bool(cfg.get("progress")),
+                           root=cfg.get("data_root"), local=local)
+        out.append(sf)
+    return out

@@ -1,0 +1,384 @@
+"""A deployable OOD detector: one folder that holds everything needed to score new images.
+
+``Detector`` = frozen CLIP (model name + pretrained tag or weights file) → image features → cosine logits over
+K = N ID + M mined negative labels (the frozen label features, or a trained adapter's tuned ones) → the score
+(NegLabel Eq. 2 by default, as in evaluation) → an OOD flag from a threshold calibrated on held-out ID images
+(the ``id_recall`` share of them, 95 % by default, scores at or above it). Layout of a saved detector::
+
+    <dir>/detector.json               format + version, backbone, preprocessing, ID names and prompts, negatives
+                                      and their prompts, score, threshold and what it was calibrated on
+    <dir>/label_features.safetensors  the frozen K×D label features (ID rows first), never re-encoded
+    <dir>/calibration.json            the calibration images and their scores
+    <dir>/adapter/...                 a trained adapter (trainable weights + config), when there is one
+    <dir>/checksums.json              sha256 of every file above, checked on load
+
+The core knows no method: a folder with an adapter is written and read through the callables that the
+``adapters`` package registers on import (:func:`register_adapter_io`), or ones passed explicitly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from .errors import ClipoodError
+from .io import load_safetensors, make_temp_dir, save_safetensors, write_json
+
+__all__ = ["Detector", "Detections", "FORMAT", "FORMAT_VERSION", "calibrate_threshold", "register_adapter_io",
+           "image_files", "has_random_weights"]
+
+FORMAT = "clipood-detector"
+FORMAT_VERSION = 1
+META_FILE = "detector.json"
+FEATURES_FILE = "label_features.safetensors"
+CALIBRATION_FILE = "calibration.json"
+CHECKSUMS_FILE = "checksums.json"
+ADAPTER_DIR = "adapter"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+_ADAPTER_IO: dict[str, Callable] = {}
+
+
+def register_adapter_io(save: Callable[[Any, Path], Any], load: Callable[..., Any]) -> None:
+    """Called by the ``adapters`` package on import: ``save(adapter, dir)`` writes a trained adapter with its
+    base label features, ``load(dir, backbone)`` rebuilds it (on CPU; prompt learners use the backbone's
+    text path)."""
+    _ADAPTER_IO.update(save=save, load=load)
+
+
+def _adapter_io(which: str, given: Callable | None, where: Path) -> Callable:
+    if given is not None:
+        return given
+    if which not in _ADAPTER_IO:
+        raise ClipoodError(f"detector {where} holds a trained adapter: run `import adapters` before "
+                           f"Detector.{'save' if which == 'save' else 'from'}_pretrained (it registers the adapter "
+                           f"loader), or pass adapter_{which}er=")
+    return _ADAPTER_IO[which]
+
+
+def calibrate_threshold(id_scores: torch.Tensor | Sequence[float], id_recall: float = 0.95) -> float:
+    """The largest threshold t such that at least ``id_recall`` of the ID scores are >= t (an image is flagged
+    OOD when its score < t): the ⌈recall·n⌉-th highest ID score."""
+    s = torch.as_tensor(id_scores, dtype=torch.float64).flatten()
+    if s.numel() == 0 or not bool(torch.isfinite(s).all()):
+        raise ClipoodError(f"cannot calibrate a threshold on {s.numel()} ID scores (need at least one, all finite)")
+    if not (0.0 < float(id_recall) <= 1.0):
+        raise ClipoodError(f"id_recall must be in (0, 1], got {id_recall}")
+    k = max(1, math.ceil(float(id_recall) * s.numel() - 1e-9))
+    return float(torch.sort(s, descending=True).values[k - 1])
+
+
+def image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Image files of ``inputs`` (files, or folders searched recursively, sorted); a missing path or a folder
+    without images is a ClipoodError naming it."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ClipoodError(f"no image files ({', '.join(IMAGE_SUFFIXES[:4])} ...) in folder {p}")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ClipoodError(f"image file or folder not found: {p}")
+    if not out:
+        raise ClipoodError("no images given; pass image files or folders")
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _describe_transform(t: Any) -> str:
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(t))
+
+
+@dataclass
+class Detections:
+    """Per-image results of :meth:`Detector.__call__`: ``scores`` (higher = more ID), ``is_ood``
+    (score < threshold), ``pred`` (predicted ID class index) and ``labels`` (its name); ``paths`` for files."""
+
+    scores: torch.Tensor
+    is_ood: torch.Tensor
+    pred: torch.Tensor
+    labels: list[str]
+    paths: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[dict]:
+        names = self.paths or [str(i) for i in range(len(self.labels))]
+        return [{"image": n, "score": float(s), "ood": bool(o), "class": c}
+                for n, s, o, c in zip(names, self.scores.tolist(), self.is_ood.tolist(), self.labels)]
+
+
+class Detector:
+    """A CLIP OOD detector ready for new images (see the module docstring for the saved layout).
+
+    Args:
+        backbone: a loaded :class:`clipood.Backbone`.
+        text_features: the frozen K×D label features (ID rows first, then negatives).
+        id_names: the N ID class names; ``negatives`` the M negative words.
+        adapter: a trained adapter (``forward(batch).logits`` = B×K cosines) or None (zero-shot).
+        score, logit_scale, groups, temperature: the score as in evaluation (logits = scale · cos).
+        threshold: OOD when score < threshold (None: no flag until :meth:`calibrate`).
+        info: recorded metadata (prompts, backbone spec, calibration data, ...).
+    """
+
+    def __init__(self, backbone, text_features: torch.Tensor, id_names: Sequence[str], *, negatives=(),
+                 adapter=None, score: str = "neglabel", logit_scale: float = 100.0, groups: int = 1,
+                 temperature: float = 1.0, threshold: float | None = None, info: dict | None = None):
+        self.backbone = backbone
+        self.text_features = text_features.float()
+        self.id_names = list(id_names)
+        self.negatives = list(negatives)
+        if self.text_features.ndim != 2 or self.text_features.shape[0] != len(self.id_names) + len(self.negatives):
+            raise ClipoodError(f"text_features of shape {tuple(self.text_features.shape)} do not hold "
+                               f"{len(self.id_names)} ID + {len(self.negatives)} negative rows")
+        self.adapter = adapter.eval() if adapter is not None else None
+        self.score, self.logit_scale, self.groups, self.temperature = score, float(logit_scale), int(groups), \
+            float(temperature)
+        self.threshold = threshold
+        self.info = dict(info or {})
+
+    @property
+    def num_id(self) -> int:
+        return len(self.id_names)
+
+    # ------------------------------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def cosines(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cosine logits B×K of a batch (``image_features``, ``local_features`` where the adapter needs them)."""
+        if self.adapter is None:
+            return batch["image_features"].float() @ self.text_features.T
+        dev = self.adapter.base_text_features.device
+        return self.adapter({k: v.to(dev) for k, v in batch.items()}).logits.cpu()
+
+    @torch.no_grad()
+    def score_features(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score, predicted ID class) of encoded features; the scoring step evaluation uses."""
+        from .evaluate import score_cosines
+
+        return score_cosines(self.cosines(batch), self.num_id, self.score, self.logit_scale, self.groups,
+                             self.temperature)
+
+    @torch.no_grad()
+    def encode(self, images: Sequence) -> dict[str, torch.Tensor]:
+        """Images (paths or PIL images) → the batch an adapter reads, through the backbone's preprocessing."""
+        from .datasets import _pil_rgb
+
+        tensors = []
+        for im in images:
+            try:
+                tensors.append(self.backbone.preprocess(_pil_rgb(im)))
+            except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
+                raise ClipoodError(f"cannot read image {im} ({type(e).__name__}: {e}); fix or remove it") from None
+        x = torch.stack(tensors)
+        if "local_features" in getattr(self.adapter, "requires", ()):
+            g, loc = self.backbone.encode_images(x, local=True)
+            return {"image_features": g.cpu().float(), "local_features": loc.cpu().float()}
+        return {"image_features": self.backbone.encode_images(x).cpu().float()}
+
+    def __call__(self, images, batch_size: int | None = None) -> Detections:
+        """Score images: a path, a folder, a PIL image, or a list of them → :class:`Detections`.
+
+        ``batch_size`` (None = the run's evaluation batch size): float32 encoding is not exactly batch-invariant,
+        so the run's evaluation scores are reproduced to 1e-6 when images are batched as in evaluation, and to
+        about 1e-5 (100·cos logits amplify float rounding) otherwise."""
+        batch_size = int(batch_size or self.info.get("batch_size") or 256)
+        if batch_size < 1:
+            raise ClipoodError(f"batch_size must be >= 1, got {batch_size}")
+        items = images if isinstance(images, (list, tuple)) else [images]
+        paths: list[str] = []
+        if all(isinstance(i, (str, os.PathLike)) for i in items):
+            files = image_files(items)
+            paths, items = [str(f) for f in files], files
+        scores, preds = [], []
+        for s in range(0, len(items), batch_size):
+            sc, pr = self.score_features(self.encode(items[s:s + batch_size]))
+            scores.append(sc)
+            preds.append(pr)
+        sc, pr = torch.cat(scores), torch.cat(preds)
+        flag = sc < self.threshold if self.threshold is not None else torch.zeros_like(sc, dtype=torch.bool)
+        return Detections(sc, flag, pr, [self.id_names[i] for i in pr.tolist()], paths)
+
+    def calibrate(self, id_scores, id_recall: float = 0.95, data: dict | None = None,
+                  images: Sequence[str] | None = None) -> float:
+        """Set the threshold so that ``id_recall`` of the held-out ID scores pass; record the data used."""
+        s = torch.as_tensor(id_scores, dtype=torch.float64).flatten()
+        self.threshold = calibrate_threshold(s, id_recall)
+        self.info["calibration"] = {"id_recall": float(id_recall), "num_images": int(s.numel()),
+                                    "data": data or {}, "threshold": self.threshold}
+        self._calibration = {"images": list(images or []), "scores": s.tolist()}
+        return self.threshold
+
+    # ------------------------------------------------------------------------------------------ saving
+    def save_pretrained(self, directory: str | os.PathLike, *, adapter_saver: Callable | None = None) -> Path:
+        """Write the detector folder (built in a temporary sibling folder, then renamed over ``directory``)."""
+        directory = Path(directory)
+        bb = self.backbone
+        if has_random_weights(bb):
+            raise ClipoodError(f"cannot save a detector to {directory}: backbone {bb.model_name} has random weights "
+                               f"(no pretrained tag or weights file), which no later process can rebuild; load "
+                               f"it with pretrained weights")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "backbone": {"model": self.info.get("model", bb.model_name), "pretrained": self.info.get("pretrained"),
+                         "identifier": bb.identifier, "embed_dim": int(self.text_features.shape[1])},
+            "preprocessing": {"image_size": bb.image_size, "transform": _describe_transform(bb.preprocess)},
+            "labels": {"id_names": self.id_names, "id_templates": self.info.get("id_templates"),
+                       "negatives": self.negatives, "neg_templates": self.info.get("neg_templates")},
+            "score": {"name": self.score, "logit_scale": self.logit_scale, "groups": self.groups,
+                      "temperature": self.temperature},
+            "threshold": self.threshold, "calibration": self.info.get("calibration"),
+            "batch_size": int(self.info.get("batch_size") or 256),
+            "adapter": None, "source": self.info.get("source"),
+        }
+        tmp = make_temp_dir(directory.parent, f".{directory.name}.tmp-")
+        try:
+            save_safetensors({"text_features": self.text_features.cpu()}, tmp / FEATURES_FILE)
+            if self.adapter is not None:
+                _adapter_io("save", adapter_saver, directory)(self.adapter, tmp / ADAPTER_DIR)
+                meta["adapter"] = {"folder": ADAPTER_DIR, "name": getattr(self.adapter, "name", None),
+                                   "requires": sorted(getattr(self.adapter, "requires", ()))}
+            write_json(tmp / CALIBRATION_FILE, getattr(self, "_calibration", {"images": [], "scores": []}))
+            write_json(tmp / META_FILE, meta)
+            files = sorted(p for p in tmp.rglob("*") if p.is_file())
+            write_json(tmp / CHECKSUMS_FILE, {p.relative_to(tmp).as_posix(): _sha256(p) for p in files})
+            old = None
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+                os.replace(directory, old)
+            os.replace(tmp, directory)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    # ------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                        adapter_loader: Callable | None = None) -> "Detector":
+        """Load a detector folder (a run's ``output_dir`` finds its ``detector/``), or a Hugging Face Hub
+        repo id (``user/name``, downloaded through ``huggingface_hub``). Every file is checked against its
+        sha256; unknown formats and non-finite weights are refused."""
+        from .backbone import load_clip
+
+        directory = resolve_detector_dir(path)
+        meta = verify_folder(directory)
+        bb_spec = meta["backbone"]
+        backbone = load_clip(bb_spec["model"], bb_spec.get("pretrained"), device=device)
+        if backbone.identifier != bb_spec.get("identifier"):
+            raise ClipoodError(f"{directory / META_FILE}: the backbone loads as {backbone.identifier!r} but the "
+                               f"detector was built on {bb_spec.get('identifier')!r}; restore those weights")
+        feats = _finite(load_safetensors(directory / FEATURES_FILE), directory / FEATURES_FILE)["text_features"]
+        adapter = None
+        if meta.get("adapter"):
+            adir = directory / meta["adapter"]["folder"]
+            for f in sorted(adir.glob("*.safetensors")):
+                _finite(load_safetensors(f), f)
+            adapter = _adapter_io("load", adapter_loader, directory)(adir, backbone).to(device)
+        lab, sc = meta["labels"], meta["score"]
+        info = {"model": bb_spec["model"], "pretrained": bb_spec.get("pretrained"), "source": meta.get("source"),
+                "id_templates": lab.get("id_templates"), "neg_templates": lab.get("neg_templates"),
+                "calibration": meta.get("calibration"), "path": str(directory), "batch_size": meta.get("batch_size")}
+        det = cls(backbone, feats, lab["id_names"], negatives=lab.get("negatives") or [], adapter=adapter,
+                  score=sc["name"], logit_scale=sc["logit_scale"], groups=sc["groups"],
+                  temperature=sc["temperature"], threshold=meta.get("threshold"), info=info)
+        det._calibration = json.loads((directory / CALIBRATION_FILE).read_text(encoding="utf-8"))
+        return det
+
+
+def has_random_weights(backbone) -> bool:
+    """True when the backbone was built without pretrained weights (its identifier says ``|random``)."""
+    return str(getattr(backbone, "identifier", "")).split("|", 1)[-1].startswith("random")
+
+
+def _finite(tensors: dict, path: Path) -> dict:
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ClipoodError(f"{path}: tensor '{k}' holds NaN or infinite values; this detector is broken — "
+                               f"re-save it from a good run")
+    return tensors
+
+
+def resolve_detector_dir(path: str | os.PathLike) -> Path:
+    """A detector folder, a run folder holding ``detector/``, or a Hub repo id → the local detector folder."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / META_FILE).is_file() and (p / "detector" / META_FILE).is_file():
+            return p / "detector"
+        if not (p / META_FILE).is_file():
+            raise ClipoodError(f"{p} is not a detector folder (no {META_FILE}, nor detector/{META_FILE}); pass a "
+                               f"trained run's output_dir or the folder Detector.save_pretrained wrote")
+        return p
+    text = str(path)
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) and not text.startswith((".", "/")):
+        return _from_hub(text)
+    raise ClipoodError(f"detector folder not found: {p} (nor a Hub repo id like user/name)")
+
+
+def _from_hub(repo_id: str) -> Path:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ClipoodError(f"loading detector {repo_id!r} from the Hub needs huggingface_hub; pip install "
+                           f"huggingface_hub, or pass a local folder") from None
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=offline))
+    except Exception as e:  # network errors, missing repos, offline cache misses
+        why = "not in the local cache and HF_HUB_OFFLINE=1 forbids downloads" if offline else \
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise ClipoodError(f"cannot fetch detector {repo_id!r} from the Hugging Face Hub ({why}); download the "
+                           f"folder once with network access, or pass a local folder") from None
+
+
+def verify_folder(directory: Path) -> dict:
+    """Check ``checksums.json`` (every listed file present with its sha256, no required file unlisted) and
+    the format version; returns the parsed ``detector.json``."""
+    sums_path = directory / CHECKSUMS_FILE
+    try:
+        sums = json.loads(sums_path.read_text(encoding="utf-8"))
+        if not isinstance(sums, dict):
+            raise TypeError("not an object")
+    except FileNotFoundError:
+        raise ClipoodError(f"{sums_path} is missing; the detector folder is incomplete — re-save it") from None
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ClipoodError(f"{sums_path} is corrupt ({e}); re-save the detector") from None
+    for required in (META_FILE, FEATURES_FILE, CALIBRATION_FILE):
+        if required not in sums:
+            raise ClipoodError(f"{sums_path} does not list {required}; the detector folder was altered — re-save it")
+    for rel, digest in sums.items():
+        f = directory / rel
+        if not f.is_file():
+            raise ClipoodError(f"detector file {f} is missing; copy the complete detector folder")
+        if _sha256(f) != digest:
+            raise ClipoodError(f"detector file {f} does not match its sha256 in {CHECKSUMS_FILE} (changed or "
+                               f"corrupt); restore the original file or re-save the detector")
+    try:
+        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ClipoodError(f"{directory / META_FILE} is not valid JSON ({e}); re-save the detector") from None
+    if meta.get("format") != FORMAT:
+        raise ClipoodError(f"{directory / META_FILE} is not a clipood detector (format {meta.get('format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ClipoodError(f"{directory / META_FILE} has format version {meta.get('format_version')!r}; this "
+                           f"clipood reads version {FORMAT_VERSION} — use the clipood version that wrote it")
+    return meta

@@ -1,0 +1,103 @@
+"""Label features C (K×D): the ID class names, then the mined NegLabel negatives, computed once and cached.
+
+Both parts are cached per backbone, corpus and settings, so a second run encodes no text at all:
+``<cache>/negatives/<key>.tsv`` holds the mined words (key: backbone identifier, sorted ID names, corpus sha256,
+``negatives`` settings; mining does not depend on the order of the ID names) and
+``<cache>/negatives/<key>.features.safetensors`` the text features of the ID prompts and the negative prompts
+(key: backbone identifier, ID names in label order, corpus sha256, templates, M / fraction / quantile).
+Mining and encoding show progress bars on the main process.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .errors import ClipoodError
+
+log = logging.getLogger("clipood")
+_FORMAT = "clipood-label-features-v1"
+
+
+def _encode(backbone, texts: list[str], templates=None, progress: bool = False) -> torch.Tensor:
+    try:
+        return backbone.encode_text(texts, templates=templates, progress=progress)
+    except TypeError:  # an encoder without the progress option
+        return backbone.encode_text(texts, templates=templates) if templates else backbone.encode_text(texts)
+
+
+def _load(path: Path, num_id: int, num_neg: int, words_sha: str) -> dict | None:
+    from .io import load_safetensors
+
+    if not path.is_file():
+        return None
+    try:
+        t = load_safetensors(path)
+    except ClipoodError as e:
+        log.warning("label-feature cache %s is unusable (%s); encoding again", path, e)
+        return None
+    ok = ("id" in t and "negatives" in t and t["id"].shape[0] == num_id and t["negatives"].shape[0] == num_neg
+          and t.get("words_sha256") is not None)
+    if ok:
+        stored = bytes(t["words_sha256"].to(torch.uint8).tolist()).hex()
+        ok = stored == words_sha
+    return t if ok else None
+
+
+def label_text_features(backbone, classnames: Sequence[str], corpus, settings: dict, cache_dir, *,
+                        accelerator=None, progress: bool = True):
+    """``(C, num_id, NegativeSet)``: C = [ID prompt features; negative prompt features] (float32, CPU).
+
+    ``settings`` is the ``negatives`` config section (num, fraction, quantile, id/noun/adj templates).
+    The main process mines / encodes first and writes the caches; the other ranks then read them, so every
+    rank uses the same negatives. ``cache_dir`` None caches nothing (mining and encoding run every time).
+    """
+    import hashlib
+
+    from .features import cache_key
+    from .io import save_safetensors
+    from .negatives import mine_or_load
+
+    n = settings
+    names = [str(c) for c in classnames]
+    ctx = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
+    main = accelerator is None or accelerator.is_main_process
+    show = bool(progress) and main
+    digest = corpus.digest()
+    folder = Path(cache_dir) / "negatives" if cache_dir is not None else None
+    with ctx:
+        tsv = (folder / f"{cache_key(backbone.identifier, sorted(names), digest, n)}.tsv" if folder is not None
+               else None)
+        if tsv is None:
+            from .negatives import mine_negatives
+
+            negs = mine_negatives(lambda t: backbone.encode_text(t), names, corpus, num_negatives=n["num"],
+                                  fraction=n["fraction"], quantile=n["quantile"], id_template=n["id_template"],
+                                  noun_template=n["noun_template"], adj_template=n["adj_template"], progress=show)
+        else:
+            negs = mine_or_load(tsv, lambda t: backbone.encode_text(t), names, corpus,
+                                backbone=backbone.identifier, num_negatives=n["num"], fraction=n["fraction"],
+                                quantile=n["quantile"], id_template=n["id_template"],
+                                noun_template=n["noun_template"], adj_template=n["adj_template"], progress=show)
+        if len(negs) == 0:
+            raise ClipoodError("no negative labels were mined; raise negatives.num or negatives.fraction")
+        prompts = negs.prompts()
+        words_sha = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
+        path = None
+        if folder is not None:
+            key = cache_key(_FORMAT, backbone.identifier, names, digest, n)
+            path = folder / f"{key}.features.safetensors"
+            cached = _load(path, len(names), len(negs), words_sha)
+            if cached is not None:
+                log.info("label text features read from %s (no text encoded)", path.name)
+                return torch.cat([cached["id"], cached["negatives"]]).float(), len(names), negs
+        id_feats = _encode(backbone, names, templates=[n["id_template"]]).float().cpu()
+        neg_feats = _encode(backbone, prompts, progress=show).float().cpu()
+        if path is not None and main:
+            sha = torch.tensor(list(bytes.fromhex(words_sha)), dtype=torch.uint8)
+            save_safetensors({"id": id_feats.contiguous(), "negatives": neg_feats.contiguous(), "words_sha256": sha},
+                             path, metadata={"format": _FORMAT})  # one key: safetensors orders metadata freely
+    return torch.cat([id_feats, neg_feats]).float(), len(names), negs

@@ -1,0 +1,47 @@
+"""Training data of a run: the few-shot sample of the benchmark's training pool, cut into crops, the Q most
+and Q least class-like crops of each image encoded once and cached (paper §3.4)."""
+from __future__ import annotations
+
+from .benchmarks import Benchmark, cache_root
+from .errors import ClipoodError
+from .evaluate import SplitFeatures
+
+__all__ = ["build_crop_data"]
+
+
+def build_crop_data(bench: Benchmark, base_sf: SplitFeatures, cfg, accelerator, local: bool = False):
+    """Few-shot sample of the training pool → P crops per image → Q ID + Q negative crops, encoded once and
+    cached (a second run with other loss weights re-encodes nothing); ``local`` keeps their patch features."""
+    from .crops import build_crop_cache
+    from .data_checks import training_dataset
+    from .fewshot import sample_few_shot
+
+    if bench.train_spec is None:
+        spec = cfg.get("train_data")
+        if not spec:
+            raise ClipoodError("no training data: set train_data (a dataset spec) for this benchmark")
+        bench.train_spec = spec
+    suite_set = None if cfg["benchmark"] in ("mini", "custom") else _suite_label_set(cfg["benchmark"])
+    # labels by name: the training classes are matched to the ID classes, whose names rank the crops
+    ds = training_dataset(bench.train_spec, base_sf.split.classnames, label_set=suite_set, classes=cfg.get("classes"),
+                          mode=cfg.get("train_classes") or "exact", root=cfg.get("data_root"))
+    labels = [lab for _, lab in ds.samples]
+    idx = sample_few_shot(labels, cfg["shots"], seed=cfg["seed"], classnames=ds.classnames)
+    crop_cfg = crop_config(cfg)
+    return build_crop_cache(bench.backbone, ds, idx, crop_cfg, ds.classnames, accelerator=accelerator,
+                            cache_dir=cache_root(cfg) / "crops", progress=bool(cfg.get("progress")),
+                            local=local)
+
+
+def crop_config(cfg) -> "CropConfig":  # noqa: F821
+    """The ``crops`` settings as a checked :class:`clipood.crops.CropConfig`, seeded by the run's seed."""
+    from .crops import CropConfig
+
+    c = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(cfg["crops"]).items()}
+    return CropConfig(**c, seed=cfg["seed"])
+
+
+def _suite_label_set(name: str) -> str | None:
+    from .suites import get_suite
+
+    return get_suite(name).label_set

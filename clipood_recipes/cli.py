@@ -1,0 +1,115 @@
+"""The ``clipood`` command line: ``clipood eval``, ``clipood mine``, ``clipood build-mini``, ``clipood adapters``,
+``clipood bench-report``.
+
+Every subcommand takes ``--config FILE`` and ``key=value`` overrides like the recipes (``clipood eval
+mini.seed=2``); ``--help`` after a subcommand prints the values it would use. Errors are one line on stderr
+and exit status 2.
+"""
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: clipood <command> [--config FILE] [key=value ...]
+
+commands:
+  eval        zero-shot OOD evaluation (MCM, NegLabel) → results.json, results.md, plots
+  mine        mine NegLabel negatives for a benchmark's ID classes and write them to a text file
+  build-mini  build (or reuse) the mini-world benchmark on disk and print its folder
+  adapters    list the registered adapters and their options
+  detect      score images with a saved detector (a trained run's output_dir or a detector folder)
+  bench-report FILE.json  print the efficiency table (paper Tab. 7 layout) of a saved `pytest --benchmark` run
+"""
+
+
+def _eval(argv):
+    """Same as recipes/zeroshot.py, installed as a command (output_dir defaults to outputs/eval)."""
+    from .configure import load_settings
+    from .krnft import ZeroShotRecipe
+    from .settings import ZeroShotSettings
+
+    recipe = ZeroShotRecipe(load_settings(ZeroShotSettings, argv, doc=_eval.__doc__, default_output_dir="outputs/eval"))
+    recipe.setup()
+    recipe.save()
+
+
+def _mine(argv):
+    """Mine NegLabel negatives (Eq. 1) for the Base split's ID classes and write them to ``output``."""
+    from clipood.benchmarks import label_features, make_accelerator, setup_benchmark
+    from clipood.recipe import setup_logging, use_cpu_threads
+
+    from .configure import load_settings
+    from .settings import MineSettings
+
+    cfg = load_settings(MineSettings, argv, doc=_mine.__doc__)
+    use_cpu_threads()
+    accelerator = make_accelerator(cfg)
+    setup_logging(accelerator.is_main_process)
+    bench = setup_benchmark(cfg, accelerator)
+    split = bench.splits[0]
+    _, _, negs = label_features(bench.backbone, split.classnames, bench.corpus, cfg, accelerator)
+    if accelerator.is_main_process:
+        negs.save(cfg["output"])
+        print(f"wrote {len(negs)} negatives for {len(split.classnames)} ID classes to {cfg['output']}")
+
+
+def _build_mini(argv):
+    """Build (or reuse) a mini world and print its folder."""
+    from clipood.mini.build import MiniWorldConfig, build_world
+
+    from .configure import load_settings
+    from .settings import BuildMiniSettings
+
+    cfg = load_settings(BuildMiniSettings, argv, doc=_build_mini.__doc__)
+    print(build_world(MiniWorldConfig(seed=int(cfg["seed"])), root=cfg["root"]))
+
+
+def _adapters(argv):
+    from ._compat import import_adapters
+
+    ad = import_adapters()
+    for name in ad.list_adapters():
+        spec = ad.get_adapter_spec(name)
+        print(f"{name}: {spec.adapter_cls.__name__}")
+        for field, text in spec.config_cls.field_help().items():
+            print(f"    {field}: {text}")
+
+
+def _detect(argv):
+    from .detect import detect_main
+
+    detect_main(argv)
+
+
+def _bench_report(argv):
+    """Render the efficiency record that ``pytest --benchmark`` wrote (``--bench-json``) as Markdown again."""
+    from clipood.bench_report import load_record, render_markdown
+    from clipood.errors import ClipoodError
+
+    if len(argv) != 1 or argv[0].startswith("-"):
+        raise ClipoodError("usage: clipood bench-report FILE.json (the record `pytest --benchmark` wrote, by default "
+                           "benchmark-results/efficiency.json)")
+    print(render_markdown(load_record(argv[0])), end="")
+
+
+COMMANDS = {"eval": _eval, "mine": _mine, "build-mini": _build_mini, "adapters": _adapters,
+            "bench-report": _bench_report, "detect": _detect}
+
+
+def main(argv=None) -> None:
+    from clipood.errors import ClipoodError, unknown
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    try:
+        if argv[0] not in COMMANDS:
+            raise unknown("command", argv[0], COMMANDS)
+        COMMANDS[argv[0]](argv[1:])
+    except ClipoodError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""From a command line to a checked run config: schema defaults ← preset file ← ``--config`` file ← ``key=value``.
+
+``preset=NAME`` (on the command line or as ``preset:`` in a ``--config`` file) applies
+``<configs>/<recipe>_<NAME>.yaml`` first; those files carry every value of a reported setting. Choosing
+another adapter resets ``adapter.options`` to that adapter's defaults; the options are then completed from the
+adapter's config class, so ``--help``, ``config.json`` and the checkpoint signature show every value the run
+uses. Everything here is checked before any model, image or cache is touched.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from clipood.benchmarks import check_run_settings, resolve_defaults
+from clipood.config import compose, describe, load_yaml, parse_overrides, split_config_arg, to_dict
+from clipood.errors import ClipoodError, unknown
+
+__all__ = ["load_settings", "presets", "compose_settings", "check_training", "train_config", "compose_variant"]
+
+RESETS = {"adapter.name": "adapter.options"}
+
+
+def presets(configs_dir: str | Path | None, recipe: str | None) -> dict[str, Path]:
+    """``{preset name: YAML file}`` of one recipe (``<recipe>_<name>.yaml`` in ``configs_dir``)."""
+    if configs_dir is None or recipe is None:
+        return {}
+    return {p.stem[len(recipe) + 1:]: p for p in sorted(Path(configs_dir).glob(f"{recipe}_*.yaml"))}
+
+
+def compose_settings(schema: type, argv: Sequence[str], *, configs_dir: str | Path | None = None,
+                     recipe: str | None = None, default_output_dir: str | None = None) -> dict:
+    """The checked config (a plain nested dict) of ``argv`` (``--help`` is not handled here).
+
+    Unless ``output_dir`` is given (command line or ``--config`` file), it is the preset's (or
+    ``default_output_dir``) for the preset's own setting, and ``<that>-<8 hex digits>`` of the setting for any
+    other, so the README's commands run in any order never meet each other's checkpoints."""
+    path, rest = split_config_arg(argv)
+    overrides = parse_overrides(rest)
+    file_data = load_yaml(path) if path else {}
+    known = presets(configs_dir, recipe)
+    name = dict(overrides).get("preset", file_data.get("preset"))
+    layers: list = []
+    if name is not None and known:
+        if name not in known:
+            raise unknown("preset", name, known)
+        layers.append((str(known[name]), load_yaml(known[name])))
+    if path:
+        layers.append((str(path), file_data))
+    base_layers = list(layers)
+    layers.append(("the command line", overrides))
+    resets = RESETS if "adapter" in _fields(schema) else None
+    cfg = finish(to_dict(compose(schema, layers, resets=resets)))
+    explicit = "output_dir" in dict(overrides) or "output_dir" in file_data
+    if "output_dir" in cfg and not explicit:
+        if default_output_dir:
+            base_layers.append(("the command's default", [("output_dir", default_output_dir)]))
+            cfg["output_dir"] = default_output_dir
+        baseline = finish(to_dict(compose(schema, base_layers, resets=resets)))
+        if _setting_key(cfg) != _setting_key(baseline):
+            # another setting than the preset's: its own folder, so two settings never share checkpoints
+            cfg["output_dir"] = f"{baseline['output_dir']}-{_setting_key(cfg)}"
+    return cfg
+
+
+#: keys that say where things are or how a run reports, not what it computes: they never move output_dir
+LOCATION_KEYS = ("output_dir", "data_root", "cache_dir", "progress", "resume", "log_with", "cpu")
+
+
+def _setting_key(cfg: dict) -> str:
+    """8 hex digits of everything a run computes with (all keys but :data:`LOCATION_KEYS`)."""
+    import hashlib
+    import json
+
+    what = {k: v for k, v in cfg.items() if k not in LOCATION_KEYS}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def finish(cfg: dict) -> dict:
+    """Benchmark defaults resolved, adapter options completed, everything checked (in place; returns cfg)."""
+    if "negatives" in cfg:  # a run (not a small command such as build-mini)
+        resolve_defaults(cfg)
+        check_run_settings(cfg)
+    if "adapter" in cfg:
+        check_training(cfg)
+        if cfg.get("method_name") is None:
+            name = "KR-NFT" if cfg["adapter"]["name"] == "nft" else cfg["adapter"]["name"]
+            cfg["method_name"] = f"{cfg['base']}+{name}" if cfg.get("base") else name
+    return cfg
+
+
+def compose_variant(schema: type, base: dict, overrides: dict, where: str) -> dict:
+    """``base`` (a complete config) with one variant's overrides, checked like a command line."""
+    base = {k: v for k, v in base.items() if k in _fields(schema)}  # drops the runner's own keys (variants, ...)
+    cfg = to_dict(compose(schema, [("the base config", base), (where, overrides)], resets=RESETS))
+    return finish(cfg)
+
+
+def _fields(schema: type) -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(schema)}
+
+
+def train_config(cfg: dict):
+    """The ``train`` section as a checked :class:`clipood.engine.TrainConfig` (seed: the run's, unless set)."""
+    from clipood.engine import TrainConfig
+
+    t = dict(cfg["train"])
+    if t.get("seed") is None:
+        t["seed"] = cfg["seed"]
+    return TrainConfig(**t)
+
+
+def check_training(cfg: dict) -> None:
+    """Loss weights, optimisation, crops, shots, groups and the adapter's options (completed in place)."""
+    from clipood.method import check_loss_weights
+    from clipood.train_data import crop_config
+
+    from ._compat import import_adapters
+
+    check_loss_weights(cfg["losses"])
+    train_config(cfg)
+    crop_config(cfg)
+    shots = cfg["shots"]
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
+        raise ClipoodError(f"shots={shots!r} is invalid; use an integer >= 1 (or 0 for every training image)")
+    for k in ("cls_groups", "ood_groups"):
+        if cfg[k] < 1:
+            raise ClipoodError(f"{k}={cfg[k]} is invalid; use an integer >= 1 (1 = no grouping)")
+    from .stacking import check_stacking
+
+    check_stacking(cfg)
+    if not cfg.get("init_adapter"):
+        a = cfg["adapter"]
+        spec = import_adapters().get_adapter_spec(a["name"])
+        a["options"] = _asdict(spec.config_cls.from_dict(dict(a["options"] or {}), source="adapter.options"))
+
+
+def _asdict(config: Any) -> dict:
+    import dataclasses
+
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def load_settings(schema: type, argv: Sequence[str] | None = None, *, configs_dir: str | Path | None = None,
+                  recipe: str | None = None, doc: str | None = None, default_output_dir: str | None = None) -> dict:
+    """``compose_settings`` for a script's command line; ``--help`` prints the values this run would use."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    cfg = compose_settings(schema, [a for a in argv if a not in ("-h", "--help")], configs_dir=configs_dir,
+                           recipe=recipe, default_output_dir=default_output_dir)
+    if wants_help:
+        print(doc or "")
+        print("Values of this run (override with key=value, or --config FILE):\n")
+        print(describe(schema, cfg))
+        names = presets(configs_dir, recipe)
+        if names:
+            print(f"\nPresets (preset=NAME, files in {Path(configs_dir).name}/): {', '.join(names)}")
+        raise SystemExit(0)
+    return cfg

@@ -1,0 +1,145 @@
+"""The recipes as classes with one short method per stage (torchtune style), each stage one call per step into
+the library. ``recipes/zeroshot.py`` runs :class:`ZeroShotRecipe` (setup → save), ``recipes/krnft.py`` and
+``recipes/ablation.py`` run :class:`KRNFTRecipe` (setup → train → evaluate → save; the ablation trains and
+evaluates once per variant after one setup, so every variant reuses the same caches)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from clipood.benchmarks import make_accelerator, prepare_splits, setup_benchmark
+from clipood.detectors import evaluate_detectors, zero_shot_detectors
+from clipood.engine import CropTrainData, check_resumable, fit
+from clipood.io import write_json
+from clipood.recipe import seed_everything, setup_logging, use_cpu_threads
+from clipood.report import plot_loss, summary_table, write_outputs
+from clipood.train_data import build_crop_data
+
+from .configure import train_config
+from .methods import adapter_detector, adapter_requires, build_training_task, save_trained_adapter
+
+log = logging.getLogger("clipood")
+
+__all__ = ["ZeroShotRecipe", "KRNFTRecipe", "run_signature", "check_resume"]
+
+#: the config keys that decide a training run's weights: a checkpoint resumes only when they match
+SIGNATURE_KEYS = ("model", "pretrained", "benchmark", "mini", "seed", "negatives", "adapter", "losses",
+                  "cls_groups", "ood_groups", "shots", "crops", "train", "init_adapter", "train_data", "classes",
+                  "train_classes", "base", "base_checkpoint")
+
+
+def run_signature(cfg: dict) -> dict:
+    return {k: cfg.get(k) for k in SIGNATURE_KEYS}
+
+
+def check_resume(cfg: dict, output_dir: str | None = None) -> None:
+    """Fail at once (before any model or data is loaded) when ``output_dir`` holds another run's checkpoints."""
+    if cfg["resume"]:
+        check_resumable(output_dir or cfg["output_dir"], run_signature(cfg))
+
+
+class ZeroShotRecipe:
+    """Zero-shot MCM / NegLabel: accelerator, benchmark and backbone, label features, cached image features."""
+
+    title = "Zero-shot OOD detection"
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.notes: list[str] = []
+        self.local = False  # patch features in the evaluation cache (an adapter requires local_features)
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        use_cpu_threads()
+        self.accelerator = make_accelerator(cfg)                          # GPU when there is one, else CPU
+        setup_logging(self.accelerator.is_main_process)
+        seed_everything(cfg["seed"])
+        self.bench = setup_benchmark(cfg, self.accelerator)              # data checked, then the backbone
+        self.splits = prepare_splits(self.bench, cfg, self.accelerator, self.local)  # labels, image features
+        self.rows, self.raw = evaluate_detectors(zero_shot_detectors(cfg), self.splits, cfg)
+        self.notes = list(self.bench.notes)
+
+    #: the method whose detector folder ``save`` writes, and its adapter (None = zero-shot)
+    detector_method = "NegLabel (zero-shot)"
+    detector_adapter = None
+
+    def save(self) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        from clipood.detector import has_random_weights
+
+        from .detect import save_run_detector
+
+        if has_random_weights(self.bench.backbone):
+            self.notes.append(f"no detector folder: {self.cfg['model']} has random weights")
+        else:
+            det_dir = save_run_detector(self.cfg, self.bench, self.splits, self.raw, self.detector_method,
+                                        self.detector_adapter)
+            self.notes.append(f"detector ({self.detector_method}) saved in {det_dir}: clipood detect {det_dir} IMAGES")
+        md = write_outputs(self.rows, self.raw, self.cfg["output_dir"], self.title, self.notes,
+                           plots=self.cfg["eval"]["plots"])
+        write_json(Path(self.cfg["output_dir"]) / "config.json", self.cfg)
+        print("\n".join(self.notes))
+        print(summary_table(self.rows))
+        print(f"wrote {md}, results.json, config.json and plots in {self.cfg['output_dir']}")
+
+
+class KRNFTRecipe(ZeroShotRecipe):
+    """Few-shot crops → adapter + loss terms (Eq. 10) → the Accelerate loop → evaluation on every split."""
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.title = f"{cfg['method_name']} vs zero-shot NegLabel"
+
+    def setup(self, also: tuple = ()) -> None:
+        """``also``: more configs that will train after this setup (ablation variants)."""
+        for cfg in (self.cfg, *also):
+            check_resume(cfg)                                            # before any model or data is loaded
+            self.local |= "local_features" in adapter_requires(cfg)
+        super().setup()
+
+    def train(self, cfg: dict | None = None):
+        """Train the adapter of ``cfg`` (default: the recipe's) into its ``output_dir``; returns the adapter."""
+        cfg = cfg or self.cfg
+        accelerator, out, tcfg = self.accelerator, Path(cfg["output_dir"]), train_config(cfg)
+        local = "local_features" in adapter_requires(cfg)
+        crops = build_crop_data(self.bench, self.splits[0], cfg, accelerator, local)  # Q ID + Q neg crops, cached
+        task = build_training_task(cfg, self.splits[0], self.bench, accelerator)  # adapter + weighted loss terms
+        data = CropTrainData(crops, condition=tcfg.condition)
+        self._start_trackers(cfg)
+        result = fit(task, data, tcfg, accelerator, out, resume=bool(cfg["resume"]),
+                     progress=bool(cfg["progress"]), signature=run_signature(cfg))
+        if cfg.get("log_with"):
+            accelerator.end_training()
+        self.adapter = accelerator.unwrap_model(task).adapter.eval()
+        self.detector_method, self.detector_adapter = cfg["method_name"], self.adapter
+        if accelerator.is_main_process:
+            save_trained_adapter(self.adapter, out / "adapter")
+            plot_loss(result.history, out / "loss.png")
+        accelerator.wait_for_everyone()
+        self.notes.append(f"{cfg['method_name']}: {result.steps} steps in {result.seconds:.1f}s"
+                          + (f" (resumed from {result.resumed_from})" if result.resumed_from else ""))
+        return self.adapter
+
+    def evaluate(self, cfg: dict | None = None) -> None:
+        """Rows of the trained adapter on every split (its learned transform applied to each label set)."""
+        cfg = cfg or self.cfg
+        detector, splits, notes = adapter_detector(cfg, self.adapter, self.splits, self.bench)
+        rows, raw = evaluate_detectors([detector], splits, cfg)
+        self.notes += notes
+        self.rows += rows
+        for split, by_method in raw.items():
+            self.raw[split].update(by_method)
+
+    def save(self) -> None:
+        self.notes.append(f"processes: {self.accelerator.num_processes}")
+        super().save()
+
+    def _start_trackers(self, cfg: dict) -> None:
+        if cfg.get("log_with"):
+            import json
+
+            from clipood.config import flat_leaves
+
+            flat = {k: v for k, v in flat_leaves(cfg).items() if isinstance(v, (int, float, str, bool))}
+            self.accelerator.init_trackers(cfg["method_name"].replace(" ", "_"), config=json.loads(json.dumps(flat)))

@@ -1,0 +1,117 @@
+"""Methods wired to data: the adapter of a config built over a split's label features, the loss terms around
+it, the trained adapter as an OOD detector on every split (relabelled explicitly to each split's labels)."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from clipood.detectors import Detector
+from clipood.errors import ClipoodError
+from clipood.method import TrainingTask
+
+from ._compat import import_adapters
+
+log = logging.getLogger("clipood")
+
+__all__ = ["adapter_requires", "label_context", "build_adapter_for", "build_training_task", "training_task",
+           "adapter_detector", "save_trained_adapter"]
+
+
+def adapter_requires(cfg: dict) -> frozenset[str]:
+    """What the config's adapter needs in its batches (``image_features``, ``local_features``, ...), so that the
+    evaluation features and the crop cache carry it; read from the class (or the saved adapter) before any work."""
+    adapters = import_adapters()
+    name = cfg["adapter"]["name"]
+    if cfg.get("init_adapter"):
+        import json
+        from pathlib import Path
+
+        name = json.loads((Path(cfg["init_adapter"]) / "adapter_config.json").read_text())["adapter"]
+    return frozenset(adapters.get_adapter_spec(name).adapter_cls.requires)
+
+
+def label_context(cfg: dict, sf, bench, device=None):
+    """The :class:`adapters.AdapterContext` of one split: its ID names and mined negatives with the templates
+    their rows were encoded with, those frozen rows (no re-encoding), and the backbone's text path."""
+    adapters = import_adapters()
+    n = cfg["negatives"]
+    negs = bench.negatives.get(tuple(sf.split.classnames))
+    by_pos = {"noun": n["noun_template"], "adj": n["adj_template"]}
+    backbone = bench.backbone
+    return adapters.AdapterContext(
+        text_features=sf.text_features if device is None else sf.text_features.to(device),
+        id_names=list(sf.split.classnames), neg_names=list(negs.words) if negs is not None else None,
+        id_templates=[n["id_template"]],
+        neg_templates=[by_pos[p] for p in negs.pos] if negs is not None and len(negs) else [n["noun_template"]],
+        num_id=sf.num_id, text_path=getattr(backbone, "text_path", None),
+        tokenizer=getattr(backbone, "tokenizer", None), backbone=getattr(backbone, "model_name", None))
+
+
+def build_adapter_for(cfg: dict, sf, bench, device):
+    """The config's adapter (by registry name, seeded by the run's seed) on the Base split's label context,
+    or the saved adapter of ``init_adapter`` on that context."""
+    adapters = import_adapters()
+    torch.manual_seed(cfg["seed"])
+    context = label_context(cfg, sf, bench, device)
+    if cfg.get("init_adapter"):
+        return adapters.load_adapter(cfg["init_adapter"], context=context).to(device)
+    if cfg.get("base_checkpoint"):  # stacking: the adapter trains on a trained prompt adapter's features
+        from .stacking import stacked_adapter
+
+        return stacked_adapter(cfg, context, device)
+    a = cfg["adapter"]
+    return adapters.build_adapter(a["name"], context, **dict(a["options"]))
+
+
+def build_training_task(cfg: dict, sf, bench, accelerator) -> TrainingTask:
+    """Adapter + the weighted loss terms of Eq. 10 (with the configured L_cls / L_ood grouping)."""
+    adapter = build_adapter_for(cfg, sf, bench, accelerator.device)
+    task = training_task(cfg, adapter)
+    if hasattr(task, "prepare"):  # extra training data a method brings (LAPT's negative-label images)
+        task.prepare(cfg, sf, bench, accelerator)
+    return task
+
+
+def training_task(cfg: dict, adapter) -> TrainingTask:
+    """``adapter`` trained with the config's loss weights (Eq. 10), logit scale and negative grouping
+    (``cls_groups`` / ``ood_groups``: 10 in the released code, seeded by the run's seed). An adapter class may
+    name its own task (``task_cls``: a TrainingTask subclass adding its method's terms, e.g. LoCoOp, LAPT)."""
+    task_cls = getattr(adapter, "task_cls", None) or TrainingTask
+    return task_cls(adapter, cfg["losses"], logit_scale=cfg["eval"]["logit_scale"],
+                    options={"cls_groups": cfg["cls_groups"], "ood_groups": cfg["ood_groups"], "seed": cfg["seed"]})
+
+
+def save_trained_adapter(adapter, directory) -> None:
+    import_adapters().save_adapter(adapter, directory, include_base=True)
+
+
+def adapter_detector(cfg: dict, adapter, splits, bench) -> tuple[Detector, list, list[str]]:
+    """The trained adapter scored on its tuned features (NegLabel by default, paper §3.5), the splits it can
+    be evaluated on, and a note for each split it cannot move to (weights tied to the training labels) —
+    those are left out of the tables, never scored with frozen features in its name. MCM's temperature 1 on
+    raw cosines is ``logit_scale`` on the scaled logits; other scores take the logits as they are."""
+    score = cfg["eval"]["score"]
+    temperature = float(cfg["eval"]["logit_scale"]) if score in ("mcm", "glmcm") else 1.0
+    moved, usable, notes = {}, [], []
+    for sf in splits:
+        try:
+            moved[id(sf)] = adapter.for_labels(label_context(cfg, sf, bench, adapter.base_text_features.device))
+            usable.append(sf)
+        except ClipoodError as e:
+            notes.append(f"{cfg['method_name']}: not evaluated on {sf.split.name}: {e}")
+            log.warning("%s", notes[-1])
+
+    def logits_fn(batch, sf):
+        a = moved[id(sf)]
+        dev = a.base_text_features.device
+        out = a({k: v.to(dev) for k, v in batch.items()})
+        if score == "glmcm":  # GL-MCM needs the patch cosines too (LoCoOp returns them as local_logits)
+            local = out.extras.get("local_logits")
+            if local is None:
+                raise ClipoodError(f"eval.score=glmcm needs patch logits; adapter '{a.name}' returns none "
+                                   f"(use locoop, or eval.score=mcm)")
+            return out.logits.cpu(), local.cpu()
+        return out.logits.cpu()
+
+    return Detector(cfg["method_name"], logits_fn, score, temperature), usable, notes

@@ -1,0 +1,53 @@
+"""Stacking in recipes: ``base=<prompt adapter> base_checkpoint=<its run dir>`` trains the configured adapter
+(KR-NFT's ``nft`` by default) on the trained prompt adapter's text features (``adapters.stacked``).
+
+Checked before any work: the checkpoint folder exists and holds the named adapter. The run's adapter is then
+``adapters.stack(trained_base, cfg.adapter.name, **cfg.adapter.options)``; its checkpoint is one folder
+(``adapter/`` with the prompt part under ``adapter/base/``) that reloads with ``load_adapter(folder, backbone=...)``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from clipood.errors import ClipoodError
+
+__all__ = ["base_folder", "check_stacking", "stacked_adapter"]
+
+
+def base_folder(path: str) -> Path:
+    """The adapter folder of ``path``: the folder itself, or its ``adapter/`` sub-folder (a run directory)."""
+    p = Path(path)
+    for cand in (p / "adapter", p):
+        if (cand / "adapter_config.json").is_file():
+            return cand
+    raise ClipoodError(f"base_checkpoint={path}: no adapter_config.json there or in {p / 'adapter'}; give the run "
+                       f"folder of a trained prompt adapter (e.g. the output_dir of a locoop run)")
+
+
+def check_stacking(cfg: dict) -> None:
+    """Validate ``base`` / ``base_checkpoint`` (in place: ``base`` is filled from the checkpoint when unset)."""
+    base, ck = cfg.get("base"), cfg.get("base_checkpoint")
+    if not base and not ck:
+        return
+    if not ck:
+        raise ClipoodError(f"base={base} needs base_checkpoint=<run folder of a trained {base}> (train it first, "
+                           f"e.g. recipes/krnft.py adapter.name={base} output_dir=outputs/{base})")
+    if cfg.get("init_adapter"):
+        raise ClipoodError("base_checkpoint and init_adapter exclude each other: stack on a base, or resume an adapter")
+    saved = json.loads((base_folder(ck) / "adapter_config.json").read_text())["adapter"]
+    if base and base != saved:
+        raise ClipoodError(f"base={base} but base_checkpoint={ck} holds a trained '{saved}'; fix one of them")
+    if saved == "stacked" or cfg["adapter"]["name"] == "stacked":
+        raise ClipoodError("stack one prompt adapter and one tuner (nested stacks are not supported)")
+    cfg["base"] = saved
+
+
+def stacked_adapter(cfg: dict, context, device):
+    """The configured adapter stacked on the trained base of ``base_checkpoint``, on ``context``'s labels."""
+    from ._compat import import_adapters
+
+    adapters = import_adapters()
+    base = adapters.load_adapter(base_folder(cfg["base_checkpoint"]), context=context).to(device)
+    a = cfg["adapter"]
+    return adapters.stack(base, a["name"], **dict(a["options"])).to(device)
