@@ -1,8 +1,8 @@
 """Pretrain the tiny CLIP of the mini world contrastively (deterministic for a fixed ``--threads``).
 
-    python -m clipood.mini.pretrain --out clipood/mini/weights   # step 1,600 of a 3,200-step schedule
+    python -m clipood.mini.pretrain --out clipood/mini/weights   # the shipped weights: 3,200 steps
 
-(the shipped weights; ``--stop-after 3200`` runs the whole schedule).
+(``--stop-after N`` saves the step-N weights of the same schedule; ``--snapshot-dir`` keeps every evaluation's).
 
 It sees *all* shapes, digits, colours, patterns and styles (as real CLIP saw the web): 10 % textures, 2 % noise,
 4 % clutter, 6 % rows / pairs, 10 % digits and 68 % shape scenes (a main shape and 0–2 small extras; captions
@@ -100,9 +100,9 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (results are reproducible for a fixed value)")
     p.add_argument("--eval-every", type=int, default=400)
     p.add_argument("--snapshot-dir", default=None, help="also save the weights at every evaluation here")
-    p.add_argument("--stop-after", type=int, default=1600,
+    p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many steps of the --steps schedule (the learning rate has not decayed "
-                        "to zero yet) and save those weights; the shipped weights are step 1,600 of 3,200")
+                        "to zero yet) and save those weights (default: run the whole schedule)")
     p.add_argument("--init", default=None,
                    help="start from these clipood-mini weights (a second, annealing stage with a fresh optimiser)")
     args = p.parse_args(argv)
