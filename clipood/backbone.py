@@ -31,6 +31,9 @@ def register_model_configs() -> list[str]:
     import open_clip
 
     if not _registered:
+        from .mini.tower import register_tower
+
+        register_tower()  # the timm image tower of clipood-mini
         open_clip.add_model_config(_CONFIG_DIR)
         _registered = True
     return sorted(p.stem for p in _CONFIG_DIR.glob("*.json"))

@@ -157,6 +157,13 @@ class Backbone:
             tokens = tokens + ap.positional_embedding[1:].to(tokens.dtype)
             tokens = ap.c_proj(ap.v_proj(tokens))
             return pooled.float(), tokens.float()
+        if hasattr(visual, "trunk") and hasattr(visual, "head") and hasattr(visual.trunk, "forward_head"):
+            # timm CNN tower (clipood-mini): every cell of the last map through the tower's linear head
+            h = visual.trunk.forward_features(x)
+            if h.ndim == 4:
+                pooled = visual.head(visual.trunk.forward_head(h))
+                tokens = visual.head(h.flatten(2).transpose(1, 2))  # B×HW×D
+                return pooled.float(), tokens.float()
         raise ClipoodError(f"local (patch) features are not available for the image tower "
                            f"{type(visual).__name__}; use a ViT or ModifiedResNet model")
 

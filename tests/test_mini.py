@@ -6,11 +6,12 @@ import torch
 from PIL import Image
 
 from clipood.mini.build import MiniWorldConfig, assign_shapes, build_world, load_manifest, render_label
-from clipood.mini.shapes import SHAPE_NAMES
-from clipood.mini.world import BACKGROUNDS, COLOURS, STYLES, caption, render, sample_scene
+from clipood.mini.build import OOD_SETS
+from clipood.mini.patterns import PATTERNS, pattern_map
+from clipood.mini.shapes import DIGIT_NAMES, SHAPE_NAMES
+from clipood.mini.world import BACKGROUNDS, COLOURS, STYLES, caption, render, sample_scene, vocabulary
 
-SMALL = dict(train_per_class=2, test_per_class=2, ood_per_set=3, style_per_class=1,
-             distractor_nouns=20, distractor_adjectives=5)
+SMALL = dict(train_per_class=2, test_per_class=2, ood_per_set=3, style_per_class=1)
 
 
 def _digest(folder):
@@ -23,7 +24,9 @@ def _digest(folder):
 
 
 def test_world_size_meets_spec():
-    assert len(SHAPE_NAMES) >= 30 and len(COLOURS) >= 8 and len(BACKGROUNDS) >= 8 and len(STYLES) >= 4
+    assert len(SHAPE_NAMES) >= 30 and len(COLOURS) >= 8 and len(BACKGROUNDS) >= 16 and len(STYLES) >= 4
+    assert len(DIGIT_NAMES) == 10 and not set(DIGIT_NAMES) & set(SHAPE_NAMES)
+    assert len(vocabulary()) >= 100
 
 
 def test_render_is_deterministic_and_seed_dependent():
@@ -40,7 +43,8 @@ def test_same_seed_builds_byte_identical_worlds(tmp_path):
     w2 = build_world(cfg, root=tmp_path / "b", progress=False)
     d1, n1 = _digest(w1)
     d2, n2 = _digest(w2)
-    expected = (10 * (2 + 2 + 3 * 1)) + 10 * 2 + 2 * 4 * 3  # base train/test/styles + new test + 2×4 OOD sets
+    # base train/test/styles + new test + 2 splits × 5 OOD sets
+    expected = (10 * (2 + 2 + 3 * 1)) + 10 * 2 + 2 * len(OOD_SETS) * 3
     assert n1 == n2 == expected and d1 == d2
     assert (w1 / "corpus.tsv").read_bytes() == (w2 / "corpus.tsv").read_bytes()
     # reuse: a second build returns the same folder without rewriting it
@@ -69,16 +73,79 @@ def test_corpus_names_ood_shapes_but_not_rare_ones(tmp_path):
     words = {line.split("\t")[0] for line in (w / "corpus.tsv").read_text().splitlines() if not line.startswith("#")}
     assert set(m["shapes"]["ood"]) <= words
     assert not set(m["shapes"]["rare"]) & words
-    assert {"red", "striped"} <= words and len(words) > 40
+    assert {"red", "striped", "brick", "seven"} <= words and len(words) > 90
+
+
+def test_corpus_is_grounded_in_pretraining_captions(tmp_path):
+    """Every corpus word occurs in pretraining captions (of images that show it): no untrained tokens."""
+    from clipood.mini.pretrain import _scene_for
+
+    w = build_world(MiniWorldConfig(seed=0, **SMALL), root=tmp_path, progress=False)
+    words = {line.split("\t")[0] for line in (w / "corpus.tsv").read_text().splitlines() if not line.startswith("#")}
+    rng = np.random.default_rng(0)
+    seen: dict[str, int] = {}
+    for i in range(6000):
+        for t in caption(_scene_for(i, 1234), rng).replace(".", " ").replace(",", " ").split():
+            seen[t] = seen.get(t, 0) + 1
+    rare = {x: seen.get(x, 0) for x in words if seen.get(x, 0) < 5}
+    assert not rare, f"corpus words (almost) never in captions: {rare}"
+    # and optional WordNet distractors are off by default but still available
+    wd = build_world(MiniWorldConfig(seed=0, distractor_nouns=7, **SMALL), root=tmp_path, progress=False)
+    assert len((wd / "corpus.tsv").read_text().splitlines()) == len((w / "corpus.tsv").read_text().splitlines()) + 7
+
+
+def test_scenes_hold_extra_objects_and_occlusion():
+    rng = np.random.default_rng(3)
+    assert len(sample_scene(rng, shape="star", extras=(0, 0, 1)).objects) == 3
+    assert len(sample_scene(rng, shape="star", extras=None).objects) == 1
+    counts = [len(sample_scene(np.random.default_rng(i), shape="star").objects) for i in range(400)]
+    share = np.bincount(counts, minlength=4)[1:4] / 400  # default (0.4, 0.35, 0.25) extras
+    assert np.allclose(share, [0.4, 0.35, 0.25], atol=0.07), share
+    sc = sample_scene(rng, shape="heart", extras=(0, 1), extra_pool=["seven"])
+    assert sc.objects[0]["shape"] == "heart" and sc.objects[1]["shape"] == "seven"
+    assert sc.objects[1]["r"] < sc.objects[0]["r"]  # extras are small
+    # the extra is painted over the main object: a render without it differs
+    alone = type(sc)(**{**sc.to_dict(), "objects": sc.objects[:1]})
+    assert not np.array_equal(render(sc, 64), render(alone, 64))
+
+
+def test_patterns_are_distinct_and_deterministic():
+    maps = {}
+    for k in PATTERNS:
+        a = pattern_map(k, 32, np.random.default_rng(1))
+        assert np.array_equal(a, pattern_map(k, 32, np.random.default_rng(1)))
+        assert a.shape == (32, 32) and 0 <= a.min() and a.max() <= 1
+        if k != "plain":
+            assert a.std() > 0.05, k
+        maps[k] = a
+    keys = list(maps)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            assert not np.array_equal(maps[a], maps[b]), (a, b)
+
+
+def test_tower_has_4x4_local_features_whose_mean_is_the_global_feature():
+    """clipood-mini's image tower ends in a 4×4 map; each cell goes through the tower's linear head, so the
+    unnormalised global feature is the mean of the 16 local ones (the head is linear, pooling is the mean)."""
+    from clipood.backbone import load_clip
+
+    bb = load_clip("clipood-mini")
+    x = torch.randn(3, 3, 32, 32)
+    g, loc = bb.encode_images(x, local=True, normalize=False)
+    assert loc.shape == (3, 16, bb.embed_dim) and g.shape == (3, bb.embed_dim)
+    assert torch.allclose(loc.mean(1), g, atol=1e-4)
+    assert torch.allclose(bb.encode_images(x, normalize=False), g, atol=1e-4)
+    assert (loc - loc.mean(1, keepdim=True)).abs().max() > 1e-3  # cells differ: local information
 
 
 def test_captions_use_real_words():
     rng = np.random.default_rng(0)
-    vocab = set(SHAPE_NAMES) | set(COLOURS) | set(BACKGROUNDS) | {
-        "a", "an", "of", "on", "photo", "outline", "sketch", "painting", "drawing", "pencil", "line", "background",
-        "texture", "pattern", "noise", "random", "blurry", "and", "many", "small", "shapes", "more"}
-    for i in range(200):
-        sc = sample_scene(rng, style=STYLES[i % 4], kind=["object", "texture", "clutter", "noise"][i % 4])
+    plurals = {w + "s" for w in SHAPE_NAMES} | {w + "es" for w in SHAPE_NAMES}
+    vocab = set(vocabulary()) | plurals | {
+        "a", "an", "the", "of", "on", "in", "pencil", "line", "random", "blurry", "and", "more"}
+    for i in range(300):
+        kind = ["object", "texture", "clutter", "noise", "row", "pair"][i % 6]
+        sc = sample_scene(rng, style=STYLES[i % 4], kind=kind)
         for w in caption(sc, rng).replace(".", "").replace(",", "").split():
             assert w in vocab, w
 
@@ -129,7 +196,7 @@ def test_shipped_weights_beat_chance_by_a_clear_margin():
 
 def test_pretraining_script_is_deterministic(tmp_path):
     """Two short runs of the shipped pretraining script give byte-identical weights (the full run is the
-    same script with --steps 3000 --pool 100000)."""
+    same script with its default --steps and --pool)."""
     from clipood.mini import pretrain
 
     args = ["--steps", "3", "--pool", "64", "--batch-size", "16", "--eval-every", "3", "--threads", "1"]
@@ -150,3 +217,23 @@ def test_pretraining_script_is_deterministic(tmp_path):
 
     shipped = load_file(str(SHIPPED_WEIGHTS["clipood-mini"]))
     assert not all(torch.equal(shipped[k], a[k]) for k in a)
+
+
+def test_pretraining_stop_after_equals_the_snapshot_of_the_full_schedule(tmp_path):
+    """--stop-after N saves exactly the step-N weights of the --steps schedule (what --snapshot-dir keeps)."""
+    from safetensors.torch import load_file
+
+    from clipood.mini import pretrain
+
+    args = ["--steps", "4", "--pool", "64", "--batch-size", "16", "--eval-every", "2", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        pretrain.main(args + ["--out", str(tmp_path / "full"), "--snapshot-dir", str(tmp_path / "snap")])
+        pretrain.main(args + ["--out", str(tmp_path / "cut"), "--stop-after", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    snap = load_file(str(tmp_path / "snap" / "step00002.safetensors"))
+    cut = load_file(str(tmp_path / "cut" / "clipood-mini.safetensors"))
+    full = load_file(str(tmp_path / "full" / "clipood-mini.safetensors"))
+    assert snap.keys() == cut.keys() and all(torch.equal(snap[k], cut[k]) for k in snap)
+    assert not all(torch.equal(full[k], cut[k]) for k in full)  # two more steps change the weights

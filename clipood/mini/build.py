@@ -11,9 +11,13 @@ Layout under ``<cache>/mini-world-s<seed>-<hash>/``::
     corpus.tsv                        word corpus for negative mining (word<TAB>noun|adj)
     manifest.json                     settings, class assignment, counts (written last: marks completion)
 
-OOD sets: ``textures`` (object-free textures ≈ Textures), ``shapes`` (unseen shapes whose names are in the
-mining corpus ≈ iNaturalist), ``rare_shapes`` (unseen shapes the corpus never names: near-OOD),
-``clutter`` (many small unseen shapes ≈ SUN / Places).
+OOD sets, from named families at several distances: ``textures`` (object-free patterns ≈ Textures; far),
+``digits`` (the glyph family; far), ``shapes`` (unseen shapes whose names are in the mining corpus ≈
+iNaturalist; near), ``rare_shapes`` (unseen shapes the corpus never names; near) and ``clutter`` (many small
+unseen shapes ≈ SUN / Places). ID and OOD object images alike hold 0–2 small extra objects drawn from every
+shape and digit (the world version 2 change: real photos hold more than their label), so an image's match
+to any one label varies. The mining corpus holds only grounded words: every word in it occurs in pretraining
+captions with images that show it.
 """
 from __future__ import annotations
 
@@ -29,11 +33,11 @@ from PIL import Image
 
 from ..errors import ClipoodError
 from ..io import make_temp_dir
-from .shapes import SHAPE_NAMES
+from .shapes import DIGIT_NAMES, OBJECTS, SHAPE_NAMES
 from .world import BACKGROUNDS, COLOURS, STYLES, render, sample_scene
 
-FORMAT_VERSION = 1
-OOD_SETS = ("textures", "shapes", "rare_shapes", "clutter")
+FORMAT_VERSION = 2  # v2: extra objects, digits, 18 patterns, grounded corpus (v1 caches are never reused)
+OOD_SETS = ("textures", "digits", "shapes", "rare_shapes", "clutter")
 
 
 @dataclass
@@ -45,14 +49,15 @@ class MiniWorldConfig:
     image_size: int = 64
     num_base: int = 10
     num_new: int = 10
-    num_ood_shapes: int = 8  # named in the corpus; the rest of the 36 shapes are "rare" (not named)
+    num_ood_shapes: int = 14  # named in the corpus; the rest of the 48 shapes are "rare" (not named)
     train_per_class: int = 16
     test_per_class: int = 50
     ood_per_set: int = 250
     style_per_class: int = 30
     unseen_styles: tuple[str, ...] = ("sketch", "painting", "outline")
-    distractor_nouns: int = 400
-    distractor_adjectives: int = 100
+    #: WordNet words added to the corpus (0 by default: the tiny CLIP never saw them, they act as noise)
+    distractor_nouns: int = 0
+    distractor_adjectives: int = 0
 
     def __post_init__(self):
         n = self.num_base + self.num_new + self.num_ood_shapes
@@ -68,11 +73,11 @@ class MiniWorldConfig:
 
     def key(self) -> str:
         blob = json.dumps({**asdict(self), "v": FORMAT_VERSION}, sort_keys=True)
-        return f"mini-world-s{self.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+        return f"mini-world{FORMAT_VERSION}-s{self.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
-def assign_shapes(seed: int, num_base: int = 10, num_new: int = 10, num_ood: int = 8) -> dict[str, list[str]]:
-    """Deterministic split of the 36 shapes into base / new / ood (in corpus) / rare (not in corpus)."""
+def assign_shapes(seed: int, num_base: int = 10, num_new: int = 10, num_ood: int = 14) -> dict[str, list[str]]:
+    """Deterministic split of the 48 shapes into base / new / ood (in corpus) / rare (not in corpus)."""
     order = np.random.default_rng([seed, 99]).permutation(len(SHAPE_NAMES))
     names = [SHAPE_NAMES[i] for i in order]
     a, b, c = num_base, num_base + num_new, num_base + num_new + num_ood
@@ -92,8 +97,8 @@ def _save(arr: np.ndarray, path: Path) -> None:
 
 
 def _corpus(cfg: MiniWorldConfig, shapes: dict[str, list[str]]) -> list[tuple[str, str]]:
-    """World words (minus the rare shapes) plus distractor words drawn from the shipped WordNet lists."""
-    nouns = sorted(set(shapes["base"] + shapes["new"] + shapes["ood"] +
+    """World words (minus the rare shapes), plus optional distractor words from the shipped WordNet lists."""
+    nouns = sorted(set(shapes["base"] + shapes["new"] + shapes["ood"] + DIGIT_NAMES + ["pair", "row"] +
                        ["texture", "pattern", "noise", "photo", "sketch", "painting", "outline", "drawing"]))
     adjs = sorted(set(list(COLOURS) + BACKGROUNDS))
     data = Path(__file__).resolve().parent.parent / "data"
@@ -154,6 +159,7 @@ def build_world(cfg: MiniWorldConfig | None = None, root: str | os.PathLike | No
     for split_i, split in enumerate(("base_ood", "new_class_ood")):
         base_key = [s, 5 + split_i]
         jobs.append((f"{split}/textures/images", base_key + [0], cfg.ood_per_set, dict(kind="texture")))
+        jobs.append((f"{split}/digits/images", base_key + [4], cfg.ood_per_set, dict(shapes=DIGIT_NAMES)))
         jobs.append((f"{split}/shapes/images", base_key + [1], cfg.ood_per_set, dict(shapes=shapes["ood"])))
         jobs.append((f"{split}/rare_shapes/images", base_key + [2], cfg.ood_per_set, dict(shapes=shapes["rare"])))
         jobs.append((f"{split}/clutter/images", base_key + [3], cfg.ood_per_set,
@@ -168,7 +174,7 @@ def build_world(cfg: MiniWorldConfig | None = None, root: str | os.PathLike | No
                 counts[folder] = n
                 bar.update(n)
         with open(tmp / "corpus.tsv", "w") as f:
-            f.write("# mini-world mining corpus: world words (rare shapes left out) + WordNet distractors\n")
+            f.write("# mini-world mining corpus: grounded world words (rare shapes left out) [+ WordNet distractors]\n")
             for w, p in _corpus(cfg, shapes):
                 f.write(f"{w}\t{p}\n")
         manifest = {"format": FORMAT_VERSION, "config": asdict(cfg), "shapes": shapes, "counts": counts,
@@ -206,7 +212,7 @@ def render_label(text: str, n: int = 8, seed: int = 0, size: int = 64) -> list[n
     be rendered instead of collected. Words the world does not know give object-free texture images.
     """
     words = text.lower().replace(".", " ").replace(",", " ").split()
-    shape = next((w for w in words if w in SHAPE_NAMES), None)
+    shape = next((w for w in words if w in OBJECTS), None)
     colour = next((w for w in words if w in COLOURS), None)
     background = next((w for w in words if w in BACKGROUNDS), None)
     style = next((st for st in STYLES if st in words), "photo")

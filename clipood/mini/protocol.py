@@ -10,7 +10,7 @@ from .build import load_manifest
 
 
 def mini_splits(world_dir: str | os.PathLike) -> list[EvalSplit]:
-    """``base``: Base classes vs textures / shapes / rare shapes / clutter; ``new_class``: unseen shapes as ID
+    """``base``: Base classes vs textures / digits / shapes / rare shapes / clutter; ``new_class``: unseen shapes as ID
     with their own OOD sets; ``new_style``: Base classes in unseen styles (one ID set per style) vs Base OOD."""
     w = Path(world_dir).resolve()
     m = load_manifest(w)
@@ -33,7 +33,8 @@ def mini_train_spec(world_dir: str | os.PathLike) -> ImageFolderSpec:
 
 
 def mini_corpus(world_dir: str | os.PathLike):
-    """The world's mining corpus (world words minus rare shapes, plus WordNet distractors)."""
+    """The world's mining corpus (grounded world words minus the rare shapes; WordNet distractors only if the
+    world was built with ``distractor_nouns`` / ``distractor_adjectives``)."""
     from ..negatives import load_word_file
 
     return load_word_file(Path(world_dir) / "corpus.tsv")

@@ -1,9 +1,12 @@
-"""A procedural vision-language world: coloured shapes on textured backgrounds in four styles.
+"""A procedural vision-language world (v2): scenes of coloured shapes and digits on patterned backgrounds.
 
 Everything is a pure function of a seed: ``sample_scene(rng, ...)`` draws a :class:`Scene` and
 ``render(scene, size)`` paints it with numpy + PIL, so the same seed gives byte-identical pixels.
-Captions come from templates over real words ("a photo of a red star on a striped background",
-"a sketch of a star", "a striped texture").
+A scene holds a main object and up to two small extra objects that may occlude it (as photos hold more than
+their label), or is object-free (a texture), a clutter of small objects, or an arrangement (a row or a pair
+of one object). Captions come from templates over real words and, like web captions, name only part of the
+scene ("a photo of a red star on a brick background", "a sketch of a star and a small seven", "a row of
+hearts", "a plaid texture").
 """
 from __future__ import annotations
 
@@ -13,14 +16,17 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .shapes import SHAPE_NAMES, SHAPES
+from .patterns import PATTERNS, paint_pattern
+from .shapes import DIGIT_NAMES, OBJECTS, SHAPE_NAMES
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35), "green": (35, 160, 55), "blue": (35, 75, 215), "yellow": (240, 210, 30),
     "orange": (245, 135, 20), "purple": (135, 50, 185), "pink": (245, 120, 185), "cyan": (30, 200, 215),
     "brown": (125, 75, 35), "black": (25, 25, 25), "white": (245, 245, 245), "gray": (130, 130, 130),
+    "navy": (20, 30, 110), "teal": (20, 125, 120), "olive": (120, 125, 30), "maroon": (120, 20, 40),
+    "lime": (160, 230, 40), "violet": (190, 130, 235), "gold": (205, 160, 40), "beige": (225, 205, 165),
 }
-BACKGROUNDS = ["plain", "striped", "dotted", "checkered", "noisy", "gradient", "wavy", "grid"]
+BACKGROUNDS = list(PATTERNS)
 STYLES = ["photo", "outline", "sketch", "painting"]
 #: adjectives used in captions for background kinds ("a striped texture", "on a dotted background")
 BACKGROUND_WORDS = {b: b for b in BACKGROUNDS}
@@ -34,9 +40,9 @@ class Scene:
     background: str
     bg_colours: tuple[str, str]
     style: str = "photo"
-    objects: list[dict] = field(default_factory=list)  # each: shape, colour, x, y, r, rot
+    objects: list[dict] = field(default_factory=list)  # each: shape, colour, x, y, r, rot; main object first
     noise_seed: int = 0
-    kind: str = "object"  # object | texture | noise | clutter
+    kind: str = "object"  # object | texture | noise | clutter | row | pair
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,10 +69,17 @@ def sample_object(rng: np.random.Generator, shape: str, colour: str | None = Non
     }
 
 
+#: probabilities of 0, 1 and 2 small extra objects in an object scene
+EXTRAS_P = (0.4, 0.35, 0.25)
+
+
 def sample_scene(rng: np.random.Generator, shape: str | None = None, style: str = "photo",
                  background: str | None = None, colour: str | None = None, kind: str = "object",
-                 shapes: list[str] | None = None) -> Scene:
-    """Draw a scene. ``kind``: object (one shape), texture (no object), noise, clutter (2–4 small shapes)."""
+                 shapes: list[str] | None = None, extras: tuple[float, ...] | None = EXTRAS_P,
+                 extra_pool: list[str] | None = None) -> Scene:
+    """Draw a scene. ``kind``: object (one main object of ``shape``, or one drawn from ``shapes``, plus 0–2
+    small extras drawn from ``extra_pool`` with probabilities ``extras``; ``None`` = no extras), texture (no
+    object), noise, clutter (3–5 small objects from ``shapes``), row / pair (copies of one object)."""
     background = background or str(rng.choice(BACKGROUNDS))
     noise_seed = int(rng.integers(2**31 - 1))
     if kind == "texture":
@@ -80,50 +93,25 @@ def sample_scene(rng: np.random.Generator, shape: str | None = None, style: str 
         return Scene(background, _contrasting_bg(rng, None), style, objs, noise_seed, kind)
     if shape is None:
         shape = str(rng.choice(shapes or SHAPE_NAMES))
+    if kind in ("row", "pair"):
+        n = 2 if kind == "pair" else int(rng.integers(3, 5))
+        colour = colour or str(rng.choice(list(COLOURS)))
+        r = float(rng.uniform(0.08, 0.12)) if kind == "row" else float(rng.uniform(0.14, 0.2))
+        y = float(rng.uniform(0.3, 0.7))
+        xs = np.linspace(0.5 - (n - 1) * r * 1.15, 0.5 + (n - 1) * r * 1.15, n)
+        rot = float(rng.uniform(-20, 20))
+        objs = [{"shape": shape, "colour": colour, "r": r, "x": float(x), "y": y, "rot": rot} for x in xs]
+        return Scene(background, _contrasting_bg(rng, colour), style, objs, noise_seed, kind)
     obj = sample_object(rng, shape, colour)
-    return Scene(background, _contrasting_bg(rng, obj["colour"]), style, [obj], noise_seed, kind)
+    objs = [obj]
+    if extras:
+        pool = extra_pool or (SHAPE_NAMES + DIGIT_NAMES)
+        for _ in range(int(rng.choice(len(extras), p=np.asarray(extras) / sum(extras)))):
+            objs.append(sample_object(rng, str(rng.choice(pool)), r_range=(0.1, 0.16)))
+    return Scene(background, _contrasting_bg(rng, obj["colour"]), style, objs, noise_seed, kind)
 
 
 # ----------------------------------------------------------------------------------------------- painting
-def _background(kind: str, c1: str, c2: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    a = np.array(COLOURS[c1], dtype=np.float32)
-    b = np.array(COLOURS[c2], dtype=np.float32)
-    # soften background colours so objects stand out (backgrounds are paler than objects)
-    a = 0.55 * a + 0.45 * 200
-    b = 0.55 * b + 0.45 * 200
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    theta = rng.uniform(0, math.pi)
-    u = xx * math.cos(theta) + yy * math.sin(theta)
-    period = rng.uniform(0.12, 0.3)
-    if kind == "plain":
-        t = np.zeros_like(xx)
-    elif kind == "striped":
-        t = ((u / period) % 1.0 < 0.5).astype(np.float32)
-    elif kind == "dotted":
-        p = period * 0.8
-        dx = (xx / p) % 1.0 - 0.5
-        dy = (yy / p) % 1.0 - 0.5
-        t = (dx * dx + dy * dy < 0.07).astype(np.float32)
-    elif kind == "checkered":
-        p = period * 0.8
-        t = ((np.floor(xx / p) + np.floor(yy / p)) % 2).astype(np.float32)
-    elif kind == "noisy":
-        t = rng.random((size, size)).astype(np.float32)
-    elif kind == "gradient":
-        t = (u - u.min()) / max(float(u.max() - u.min()), 1e-6)
-    elif kind == "wavy":
-        v = -xx * math.sin(theta) + yy * math.cos(theta)
-        t = (np.sin(2 * math.pi * (u + 0.06 * np.sin(2 * math.pi * v / 0.35)) / period) > 0).astype(np.float32)
-    elif kind == "grid":
-        p = period * 0.9
-        w = 1.6 / size / p
-        t = (((xx / p) % 1.0 < w) | ((yy / p) % 1.0 < w)).astype(np.float32)
-    else:
-        raise ValueError(f"unknown background {kind!r}")
-    img = a[None, None] * (1 - t[..., None]) + b[None, None] * t[..., None]
-    return img
-
-
 def _object_mask(obj: dict, size: int, jitter: float = 0.0, rng: np.random.Generator | None = None) -> Image.Image:
     ss = 2  # supersample for smooth edges
     S = size * ss
@@ -133,7 +121,7 @@ def _object_mask(obj: dict, size: int, jitter: float = 0.0, rng: np.random.Gener
     rot = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
     scale = obj["r"] * S
     centre = np.array([obj["x"], obj["y"]]) * S
-    for prim in SHAPES[obj["shape"]]:
+    for prim in OBJECTS[obj["shape"]]:
         pts = prim[1] @ rot * scale + centre
         if jitter and rng is not None:
             pts = pts + rng.normal(0, jitter * S, size=pts.shape)
@@ -183,7 +171,7 @@ def render(scene: Scene, size: int = 64) -> np.ndarray:
         return np.clip(img, 0, 255).astype(np.uint8)
 
     c1, c2 = scene.bg_colours
-    img = _background(scene.background, c1, c2, size, rng)
+    img = paint_pattern(scene.background, COLOURS[c1], COLOURS[c2], size, rng, pale=scene.kind != "texture")
     for obj in scene.objects:
         colour = np.array(COLOURS[obj["colour"]], np.float32)
         m = _object_mask(obj, size)
@@ -214,14 +202,26 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def _noun(obj: dict, rng: np.random.Generator, p_colour: float, style: str) -> str:
+    noun = obj["shape"]
+    if rng.random() < p_colour and style != "sketch":
+        noun = f"{obj['colour']} {noun}"
+    return noun
+
+
+def _plural(word: str) -> str:
+    return word + ("es" if word.endswith(("s", "sh", "ch", "x")) else "s")
+
+
 def caption(scene: Scene, rng: np.random.Generator, p_colour: float = 0.45, p_background: float = 0.25,
-            p_style: float = 0.85) -> str:
-    """A random caption for ``scene`` (attributes are dropped often so the shape must be learned)."""
-    if scene.kind in ("texture",):
+            p_style: float = 0.85, p_extra: float = 0.35) -> str:
+    """A random caption for ``scene``. Attributes are dropped often so that the object must be learned; small
+    extra objects are named only with probability ``p_extra`` (captions name part of the image)."""
+    if scene.kind == "texture":
         c = scene.bg_colours[0]
         b = BACKGROUND_WORDS[scene.background]
         return str(rng.choice([f"a {b} texture", f"a {b} pattern", f"a photo of a {b} texture",
-                               f"a {c} {b} texture", f"a {b} background"]))
+                               f"{_article(c)} {c} {b} texture", f"a {b} background"]))
     if scene.kind == "noise":
         return str(rng.choice(["random noise", "a noise pattern", "a photo of noise", "a blurry noise texture"]))
     if scene.kind == "clutter":
@@ -229,11 +229,23 @@ def caption(scene: Scene, rng: np.random.Generator, p_colour: float = 0.45, p_ba
         a, b = names[0], names[1]
         return str(rng.choice([f"a {a} and a {b}", "many small shapes", f"a {a}, a {b} and more",
                                "a photo of many shapes", f"small {a} and {b} shapes"]))
-    obj = scene.objects[0]
-    noun = obj["shape"]
-    if rng.random() < p_colour and scene.style != "sketch":
-        noun = f"{obj['colour']} {noun}"
     style = scene.style
+    obj = scene.objects[0]
+    if scene.kind in ("row", "pair"):
+        noun = _noun(obj, rng, p_colour, style)
+        head, tail = (noun.rsplit(" ", 1) + [""])[:2] if " " in noun else ("", noun)
+        plural = f"{head} {_plural(tail)}".strip()
+        lead = {"photo": "a photo of", "outline": "an outline of", "sketch": "a sketch of",
+                "painting": "a painting of"}[style]
+        if scene.kind == "pair":
+            core = str(rng.choice([f"a pair of {plural}", f"two {plural}"]))
+        else:
+            core = str(rng.choice([f"a row of {plural}", f"{plural} in a row"]))
+        return f"{lead} {core}" if rng.random() < 0.6 else core
+    noun = _noun(obj, rng, p_colour, style)
+    if obj["shape"] in DIGIT_NAMES and rng.random() < 0.4:
+        noun = str(rng.choice(["digit", "number"])) + " " + obj["shape"]
+        noun = "the " + noun
     if rng.random() < p_style:
         lead = {"photo": "a photo of", "outline": "an outline of", "sketch": "a sketch of",
                 "painting": "a painting of"}[style]
@@ -243,7 +255,11 @@ def caption(scene: Scene, rng: np.random.Generator, p_colour: float = 0.45, p_ba
             lead = "a line drawing of"
     else:
         lead = "a photo of" if rng.random() < 0.5 else ""
-    text = f"{lead} {_article(noun)} {noun}".strip() if lead else f"{_article(noun)} {noun}"
+    art = "" if noun.startswith("the ") else _article(noun) + " "
+    text = f"{lead} {art}{noun}".strip()
+    if len(scene.objects) > 1 and rng.random() < p_extra:
+        extra = scene.objects[1]["shape"]
+        text += f" and a small {extra}"
     if rng.random() < p_background and style in ("photo", "painting", "outline"):
         b = BACKGROUND_WORDS[scene.background]
         text += f" on {_article(b)} {b} background"
@@ -252,8 +268,13 @@ def caption(scene: Scene, rng: np.random.Generator, p_colour: float = 0.45, p_ba
     return text
 
 
+#: words of captions that are not object, colour, pattern or style names
+ARRANGEMENT_WORDS = ["pair", "row", "two", "digit", "number", "small", "many"]
+
+
 def vocabulary() -> list[str]:
-    """Every content word the world's captions use (shape names, colours, backgrounds, styles)."""
-    words = list(SHAPE_NAMES) + list(COLOURS) + list(BACKGROUND_WORDS.values()) + [
-        "photo", "outline", "sketch", "painting", "drawing", "texture", "pattern", "background", "noise", "shapes"]
+    """Every content word the world's captions use (object names, colours, patterns, styles, arrangements)."""
+    words = list(SHAPE_NAMES) + list(DIGIT_NAMES) + list(COLOURS) + list(BACKGROUND_WORDS.values()) + [
+        "photo", "outline", "sketch", "painting", "drawing", "texture", "pattern", "background", "noise",
+        "shapes"] + ARRANGEMENT_WORDS
     return sorted(set(words))
