@@ -165,7 +165,7 @@ class Backbone:
                 tokens = visual.head(h.flatten(2).transpose(1, 2))  # B×HW×D
                 return pooled.float(), tokens.float()
         raise ClipoodError(f"local (patch) features are not available for the image tower "
-                           f"{type(visual).__name__}; use a ViT or ModifiedResNet model")
+                           f"{type(visual).__name__}; use a ViT, ModifiedResNet or timm CNN tower")
 
     # ---- texts
     @torch.no_grad()
