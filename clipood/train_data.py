@@ -27,6 +27,9 @@ def build_crop_data(bench: Benchmark, base_sf: SplitFeatures, cfg, accelerator, 
                           mode=cfg.get("train_classes") or "exact", root=cfg.get("data_root"))
     labels = [lab for _, lab in ds.samples]
     idx = sample_few_shot(labels, cfg["shots"], seed=cfg["seed"], classnames=ds.classnames)
+    from .engine import check_schedule
+
+    check_schedule(cfg["train"], len(idx), getattr(accelerator, "num_processes", 1))  # before any crop is encoded
     crop_cfg = crop_config(cfg)
     return build_crop_cache(bench.backbone, ds, idx, crop_cfg, ds.classnames, accelerator=accelerator,
                             cache_dir=cache_root(cfg) / "crops", progress=bool(cfg.get("progress")),

@@ -107,6 +107,9 @@ def main(argv=None) -> None:
             raise unknown("command", argv[0], COMMANDS)
         COMMANDS[argv[0]](argv[1:])
     except ClipoodError as e:
+        from clipood.run_lock import release_output_dirs
+
+        release_output_dirs(failed=True)
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
