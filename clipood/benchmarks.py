@@ -115,6 +115,12 @@ def _setup_data(cfg, accelerator) -> Benchmark:
             raise ClipoodError("benchmark=custom needs id_data (a dataset spec) and ood_data (name: spec, ...)")
         id_spec = spec_from_dict(cfg["id_data"])
         names = build_dataset(id_spec, root=cfg.get("data_root")).classnames
+        from .folders import looks_like_wordnet_ids
+
+        if looks_like_wordnet_ids(names):  # IDs the ImageNet-1k list does not know (known ones are named already)
+            raise ClipoodError(f"benchmark=custom: the ID class folders are WordNet IDs ({', '.join(names[:3])}"
+                               f"{', ...' if len(names) > 3 else ''}) that the shipped ImageNet list does not name; "
+                               f"pass the class names in folder order as id_data.classnames=[name, ...]")
         if not names:
             raise ClipoodError("benchmark=custom: the ID dataset has no class names (use an ImageFolder with one "
                                "folder per class, or set classnames in id_data)")
