@@ -214,5 +214,6 @@ def check_data(cfg) -> None:
     if len(problems) == 1:
         raise ClipoodError(f"data problem (found before loading the model): {problems[0]}")
     if problems:
-        raise ClipoodError(f"{len(problems)} data problems (found before loading the model):\n  - "
-                           + "\n  - ".join(problems))
+        # one line (a terminal wraps it), problems numbered
+        raise ClipoodError(f"{len(problems)} data problems (found before loading the model): "
+                           + " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))

@@ -101,6 +101,13 @@ def check_run_settings(cfg) -> None:
         check_template("crops.prompt", crops["prompt"])
     if "seed" in cfg:
         _int_at_least("seed", cfg["seed"], 0)
+    if cfg.get("classes") is not None:
+        from .specs import _check_classes
+
+        try:
+            _check_classes(cfg["classes"])
+        except ClipoodError as err:
+            raise ClipoodError(f"classes: {err}") from None
 
 
 # ------------------------------------------------------------------------------------------------ environment

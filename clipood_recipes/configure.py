@@ -134,6 +134,9 @@ def check_training(cfg: dict) -> None:
     from .stacking import check_stacking
 
     check_stacking(cfg)
+    if cfg.get("init_adapter") and not (Path(cfg["init_adapter"]) / "adapter_config.json").is_file():
+        raise ClipoodError(f"init_adapter={cfg['init_adapter']} is not a saved adapter folder (no "
+                           f"adapter_config.json); give the adapter/ folder of a trained run")
     if not cfg.get("init_adapter"):
         a = cfg["adapter"]
         spec = import_adapters().get_adapter_spec(a["name"])
