@@ -109,7 +109,7 @@ _WARNED: set[str] = set()
 def warn_cache_once(folder: str | os.PathLike, problem: str) -> None:
     """One warning per cache folder that cannot be written (the run keeps its results in memory)."""
     key = str(Path(folder).expanduser().absolute())
-    if key not in _WARNED:
+    if not any(key == w or key.startswith(w + os.sep) for w in _WARNED):  # once for a folder and what is below it
         _WARNED.add(key)
         log.warning("warning: cache not written (%s); going on in memory. Set cache_dir= or CLIPOOD_CACHE to a "
                     "writable folder to keep encoded features", problem)
