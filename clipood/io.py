@@ -144,16 +144,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temps(folder: str | os.PathLike, *, owned: bool = False, min_age_s: float = 60.0) -> list[Path]:
-    """Remove the temporary files and folders that killed writers left under ``folder`` (recursively); returns
-    them. With ``owned`` (the caller holds the folder's run lock) every temp name is stale; otherwise (a shared
-    cache) only those whose writer process is gone and that are older than ``min_age_s``."""
+def clean_stale_temps(folder: str | os.PathLike, *, owned: bool = False, min_age_s: float = 60.0,
+                      depth: int = 3) -> list[Path]:
+    """Remove the temporary files and folders that killed writers left under ``folder`` (down to ``depth``
+    levels: checkpoints of ablation variants lie 3 deep); returns them. With ``owned`` (the caller holds the
+    folder's run lock) every temp name is stale; otherwise (a shared cache) only those whose writer process
+    is gone and that are older than ``min_age_s``. Other hidden folders (``.git``, ...) are not entered."""
     root = Path(folder)
     if not root.is_dir():
         return []
     removed = []
     now = time.time()
     for dirpath, dirnames, filenames in os.walk(root):
+        if len(Path(dirpath).relative_to(root).parts) >= depth:
+            dirnames[:] = []
         for name in list(dirnames) + filenames:
             m = _TEMP.match(name)
             if m is None:
@@ -172,4 +176,5 @@ def clean_stale_temps(folder: str | os.PathLike, *, owned: bool = False, min_age
             else:
                 p.unlink(missing_ok=True)
             removed.append(p)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
     return removed

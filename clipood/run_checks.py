@@ -116,7 +116,9 @@ def check_environment() -> None:
     not files (a folder that does not exist yet is fine: it is created when needed)."""
     for var in ("CLIPOOD_THREADS", "OMP_NUM_THREADS"):
         v = os.environ.get(var)
-        if v not in (None, "") and not (v.strip().isdigit() and int(v) >= 1):
+        parts = v.split(",") if v and var == "OMP_NUM_THREADS" else [v or ""]  # OpenMP also takes "4,2"
+        ok = v in (None, "") or all(p.strip().isdigit() and int(p) >= 1 for p in parts)
+        if not ok:
             raise ClipoodError(f"environment variable {var}={v!r} is not a positive integer; unset it or set e.g. "
                                f"{var}=4")
     for var in ("CLIPOOD_DATA", "CLIPOOD_CACHE"):
