@@ -324,9 +324,7 @@ def _read_text_list(list_file: Path) -> list[tuple[str, int]]:
                 raise ClipoodError(
                     f"{list_file}:{lineno}: cannot parse {line!r}; expected '<relative/path> <integer label>'"
                 ) from None
-            if entries[-1][1] < 0:
-                raise ClipoodError(f"{list_file}:{lineno}: label {entries[-1][1]} is below 0; labels are class "
-                                   f"indices 0, 1, ...")
+
     return entries
 
 
@@ -345,9 +343,6 @@ def _read_json_list(list_file: Path, split: str) -> tuple[list[tuple[str, int]],
             raise ClipoodError(
                 f"{list_file}: entry {i} of split '{split}' is {row!r}; expected [path, label, classname]"
             ) from None
-        if label < 0:
-            raise ClipoodError(f"{list_file}: entry {i} of split '{split}' has label {label}, below 0; labels are "
-                               f"class indices 0, 1, ...")
         entries.append((rel, label))
         if len(row) > 2:
             names[label] = str(row[2])

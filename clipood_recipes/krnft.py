@@ -116,7 +116,8 @@ class KRNFTRecipe(ZeroShotRecipe):
         cfg = cfg or self.cfg
         accelerator, out, tcfg = self.accelerator, Path(cfg["output_dir"]), train_config(cfg)
         local = "local_features" in adapter_requires(cfg)
-        crops = build_crop_data(self.bench, self.splits[0], cfg, accelerator, local)  # Q ID + Q neg crops, cached
+        crops = build_crop_data(self.bench, self.splits[0], cfg, accelerator, local,  # Q ID + Q neg crops, cached
+                                check_schedule=True)  # batch size and warm-up against the sample, before crops
         task = build_training_task(cfg, self.splits[0], self.bench, accelerator)  # adapter + weighted loss terms
         data = CropTrainData(crops, condition=tcfg.condition)
         self._start_trackers(cfg)

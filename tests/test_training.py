@@ -219,7 +219,7 @@ def test_other_kr_weight_reencodes_nothing(smoke, mini, caplog, monkeypatch):
     cache = mini["tmp"] / "cache-inproc"
     _, crops1, calls1 = counted_pipeline(pipeline_cfg(mini, cache), monkeypatch)
     assert sum(calls1) > 0
-    caplog.set_level(logging.INFO, logger="clipood")
+    caplog.set_level(logging.DEBUG, logger="clipood")  # cache hits are debug lines (quiet by default)
     caplog.clear()
     sfs2, crops2, calls2 = counted_pipeline(pipeline_cfg(mini, cache, "losses.kr=10"), monkeypatch)
     assert calls2 == [], f"{sum(calls2)} images re-encoded on the second pass"
