@@ -324,7 +324,6 @@ def _read_text_list(list_file: Path) -> list[tuple[str, int]]:
                 raise ClipoodError(
                     f"{list_file}:{lineno}: cannot parse {line!r}; expected '<relative/path> <integer label>'"
                 ) from None
-
     return entries
 
 
