@@ -117,6 +117,36 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face endpoint (``HF_ENDPOINT``, or the proxy of ``HTTPS_PROXY`` when set) cannot be reached
+    by TCP within ``timeout`` seconds, or None. Name lookup included (in a thread: it has no timeout of its own),
+    so an offline machine is told in seconds instead of after the hub client's retry loop."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY")
+    url = urlparse(proxy if proxy and not os.environ.get("HF_ENDPOINT") else endpoint)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        return f"{endpoint} is not a URL"
+    outcome: dict[str, Any] = {}
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome["ok"] = True
+        except OSError as e:
+            outcome["error"] = e.strerror or str(e) or type(e).__name__
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    if outcome.get("ok"):
+        return None
+    return f"{host}:{port} cannot be reached ({outcome.get('error', f'no answer within {timeout:.0f}s')})"
+
+
 def _download_tag(model_name: str, tag: str, cfg: dict, timeout: float) -> str:
     """Fetch a tag's weights; fail within ``timeout`` seconds when no byte arrives (no 45-second retry loop)."""
     import open_clip
@@ -126,9 +156,14 @@ def _download_tag(model_name: str, tag: str, cfg: dict, timeout: float) -> str:
            f"weights file and pass pretrained='/path/to/open_clip_model.safetensors' (or 'local-dir:/folder')")
     if _offline():
         raise ClipoodError(fix.format(why="HF_HUB_OFFLINE=1 forbids downloads"))
+    if (why := hub_unreachable(min(3.0, timeout))) is not None:  # no network: say so now, without retry chatter
+        raise ClipoodError(fix.format(why=why))
     result: dict[str, Any] = {}
 
     def work():
+        import logging
+
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings: the error below says it
         try:
             result["path"] = open_clip.download_pretrained(cfg)
         except Exception as e:  # noqa: BLE001 - reported below

@@ -11,6 +11,7 @@ from typing import Any
 
 from .config import get
 from .errors import ClipoodError
+from .run_checks import check_environment, check_locations, check_run_settings  # noqa: F401 (re-exported)
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -60,21 +61,6 @@ class Benchmark:
     negatives: dict = field(default_factory=dict)
 
 
-def check_run_settings(cfg) -> None:
-    """Validate the cheap shared settings (score, metric convention) before any model, image or cache is
-    touched, so that a typo fails in seconds instead of after the features are encoded."""
-    from .metrics import CONVENTIONS
-    from .scores import get_score
-
-    e = cfg.get("eval") or {}
-    if e.get("score") is not None:
-        get_score(e["score"])
-    if e.get("convention") is not None and e["convention"] not in CONVENTIONS:
-        from .errors import unknown
-
-        raise unknown("metric convention (eval.convention)", e["convention"], CONVENTIONS)
-
-
 def setup_benchmark(cfg, accelerator) -> Benchmark:
     """The benchmark named by ``cfg['benchmark']`` (``mini`` = the embedded default) and the backbone. Data are
     checked first (a missing file is reported before minutes of weight loading)."""
@@ -82,7 +68,9 @@ def setup_benchmark(cfg, accelerator) -> Benchmark:
     from .data_checks import check_data
     from .report import convention_note
 
+    check_environment()
     check_run_settings(cfg)
+    check_locations(cfg)  # output_dir writable, the cache a folder (an unwritable cache warns once)
     resolve_defaults(cfg)
     check_data(cfg)  # every data problem of every split, before any model work
     bench = _setup_data(cfg, accelerator)
@@ -127,6 +115,12 @@ def _setup_data(cfg, accelerator) -> Benchmark:
             raise ClipoodError("benchmark=custom needs id_data (a dataset spec) and ood_data (name: spec, ...)")
         id_spec = spec_from_dict(cfg["id_data"])
         names = build_dataset(id_spec, root=cfg.get("data_root")).classnames
+        from .folders import looks_like_wordnet_ids
+
+        if looks_like_wordnet_ids(names):  # IDs the ImageNet-1k list does not know (known ones are named already)
+            raise ClipoodError(f"benchmark=custom: the ID class folders are WordNet IDs ({', '.join(names[:3])}"
+                               f"{', ...' if len(names) > 3 else ''}) that the shipped ImageNet list does not name; "
+                               f"pass the class names in folder order as id_data.classnames=[name, ...]")
         if not names:
             raise ClipoodError("benchmark=custom: the ID dataset has no class names (use an ImageFolder with one "
                                "folder per class, or set classnames in id_data)")

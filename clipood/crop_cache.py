@@ -16,7 +16,7 @@ import torch
 from .crops import CropConfig, make_crops, preprocess_params, select_crops
 from .errors import ClipoodError
 from .features import cache_key, dataset_fingerprint
-from .io import load_safetensors, save_safetensors
+from .io import cache_write, load_safetensors, save_safetensors
 
 log = logging.getLogger("clipood")
 _FORMAT = "clipood-crops-v1"
@@ -190,7 +190,7 @@ def build_crop_cache(backbone, dataset, indices: Sequence[int] | None, cfg: Crop
             if not bool(flags.all()):
                 cached = None
         if cached is not None:
-            log.info("crop-feature cache hit (%s): no image re-encoded", path)
+            log.debug("crop-feature cache hit (%s): no image re-encoded", path)
             return cached
         if main and path.exists():
             path.unlink(missing_ok=True)
@@ -258,7 +258,8 @@ def build_crop_cache(backbone, dataset, indices: Sequence[int] | None, cfg: Crop
         cache.neg_local = loc_t[:, Q:].reshape(n * Q, t_, D).contiguous()
     cache.validate(n, Q)
     if path is not None and main:
-        cache.save(path, metadata={"backbone": backbone.identifier, "config": asdict(cfg), "images": n})
+        meta = {"backbone": backbone.identifier, "config": asdict(cfg), "images": n}
+        cache_write(lambda: cache.save(path, metadata=meta), path)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return cache

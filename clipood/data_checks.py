@@ -178,6 +178,11 @@ def check_data(cfg) -> None:
                 continue
             ds = build_dataset(spec, root=root)
             if where.startswith(("base ID", "id_data")):
+                below = [lab for _, lab in ds.samples if lab < 0]  # OOD lists may say -1; ID labels index classes
+                if below:
+                    src = f" in {spec.list_file}" if getattr(spec, "list_file", None) else ""
+                    located.setdefault(f"label {below[0]}{src} is below 0 ({len(below)} image(s)); ID labels are "
+                                       f"class indices 0, 1, ... (only OOD lists may use -1)", []).append(where)
                 id_names = ds.classnames
                 if not id_names and not named:  # a suite with a label set names its classes itself
                     located.setdefault("the ID dataset has no class names (use one folder per class, or set "
@@ -214,5 +219,6 @@ def check_data(cfg) -> None:
     if len(problems) == 1:
         raise ClipoodError(f"data problem (found before loading the model): {problems[0]}")
     if problems:
-        raise ClipoodError(f"{len(problems)} data problems (found before loading the model):\n  - "
-                           + "\n  - ".join(problems))
+        # one line (a terminal wraps it), problems numbered
+        raise ClipoodError(f"{len(problems)} data problems (found before loading the model): "
+                           + " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))

@@ -78,7 +78,7 @@ class TrainResult:
     steps: int
     history: list[dict] = field(default_factory=list)
     resumed_from: str | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  #: training time of the whole run, earlier sessions included
 
 
 def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
@@ -144,6 +144,22 @@ def total_steps(data: "CropTrainData", cfg: TrainConfig, world: int) -> int:
     return min(total, cfg.max_steps) if cfg.max_steps else total
 
 
+def check_schedule(train: "TrainConfig | dict", n_images: int, world: int = 1) -> int:
+    """Optimiser steps of a run on ``n_images`` training images (the count :func:`total_steps` gives), known
+    before any crop is encoded: the batch size must fit the images and the warm-up must fit the run."""
+    get = train.get if isinstance(train, dict) else lambda k, d=None: getattr(train, k, d)
+    bs, epochs, max_steps, warm = get("batch_size"), get("epochs"), get("max_steps", 0), get("warmup_steps", 0)
+    if bs > n_images:
+        raise ClipoodError(f"train.batch_size={bs} is larger than the {n_images} training images; lower it")
+    per_epoch = n_images // bs + (1 if n_images % bs and (n_images % bs) % world == 0 else 0)
+    total = per_epoch * epochs
+    total = min(total, max_steps) if max_steps else total
+    if warm > total:
+        raise ClipoodError(f"train.warmup_steps={warm} is longer than the training ({total} steps: {n_images} "
+                           f"images, train.batch_size={bs}, train.epochs={epochs}); lower train.warmup_steps")
+    return total
+
+
 def _seed(cfg: TrainConfig) -> int:
     return 0 if cfg.seed is None else int(cfg.seed)
 
@@ -200,7 +216,7 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
     model, opt = accelerator.prepare(method, opt)
     inner = accelerator.unwrap_model(model)
     history_path = _start_log(accelerator, out, state["step"])
-    t0 = time.time()
+    t0, before = time.time(), float(state.get("train_seconds", 0.0))  # training time of earlier sessions
     step = state["step"]
     bar = tqdm(total=total, initial=step, desc="train", disable=not (progress and accelerator.is_main_process),
                mininterval=1, dynamic_ncols=True)
@@ -226,7 +242,7 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
                 step += 1
                 if step < total:  # the rate of the next step; at the end the optimiser keeps its last rate
                     scheduler.step()
-                state.update(step=step, epoch=epoch, batch=bi + 1)
+                state.update(step=step, epoch=epoch, batch=bi + 1, train_seconds=before + time.time() - t0)
                 logs = {k: float(accelerator.reduce(v.detach().float(), "mean")) for k, v in outd.items()}
                 rec = {"step": step, "epoch": epoch + 1, "lr": lr, **logs}
                 result.history.append(rec)
@@ -244,15 +260,21 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
                     break
             if stopped or step >= total:
                 break
-            state.update(epoch=epoch + 1, batch=0)
+            state.update(epoch=epoch + 1, batch=0, train_seconds=before + time.time() - t0)
             _ckpt(accelerator, ckpt_root, inner, opt, state, cfg)
     bar.close()
     if stopped:
         raise KeyboardInterrupt(f"stopped by signal at step {step}; rerun the same command to resume")
-    state.update(step=step)
+    state.update(step=step, train_seconds=before + time.time() - t0)
     _ckpt(accelerator, ckpt_root, inner, opt, state, cfg)
     result.steps = step
-    result.seconds = time.time() - t0
+    result.seconds = state["train_seconds"]  # cumulative over every session of this run (survives a resume)
+    if accelerator.is_main_process:
+        from .io import write_json
+
+        write_json(out / "training.json", {"steps": step, "train_seconds": round(result.seconds, 3),
+                                           "this_session_seconds": round(time.time() - t0, 3),
+                                           "resumed_from": result.resumed_from})
     return result
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .errors import ClipoodError
-from .io import load_safetensors, save_safetensors
+from .io import cache_write, load_safetensors, save_safetensors
 
 log = logging.getLogger("clipood")
 
@@ -81,7 +81,7 @@ def extract_features(backbone, dataset, *, batch_size: int = 128, num_workers: i
             try:
                 out = load_safetensors(path)
                 if out["features"].shape[0] == len(dataset):
-                    log.info("feature cache hit for %s: %s", desc, path.name)
+                    log.debug("feature cache hit for %s: %s", desc, path.name)
                     return out
             except ClipoodError:
                 log.warning("feature cache %s is corrupt; rebuilding it", path)
@@ -109,7 +109,7 @@ def extract_features(backbone, dataset, *, batch_size: int = 128, num_workers: i
     if local:
         out["local"] = torch.cat(locs).float()
     if path is not None and main:
-        save_safetensors(out, path)
+        cache_write(lambda: save_safetensors(out, path), path)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return out

@@ -96,7 +96,33 @@ def scan_image_folder(spec: ImageFolderSpec) -> tuple[list[tuple[str, int]], lis
         if len(spec.classnames) != len(subdirs):
             raise ClipoodError(f"{len(spec.classnames)} classnames given but {path} has {len(subdirs)} class folders")
         return samples, list(spec.classnames)
+    if (named := wordnet_names(subdirs)) is not None:  # n01440764/ ... folders: the ImageNet names of those IDs
+        return samples, named
     return samples, [readable_name(s) for s in subdirs] if spec.readable_names else subdirs
+
+
+#: a WordNet noun ID as ImageNet names its class folders
+WORDNET_ID = re.compile(r"^n\d{8}$")
+
+
+def looks_like_wordnet_ids(names) -> bool:
+    names = list(names or [])
+    return bool(names) and all(WORDNET_ID.match(str(n)) for n in names)
+
+
+def wordnet_names(folders: list[str]) -> list[str] | None:
+    """Class names for folders named by WordNet ID, from the ImageNet-1k list (IDs and names shipped with the
+    installed packages); None when the folders are not all WordNet IDs, or some ID is not in that list."""
+    if not looks_like_wordnet_ids(folders):
+        return None
+    from .prompts import get_label_set
+
+    try:
+        ls = get_label_set("imagenet")
+    except (ClipoodError, ImportError):
+        return None
+    by_id = dict(zip(ls.ids or [], ls.classnames))
+    return [by_id[f] for f in folders] if all(f in by_id for f in folders) else None
 
 
 def _folders_by_name(spec: ImageFolderSpec, path: Path, subdirs: list[str],

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,8 +20,9 @@ def _umask() -> int:
 
 
 def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
-    """A temporary folder beside its final location (renamed into place later), with ordinary permissions."""
-    d = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    """A temporary folder beside its final location (renamed into place later), with ordinary permissions.
+    Its name carries the writer's process id, so that :func:`clean_stale_temps` can tell a killed writer's."""
+    d = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
     os.chmod(d, 0o777 & ~_umask())
     return d
 
@@ -30,7 +35,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; the final file gets ordinary permissions
     tmp_path = Path(tmp)
@@ -94,3 +99,82 @@ def read_text_lines(path: str | os.PathLike, what: str) -> list[str]:
         return path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise ClipoodError(f"{what} {path} is not UTF-8 text ({e.reason}); save it as UTF-8") from None
+
+
+# ------------------------------------------------------------------------------------------------ caches
+log = logging.getLogger("clipood")
+_WARNED: set[str] = set()
+
+
+def warn_cache_once(folder: str | os.PathLike, problem: str) -> None:
+    """One warning per cache folder that cannot be written (the run keeps its results in memory)."""
+    key = str(Path(folder).expanduser().absolute())
+    if not any(key == w or key.startswith(w + os.sep) for w in _WARNED):  # once for a folder and what is below it
+        _WARNED.add(key)
+        log.warning("warning: cache not written (%s); going on in memory. Set cache_dir= or CLIPOOD_CACHE to a "
+                    "writable folder to keep encoded features", problem)
+
+
+def cache_write(write, path: str | os.PathLike) -> bool:
+    """``write()`` a cache file; an ``OSError`` (read-only folder, full disk) warns once and returns False
+    instead of throwing away what was just computed."""
+    try:
+        write()
+        return True
+    except OSError as e:
+        warn_cache_once(Path(path).parent, f"{Path(path).parent}: {e.strerror or e}")
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ temp files
+#: ``.<name>.<pid>-<random>.tmp`` (atomic_path), ``<prefix><pid>-<random>`` folders (make_temp_dir: ``.tmp-``,
+#: ``.<name>.tmp-``), ``.tmp-trash-<name>-<pid>`` (checkpoints being discarded)
+_TEMP = re.compile(r"^\.(?:.+\.(?P<fpid>\d+)-[^.]+\.tmp|(?:.+\.)?tmp-(?P<dpid>\d+)-\w+|tmp-trash-.+-(?P<tpid>\d+))$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale_temps(folder: str | os.PathLike, *, owned: bool = False, min_age_s: float = 60.0,
+                      depth: int = 3) -> list[Path]:
+    """Remove the temporary files and folders that killed writers left under ``folder`` (down to ``depth``
+    levels: checkpoints of ablation variants lie 3 deep); returns them. With ``owned`` (the caller holds the
+    folder's run lock) every temp name is stale; otherwise (a shared cache) only those whose writer process
+    is gone and that are older than ``min_age_s``. Other hidden folders (``.git``, ...) are not entered."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    removed = []
+    now = time.time()
+    for dirpath, dirnames, filenames in os.walk(root):
+        if len(Path(dirpath).relative_to(root).parts) >= depth:
+            dirnames[:] = []
+        for name in list(dirnames) + filenames:
+            m = _TEMP.match(name)
+            if m is None:
+                continue
+            p = Path(dirpath) / name
+            pid = int(next(g for g in m.groups() if g is not None))
+            try:
+                stale = owned or (not _alive(pid) and now - p.lstat().st_mtime > min_age_s)
+            except OSError:
+                continue
+            if not stale:
+                continue
+            if name in dirnames:
+                dirnames.remove(name)
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    return removed

@@ -58,7 +58,7 @@ def label_text_features(backbone, classnames: Sequence[str], corpus, settings: d
     import hashlib
 
     from .features import cache_key
-    from .io import save_safetensors
+    from .io import cache_write, save_safetensors
     from .negatives import mine_or_load
 
     n = settings
@@ -92,12 +92,13 @@ def label_text_features(backbone, classnames: Sequence[str], corpus, settings: d
             path = folder / f"{key}.features.safetensors"
             cached = _load(path, len(names), len(negs), words_sha)
             if cached is not None:
-                log.info("label text features read from %s (no text encoded)", path.name)
+                log.debug("label text features read from %s (no text encoded)", path.name)
                 return torch.cat([cached["id"], cached["negatives"]]).float(), len(names), negs
         id_feats = _encode(backbone, names, templates=[n["id_template"]]).float().cpu()
         neg_feats = _encode(backbone, prompts, progress=show).float().cpu()
         if path is not None and main:
             sha = torch.tensor(list(bytes.fromhex(words_sha)), dtype=torch.uint8)
-            save_safetensors({"id": id_feats.contiguous(), "negatives": neg_feats.contiguous(), "words_sha256": sha},
-                             path, metadata={"format": _FORMAT})  # one key: safetensors orders metadata freely
+            tensors = {"id": id_feats.contiguous(), "negatives": neg_feats.contiguous(), "words_sha256": sha}
+            cache_write(lambda: save_safetensors(tensors, path, metadata={"format": _FORMAT}),  # one metadata key:
+                        path)  # safetensors orders metadata freely
     return torch.cat([id_feats, neg_feats]).float(), len(names), negs

@@ -392,5 +392,7 @@ def mine_or_load(
             return cached
     ns = mine_negatives(encode_text, id_classnames, corpus, **opts)
     ns.settings["backbone"] = str(backbone)
-    ns.save(path)
+    from .io import cache_write
+
+    cache_write(lambda: ns.save(path), path)
     return ns

@@ -43,9 +43,12 @@ def use_cpu_threads() -> None:
 
 def run(main: Callable[[list[str]], Any]) -> None:
     """Run a recipe's main; a ClipoodError becomes one line on stderr and exit status 2 (no traceback)."""
+    from .run_lock import release_output_dirs
+
     try:
         main(sys.argv[1:])
     except ClipoodError as e:
+        release_output_dirs(failed=True)
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt as e:

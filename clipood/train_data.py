@@ -9,9 +9,11 @@ from .evaluate import SplitFeatures
 __all__ = ["build_crop_data"]
 
 
-def build_crop_data(bench: Benchmark, base_sf: SplitFeatures, cfg, accelerator, local: bool = False):
+def build_crop_data(bench: Benchmark, base_sf: SplitFeatures, cfg, accelerator, local: bool = False, *,
+                    check_schedule: bool = False):
     """Few-shot sample of the training pool → P crops per image → Q ID + Q negative crops, encoded once and
-    cached (a second run with other loss weights re-encodes nothing); ``local`` keeps their patch features."""
+    cached (a second run with other loss weights re-encodes nothing); ``local`` keeps their patch features.
+    ``check_schedule``: check ``cfg['train']`` (batch size, warm-up) against the sample before any crop."""
     from .crops import build_crop_cache
     from .data_checks import training_dataset
     from .fewshot import sample_few_shot
@@ -27,6 +29,10 @@ def build_crop_data(bench: Benchmark, base_sf: SplitFeatures, cfg, accelerator, 
                           mode=cfg.get("train_classes") or "exact", root=cfg.get("data_root"))
     labels = [lab for _, lab in ds.samples]
     idx = sample_few_shot(labels, cfg["shots"], seed=cfg["seed"], classnames=ds.classnames)
+    if check_schedule:
+        from .engine import check_schedule as check
+
+        check(cfg["train"], len(idx), getattr(accelerator, "num_processes", 1))  # before any crop is encoded
     crop_cfg = crop_config(cfg)
     return build_crop_cache(bench.backbone, ds, idx, crop_cfg, ds.classnames, accelerator=accelerator,
                             cache_dir=cache_root(cfg) / "crops", progress=bool(cfg.get("progress")),

@@ -64,7 +64,11 @@ def _build_mini(argv):
 
 
 def _adapters(argv):
+    """List the registered adapters (``adapter.name=NAME``) and the options of each (``adapter.options.KEY=V``)."""
     from ._compat import import_adapters
+
+    if _wants_help(argv, "clipood adapters", _adapters.__doc__):
+        return
 
     ad = import_adapters()
     for name in ad.list_adapters():
@@ -85,10 +89,20 @@ def _bench_report(argv):
     from clipood.bench_report import load_record, render_markdown
     from clipood.errors import ClipoodError
 
+    if _wants_help(argv, "clipood bench-report FILE.json", _bench_report.__doc__):
+        return
     if len(argv) != 1 or argv[0].startswith("-"):
         raise ClipoodError("usage: clipood bench-report FILE.json (the record `pytest --benchmark` wrote, by default "
                            "benchmark-results/efficiency.json)")
     print(render_markdown(load_record(argv[0])), end="")
+
+
+def _wants_help(argv, usage: str, doc: str | None) -> bool:
+    """Print ``usage`` and ``doc`` for ``-h`` / ``--help`` (commands without key=value settings)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"usage: {usage}\n\n{(doc or '').strip()}")
+        return True
+    return False
 
 
 COMMANDS = {"eval": _eval, "mine": _mine, "build-mini": _build_mini, "adapters": _adapters,
@@ -107,6 +121,9 @@ def main(argv=None) -> None:
             raise unknown("command", argv[0], COMMANDS)
         COMMANDS[argv[0]](argv[1:])
     except ClipoodError as e:
+        from clipood.run_lock import release_output_dirs
+
+        release_output_dirs(failed=True)
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -120,7 +120,10 @@ def check_training(cfg: dict) -> None:
     from ._compat import import_adapters
 
     check_loss_weights(cfg["losses"])
-    train_config(cfg)
+    t = train_config(cfg)
+    if t.max_steps and t.warmup_steps > t.max_steps:
+        raise ClipoodError(f"train.warmup_steps={t.warmup_steps} is longer than the training "
+                           f"(train.max_steps={t.max_steps}); lower train.warmup_steps")
     crop_config(cfg)
     shots = cfg["shots"]
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
@@ -131,6 +134,9 @@ def check_training(cfg: dict) -> None:
     from .stacking import check_stacking
 
     check_stacking(cfg)
+    if cfg.get("init_adapter") and not (Path(cfg["init_adapter"]) / "adapter_config.json").is_file():
+        raise ClipoodError(f"init_adapter={cfg['init_adapter']} is not a saved adapter folder (no "
+                           f"adapter_config.json); give the adapter/ folder of a trained run")
     if not cfg.get("init_adapter"):
         a = cfg["adapter"]
         spec = import_adapters().get_adapter_spec(a["name"])
@@ -158,4 +164,9 @@ def load_settings(schema: type, argv: Sequence[str] | None = None, *, configs_di
         if names:
             print(f"\nPresets (preset=NAME, files in {Path(configs_dir).name}/): {', '.join(names)}")
         raise SystemExit(0)
+    from clipood.run_checks import check_environment, check_locations
+
+    check_environment()  # CLIPOOD_* and thread variables, before torch reads them
+    if "negatives" in cfg and "output_dir" in cfg:  # a run: its folders, before any model or data
+        check_locations(cfg)
     return cfg

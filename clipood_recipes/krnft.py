@@ -7,11 +7,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from clipood.benchmarks import make_accelerator, prepare_splits, setup_benchmark
+from clipood.benchmarks import cache_root, make_accelerator, prepare_splits, setup_benchmark
 from clipood.detectors import evaluate_detectors, zero_shot_detectors
 from clipood.engine import CropTrainData, check_resumable, fit
 from clipood.io import write_json
 from clipood.recipe import seed_everything, setup_logging, use_cpu_threads
+from clipood.run_checks import check_environment, check_locations
+from clipood.run_lock import claim_output_dir, release_output_dirs
 from clipood.report import plot_loss, summary_table, write_outputs
 from clipood.train_data import build_crop_data
 
@@ -48,8 +50,17 @@ class ZeroShotRecipe:
         self.notes: list[str] = []
         self.local = False  # patch features in the evaluation cache (an adapter requires local_features)
 
+    def claim(self) -> None:
+        """Folders checked (output_dir writable, the cache a folder), output_dir locked for this run, temporary
+        files of killed writers removed: before any model, image or cache is touched."""
+        cfg = self.cfg
+        check_environment()
+        check_locations(cfg)
+        claim_output_dir(cfg["output_dir"], cache_root(cfg))
+
     def setup(self) -> None:
         cfg = self.cfg
+        self.claim()
         use_cpu_threads()
         self.accelerator = make_accelerator(cfg)                          # GPU when there is one, else CPU
         setup_logging(self.accelerator.is_main_process)
@@ -82,6 +93,7 @@ class ZeroShotRecipe:
         print("\n".join(self.notes))
         print(summary_table(self.rows))
         print(f"wrote {md}, results.json, config.json and plots in {self.cfg['output_dir']}")
+        release_output_dirs()
 
 
 class KRNFTRecipe(ZeroShotRecipe):
@@ -93,6 +105,7 @@ class KRNFTRecipe(ZeroShotRecipe):
 
     def setup(self, also: tuple = ()) -> None:
         """``also``: more configs that will train after this setup (ablation variants)."""
+        self.claim()
         for cfg in (self.cfg, *also):
             check_resume(cfg)                                            # before any model or data is loaded
             self.local |= "local_features" in adapter_requires(cfg)
@@ -103,7 +116,8 @@ class KRNFTRecipe(ZeroShotRecipe):
         cfg = cfg or self.cfg
         accelerator, out, tcfg = self.accelerator, Path(cfg["output_dir"]), train_config(cfg)
         local = "local_features" in adapter_requires(cfg)
-        crops = build_crop_data(self.bench, self.splits[0], cfg, accelerator, local)  # Q ID + Q neg crops, cached
+        crops = build_crop_data(self.bench, self.splits[0], cfg, accelerator, local,  # Q ID + Q neg crops, cached
+                                check_schedule=True)  # batch size and warm-up against the sample, before crops
         task = build_training_task(cfg, self.splits[0], self.bench, accelerator)  # adapter + weighted loss terms
         data = CropTrainData(crops, condition=tcfg.condition)
         self._start_trackers(cfg)
@@ -117,8 +131,8 @@ class KRNFTRecipe(ZeroShotRecipe):
             save_trained_adapter(self.adapter, out / "adapter")
             plot_loss(result.history, out / "loss.png")
         accelerator.wait_for_everyone()
-        self.notes.append(f"{cfg['method_name']}: {result.steps} steps in {result.seconds:.1f}s"
-                          + (f" (resumed from {result.resumed_from})" if result.resumed_from else ""))
+        self.notes.append(f"{cfg['method_name']}: {result.steps} steps in {result.seconds:.1f}s of training"
+                          + (f" (all sessions; resumed from {result.resumed_from})" if result.resumed_from else ""))
         return self.adapter
 
     def evaluate(self, cfg: dict | None = None) -> None:

@@ -7,6 +7,7 @@ import sys
 from helpers import ROOT
 
 from clipood.io import load_safetensors
+from clipood.run_lock import LOCK_NAME
 
 SMALL = ["mini.train_per_class=4", "mini.test_per_class=6", "mini.ood_per_set=10", "mini.style_per_class=3",
          "mini.seed=5", "progress=false", "eval.mcm=false"]
@@ -27,7 +28,8 @@ def test_two_concurrent_runs_share_caches_safely(tmp_path):
     # one complete world, no temporary folders or files left anywhere
     worlds = [p for p in (tmp_path / "worlds").iterdir()]
     assert len(worlds) == 1 and (worlds[0] / "manifest.json").is_file()
-    leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+    leftovers = [p for p in tmp_path.rglob("*") if (p.name.startswith(".") or p.name.endswith(".tmp"))
+                 and p.name != LOCK_NAME]  # each output folder keeps its (released) run lock
     assert not leftovers, leftovers
     # every cache file is complete and readable
     caches = list((tmp_path / "cache" / "features").glob("*.safetensors"))

@@ -189,7 +189,7 @@ def test_cache_hit_encodes_nothing(backbone, dataset, tmp_path, monkeypatch, cap
     files = list(tmp_path.glob("crops-*.safetensors"))
     assert len(files) == 1
     calls.clear()
-    with caplog.at_level(logging.INFO, logger="clipood"):
+    with caplog.at_level(logging.DEBUG, logger="clipood"):  # cache hits are debug lines (quiet by default)
         second = build_crop_cache(backbone, dataset, [0, 1, 2], CFG, dataset.classnames, cache_dir=tmp_path,
                                   progress=False)
     assert calls == []

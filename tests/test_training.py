@@ -219,7 +219,7 @@ def test_other_kr_weight_reencodes_nothing(smoke, mini, caplog, monkeypatch):
     cache = mini["tmp"] / "cache-inproc"
     _, crops1, calls1 = counted_pipeline(pipeline_cfg(mini, cache), monkeypatch)
     assert sum(calls1) > 0
-    caplog.set_level(logging.INFO, logger="clipood")
+    caplog.set_level(logging.DEBUG, logger="clipood")  # cache hits are debug lines (quiet by default)
     caplog.clear()
     sfs2, crops2, calls2 = counted_pipeline(pipeline_cfg(mini, cache, "losses.kr=10"), monkeypatch)
     assert calls2 == [], f"{sum(calls2)} images re-encoded on the second pass"
@@ -229,9 +229,8 @@ def test_other_kr_weight_reencodes_nothing(smoke, mini, caplog, monkeypatch):
     n_sets = sum(len(sf.id_feats) + len(sf.ood_feats) for sf in sfs2)
     assert sum("feature cache hit" in m and "crop" not in m for m in msgs) == n_sets, msgs
 
-    # the recipe reports the hits on stderr (INFO logs of logger "clipood")
-    assert "crop-feature cache hit" in r.stderr and "no image re-encoded" in r.stderr, r.stderr[-2000:]
-    assert "feature cache hit for" in r.stderr, r.stderr[-2000:]
+    # the recipe is quiet about them by default (per-file cache hits are debug lines; the caches were checked above)
+    assert "cache hit" not in r.stderr, r.stderr[-2000:]
 
 
 def test_same_seed_same_result_other_seed_differs(smoke, mini):
