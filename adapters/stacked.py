@@ -106,6 +106,13 @@ class Stacked(Adapter):
     def _tuner_context(self) -> AdapterContext:
         return self.context.with_features(self.base_features())
 
+    @property
+    def task_cls(self):
+        """The tuner's training task when it is written to train through a stack (``trains_stacked``: NegPT's
+        NegPrompt terms on a trained ``coop``); otherwise the plain configured terms (None)."""
+        cls = getattr(self.tuner, "task_cls", None)
+        return cls if getattr(cls, "trains_stacked", False) else None
+
     # ------------------------------------------------------------------------------------ forward
     def as_batch(self, batch_or_image_features):
         return self.tuner.as_batch(batch_or_image_features)

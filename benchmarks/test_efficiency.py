@@ -54,6 +54,8 @@ def test_parameter_counts_exact(benchmark, request, scale):
     width = 512 if scale == "vit-b-16" else None
     h = 64 if scale == "vit-b-16" else 32
     assert nft["params"] == nft_params(d, h)
+    # KR-NFT stacked on a prompt adapter trains the tuner only (the prompt part is frozen)
+    assert get_row(cfg, scale, "stacked")["params"] == nft_params(d, h)
     if scale == "vit-b-16":
         assert nft["params"] == 266_496                          # the released script's h = 64
         assert get_row(cfg, scale, "locoop")["params"] == 16 * width == 8_192

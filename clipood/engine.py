@@ -93,10 +93,11 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """``torch.optim.AdamW`` or ``SGD`` over the trainable parameters."""
+    """``torch.optim.AdamW`` or ``SGD`` (optionally Nesterov) over the trainable parameters."""
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov)
 
 
 def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total: int,

@@ -91,6 +91,7 @@ class TrainConfig:
     weight_decay: float = opt(0.01, "weight decay (AdamW: decoupled)")
     optimizer: str = opt("adamw", "adamw | sgd (torch.optim)")
     momentum: float = opt(0.9, "SGD momentum")
+    nesterov: bool = opt(False, "SGD with Nesterov momentum (needs momentum > 0)")
     schedule: str = opt("cosine", "constant | cosine (to 0 at the last step), after the warm-up")
     warmup_steps: int = opt(0, "linear warm-up steps (lr·(s+1)/warmup)")
     grad_clip: float = opt(0.0, "gradient-norm clip (0 = off)")
@@ -119,6 +120,11 @@ class TrainConfig:
                 raise ClipoodError(f"train.{k} must be a number >= 0, got {v!r}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ClipoodError(f"train.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if not isinstance(self.nesterov, bool):
+            raise ClipoodError(f"train.nesterov must be true or false, got {self.nesterov!r}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise ClipoodError(f"train.nesterov={self.nesterov!r}: use true only with train.optimizer=sgd and "
+                               f"train.momentum > 0 (got {self.optimizer}, momentum {self.momentum})")
         if self.schedule not in ("constant", "cosine"):
             raise ClipoodError(f"train.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.condition not in ("self", "top_crop"):
