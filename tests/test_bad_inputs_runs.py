@@ -204,7 +204,11 @@ def test_hub_probe_gives_up_on_a_silent_network(monkeypatch):
     monkeypatch.delenv("https_proxy", raising=False)
     monkeypatch.delenv("ALL_PROXY", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.example")
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(5))  # packets dropped
+    def silent(*a, **k):  # packets dropped: no answer, then the connect times out as a real one would
+        time.sleep(5)
+        raise socket.timeout("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", silent)
     t0 = time.monotonic()
     assert hub_unreachable(timeout=1.0) == "hub.example:443 cannot be reached (no answer within 1s)"
     assert time.monotonic() - t0 < 2
