@@ -1,4 +1,4 @@
-"""Small shared test utilities: generated image folders and a recipe runner."""
+"""Small shared test utilities: generated image folders, a recipe runner, seeded tensors and perturbations."""
 from __future__ import annotations
 
 import os
@@ -32,3 +32,24 @@ def run_script(args: list[str], env_extra: dict | None = None, timeout: int = 60
            "PYTHONPATH": str(ROOT), **(env_extra or {})}
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def unit(*shape, seed: int = 0):
+    """Seeded random unit vectors along the last dimension."""
+    import torch
+    import torch.nn.functional as F
+
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def perturb(module, seed: int = 7, scale: float = 0.05):
+    """Add seeded Gaussian noise (std ``scale``) to every trainable parameter, so a fresh adapter is not at its
+    identity initialisation."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+    return module

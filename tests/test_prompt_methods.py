@@ -19,7 +19,7 @@ import adapters
 from adapters.lapt import LAPTTask, soft_cross_entropy
 from adapters.locoop import LoCoOpTask, locoop_entropy_loss, ood_patch_mask, patch_entropy, scaled_top_k
 from clipood.errors import ClipoodError
-from helpers import ROOT
+from helpers import ROOT, perturb, unit
 
 ID_NAMES = ["cat", "small red car", "tree", "dog"]
 NEG_NAMES = ["stone", "river", "cloud"]
@@ -38,19 +38,6 @@ def tiny():
 @pytest.fixture(scope="module")
 def context(tiny):
     return adapters.AdapterContext.from_backbone(tiny, ID_NAMES, NEG_NAMES)
-
-
-def unit(*shape, seed=0):
-    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
-
-
-def perturb(module, seed=7, scale=0.05):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.requires_grad:
-                p.add_(scale * torch.randn(p.shape, generator=g))
-    return module
 
 
 # ------------------------------------------------------------------------------------------------ LoCoOp

@@ -12,6 +12,7 @@ import adapters
 from adapters.negpt import NegPromptTask, multilabel_soft_margin, prompt_distance_loss, prompt_spread_loss
 from clipood.errors import ClipoodError
 from clipood.method import TrainingTask
+from helpers import perturb as _perturb, unit
 
 ID_NAMES = ["cat", "small red car", "tree", "dog"]
 NEG_NAMES = ["stone", "river", "cloud"]
@@ -26,17 +27,8 @@ def context():
     return adapters.AdapterContext.from_backbone(load_clip("clipood-tiny"), ID_NAMES, NEG_NAMES)
 
 
-def unit(*shape, seed=0):
-    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
-
-
-def perturb(module, seed=7, scale=0.3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.requires_grad:
-                p.add_(scale * torch.randn(p.shape, generator=g))
-    return module
+def perturb(module, seed=7, scale=0.3):  # larger than the prompt-method tests' default
+    return _perturb(module, seed, scale)
 
 
 def _log_sigmoid(x: float) -> float:
