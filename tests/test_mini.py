@@ -74,6 +74,12 @@ def test_corpus_names_ood_shapes_but_not_rare_ones(tmp_path):
     assert set(m["shapes"]["ood"]) <= words
     assert not set(m["shapes"]["rare"]) & words
     assert {"red", "striped", "brick", "seven"} <= words and len(words) > 90
+    # the corpus is the captions' whole vocabulary minus the rare shapes: the clutter scenes' name ("shapes")
+    # and the digit family's ("digit", "number") can be mined, as WordNet holds scene and family names
+    pos = dict(line.split("\t")[:2] for line in (w / "corpus.tsv").read_text().splitlines() if not line.startswith("#"))
+    assert words == set(vocabulary()) - set(m["shapes"]["rare"])
+    assert all(pos[x] == "noun" for x in ("shapes", "digit", "number", "background", "sketch", "seven"))
+    assert all(pos[x] == "adj" for x in ("small", "many", "red", "striped"))
 
 
 def test_corpus_is_grounded_in_pretraining_captions(tmp_path):

@@ -34,9 +34,10 @@ from PIL import Image
 from ..errors import ClipoodError
 from ..io import make_temp_dir
 from .shapes import DIGIT_NAMES, OBJECTS, SHAPE_NAMES
-from .world import BACKGROUNDS, COLOURS, STYLES, render, sample_scene
+from .world import ADJECTIVE_WORDS, BACKGROUNDS, COLOURS, STYLES, render, sample_scene, vocabulary
 
-FORMAT_VERSION = 2  # v2: extra objects, digits, 18 patterns, grounded corpus (v1 caches are never reused)
+FORMAT_VERSION = 3  # v2: extra objects, digits, 18 patterns, grounded corpus; v3: the corpus is the whole caption
+#                    vocabulary (same images as v2; older caches are never reused)
 OOD_SETS = ("textures", "digits", "shapes", "rare_shapes", "clutter")
 
 
@@ -97,10 +98,14 @@ def _save(arr: np.ndarray, path: Path) -> None:
 
 
 def _corpus(cfg: MiniWorldConfig, shapes: dict[str, list[str]]) -> list[tuple[str, str]]:
-    """World words (minus the rare shapes), plus optional distractor words from the shipped WordNet lists."""
-    nouns = sorted(set(shapes["base"] + shapes["new"] + shapes["ood"] + DIGIT_NAMES + ["pair", "row"] +
-                       ["texture", "pattern", "noise", "photo", "sketch", "painting", "outline", "drawing"]))
-    adjs = sorted(set(list(COLOURS) + BACKGROUNDS))
+    """Every content word of the captions (:func:`~clipood.mini.world.vocabulary`) except the rare shapes, plus
+    optional distractor words from the shipped WordNet lists. Colours, patterns and the size / number words
+    are adjectives, the rest nouns (shape, digit, style and scene names such as "shapes", the name clutter
+    captions use)."""
+    vocab = [w for w in vocabulary() if w not in set(shapes["rare"])]
+    adjectives = set(COLOURS) | set(BACKGROUNDS) | set(ADJECTIVE_WORDS)
+    nouns = sorted(w for w in vocab if w not in adjectives)
+    adjs = sorted(w for w in vocab if w in adjectives)
     data = Path(__file__).resolve().parent.parent / "data"
     rng = np.random.default_rng([cfg.seed, 7])
     out = [(w, "noun") for w in nouns] + [(w, "adj") for w in adjs]

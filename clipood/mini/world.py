@@ -270,6 +270,8 @@ def caption(scene: Scene, rng: np.random.Generator, p_colour: float = 0.45, p_ba
 
 #: words of captions that are not object, colour, pattern or style names
 ARRANGEMENT_WORDS = ["pair", "row", "two", "digit", "number", "small", "many"]
+#: caption words that are adjectives in the mining corpus (besides colours and patterns)
+ADJECTIVE_WORDS = ["small", "many"]
 
 
 def vocabulary() -> list[str]:
