@@ -7,7 +7,6 @@ must hold whatever the implementation (two backbones, or two feature settings, n
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from types import SimpleNamespace
 

@@ -11,11 +11,10 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import adapters
 from clipood.method import TrainingTask
-from helpers import perturb, unit
+from helpers import open_clip_features, perturb, phrase_embeddings, unit
 
 ID_NAMES = ["cat", "dog", "tree", "car", "boat", "bird", "house", "stone", "lamp"]   # N = 9: round(9/5) != 9//5
 NEG_NAMES = ["river", "cloud", "sand"]
@@ -33,17 +32,6 @@ def tiny():
 @pytest.fixture(scope="module")
 def context(tiny):
     return adapters.AdapterContext.from_backbone(tiny, ID_NAMES, NEG_NAMES)
-
-
-def clip_text(tiny, prompts):
-    """Reference text features: open_clip's ``encode_text`` on the full token sequence (not clipood's path)."""
-    with torch.no_grad():
-        return F.normalize(tiny.model.encode_text(tiny.tokenizer(prompts)).float(), dim=-1)
-
-
-def phrase_embeddings(tiny, phrase: str, n: int) -> torch.Tensor:
-    with torch.no_grad():
-        return tiny.model.token_embedding(tiny.tokenizer([phrase]))[0, 1:1 + n].float()
 
 
 def trainable(adapter):
@@ -76,7 +64,7 @@ def test_locoop_defaults_are_k_round_n_over_5_and_entropy_weight_a_quarter(conte
     batch = {"id_features": unit(b, d, seed=1), "id_labels": labels, "id_local": unit(b, t, d, seed=2),
              "neg_features": unit(b, d, seed=3)}
     out = task(batch)
-    tid = clip_text(tiny, [f"a photo of a {n}." for n in ID_NAMES])                # the learned rows at init
+    tid = open_clip_features(tiny, [f"a photo of a {n}." for n in ID_NAMES])                # the learned rows at init
     cos = torch.einsum("btd,nd->btn", batch["id_local"].double(), tid.double())
     want = _entropy_term(cos, labels, k=2)
     got = float((out["loss"] - out["cls_loss"]).detach())
@@ -168,14 +156,14 @@ def test_class_specific_context_gives_each_class_its_own_prompt(context, tiny, c
     with torch.no_grad():
         for i, phrase in enumerate(PHRASES):
             p[i] = phrase_embeddings(tiny, phrase, 4)
-    want = clip_text(tiny, [f"{ph} {n}." for ph, n in zip(PHRASES, ID_NAMES)])
+    want = open_clip_features(tiny, [f"{ph} {n}." for ph, n in zip(PHRASES, ID_NAMES)])
     v = unit(3, context.dim, seed=50)
     with torch.no_grad():
         got = a.eval().tuned_text_features()[: len(ID_NAMES)]
         logits = a(v).logits[:, : len(ID_NAMES)]
     assert float((got - want).abs().max()) <= 1e-5
     torch.testing.assert_close(logits, v @ want.t(), atol=1e-5, rtol=0)
-    shared = clip_text(tiny, [f"{PHRASES[0]} {n}." for n in ID_NAMES])     # what one shared context gives
+    shared = open_clip_features(tiny, [f"{PHRASES[0]} {n}." for n in ID_NAMES])     # what one shared context gives
     assert float((want - shared)[1:].abs().max()) > 1e-3
     # a gradient on class 0's logit alone reaches only class 0's context
     a.train()
