@@ -53,3 +53,21 @@ def perturb(module, seed: int = 7, scale: float = 0.05):
             if p.requires_grad:
                 p.add_(scale * torch.randn(p.shape, generator=g))
     return module
+
+
+def open_clip_features(backbone, prompts):
+    """Reference text features: open_clip's ``model.encode_text`` on the full token sequence (not clipood's
+    TextPath), unit rows."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        return F.normalize(backbone.model.encode_text(backbone.tokenizer(prompts)).float(), dim=-1)
+
+
+def phrase_embeddings(backbone, phrase: str, n: int):
+    """Token embeddings of a phrase's n word tokens (positions 1..n after the start token)."""
+    import torch
+
+    with torch.no_grad():
+        return backbone.model.token_embedding(backbone.tokenizer([phrase]))[0, 1:1 + n].float()

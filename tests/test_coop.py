@@ -9,6 +9,7 @@ import adapters
 from adapters import AdapterContext, CoOp, build_adapter, load_adapter, save_adapter
 from clipood.backbone import load_clip
 from clipood.errors import ClipoodError
+from helpers import open_clip_features, phrase_embeddings
 
 ID_NAMES = ["cat", "small red car", "tree", "dog", "wooden chair"]
 NEG_NAMES = ["stone", "river", "cloud"]
@@ -22,18 +23,6 @@ def backbone(request):
 
 def context_for(backbone, id_names=ID_NAMES, neg_names=NEG_NAMES):
     return AdapterContext.from_backbone(backbone, id_names, neg_names, neg_templates=["a {} texture."])
-
-
-def open_clip_features(backbone, prompts):
-    """Reference: open_clip's model.encode_text on the full token sequence (not clipood's TextPath)."""
-    with torch.no_grad():
-        return F.normalize(backbone.model.encode_text(backbone.tokenizer(prompts)).float(), dim=-1)
-
-
-def phrase_embeddings(backbone, phrase: str, n: int) -> torch.Tensor:
-    """Token embeddings of a phrase's n word tokens (positions 1..n after the start token)."""
-    with torch.no_grad():
-        return backbone.model.token_embedding(backbone.tokenizer([phrase]))[0, 1:1 + n].float()
 
 
 def unit(*shape, seed=0):
