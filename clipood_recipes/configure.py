@@ -1,4 +1,6 @@
-"""From a command line to a checked run config: schema defaults ← preset file ← ``--config`` file ← ``key=value``.
+"""From a command line to a checked run config: schema defaults ← preset file ← ``--config`` files ← ``key=value``.
+
+Several ``--config`` files are applied in the order given (a later file overrides an earlier one, key by key).
 
 ``preset=NAME`` (on the command line or as ``preset:`` in a ``--config`` file) applies
 ``<configs>/<recipe>_<NAME>.yaml`` first; those files carry every value of a reported setting. Choosing
@@ -35,23 +37,23 @@ def compose_settings(schema: type, argv: Sequence[str], *, configs_dir: str | Pa
     Unless ``output_dir`` is given (command line or ``--config`` file), it is the preset's (or
     ``default_output_dir``) for the preset's own setting, and ``<that>-<8 hex digits>`` of the setting for any
     other, so the README's commands run in any order never meet each other's checkpoints."""
-    path, rest = split_config_arg(argv)
+    paths, rest = split_config_arg(argv)
     overrides = parse_overrides(rest)
-    file_data = load_yaml(path) if path else {}
+    files = [(str(p), load_yaml(p)) for p in paths]  # several --config files: applied in the order given
     known = presets(configs_dir, recipe)
-    name = dict(overrides).get("preset", file_data.get("preset"))
+    name = next((data["preset"] for _, data in reversed(files) if "preset" in data), None)  # the last file's
+    name = dict(overrides).get("preset", name)  # the command line's over any file's
     layers: list = []
     if name is not None and known:
         if name not in known:
             raise unknown("preset", name, known)
         layers.append((str(known[name]), load_yaml(known[name])))
-    if path:
-        layers.append((str(path), file_data))
+    layers += files
     base_layers = list(layers)
     layers.append(("the command line", overrides))
     resets = RESETS if "adapter" in _fields(schema) else None
     cfg = finish(to_dict(compose(schema, layers, resets=resets)))
-    explicit = "output_dir" in dict(overrides) or "output_dir" in file_data
+    explicit = "output_dir" in dict(overrides) or any("output_dir" in data for _, data in files)
     if "output_dir" in cfg and not explicit:
         if default_output_dir:
             base_layers.append(("the command's default", [("output_dir", default_output_dir)]))
