@@ -9,7 +9,7 @@ from pathlib import Path
 
 from clipood.benchmarks import cache_root, make_accelerator, prepare_splits, setup_benchmark
 from clipood.detectors import evaluate_detectors, zero_shot_detectors
-from clipood.engine import CropTrainData, check_resumable, fit
+from clipood.engine import CropTrainData, fit
 from clipood.io import write_json
 from clipood.recipe import seed_everything, setup_logging, use_cpu_threads
 from clipood.run_checks import check_environment, check_locations
@@ -18,27 +18,12 @@ from clipood.report import plot_loss, summary_table, write_outputs
 from clipood.train_data import build_crop_data
 
 from .configure import train_config
+from .signature import check_output_dir_apart, check_resume, run_signature
 from .methods import adapter_detector, adapter_requires, build_training_task, save_trained_adapter
 
 log = logging.getLogger("clipood")
 
 __all__ = ["ZeroShotRecipe", "KRNFTRecipe", "run_signature", "check_resume"]
-
-#: the config keys that decide a training run's weights: a checkpoint resumes only when they match
-SIGNATURE_KEYS = ("model", "pretrained", "benchmark", "mini", "seed", "negatives", "adapter", "losses",
-                  "cls_groups", "ood_groups", "shots", "crops", "train", "init_adapter", "train_data", "classes",
-                  "train_classes", "base", "base_checkpoint")
-
-
-def run_signature(cfg: dict) -> dict:
-    return {k: cfg.get(k) for k in SIGNATURE_KEYS}
-
-
-def check_resume(cfg: dict, output_dir: str | None = None) -> None:
-    """Fail at once (before any model or data is loaded) when ``output_dir`` holds another run's checkpoints."""
-    if cfg["resume"]:
-        check_resumable(output_dir or cfg["output_dir"], run_signature(cfg))
-
 
 class ZeroShotRecipe:
     """Zero-shot MCM / NegLabel: accelerator, benchmark and backbone, label features, cached image features."""
@@ -105,6 +90,8 @@ class KRNFTRecipe(ZeroShotRecipe):
 
     def setup(self, also: tuple = ()) -> None:
         """``also``: more configs that will train after this setup (ablation variants)."""
+        for cfg in (self.cfg, *also):
+            check_output_dir_apart(cfg)  # before the folder is claimed: it may be the run this one stacks on
         self.claim()
         for cfg in (self.cfg, *also):
             check_resume(cfg)                                            # before any model or data is loaded

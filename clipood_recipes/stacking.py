@@ -35,7 +35,14 @@ def check_stacking(cfg: dict) -> None:
                            f"e.g. recipes/krnft.py adapter.name={base} output_dir=outputs/{base})")
     if cfg.get("init_adapter"):
         raise ClipoodError("base_checkpoint and init_adapter exclude each other: stack on a base, or resume an adapter")
-    saved = json.loads((base_folder(ck) / "adapter_config.json").read_text())["adapter"]
+    meta_path = base_folder(ck) / "adapter_config.json"
+    try:
+        saved = json.loads(meta_path.read_text(encoding="utf-8"))["adapter"]
+        if not isinstance(saved, str):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ClipoodError(f"base_checkpoint={ck}: {meta_path} is not a saved adapter's config (no adapter name); "
+                           f"give the run folder of a trained prompt adapter") from None
     if base and base != saved:
         raise ClipoodError(f"base={base} but base_checkpoint={ck} holds a trained '{saved}'; fix one of them")
     if saved == "stacked" or cfg["adapter"]["name"] == "stacked":
