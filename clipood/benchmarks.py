@@ -74,6 +74,10 @@ def setup_benchmark(cfg, accelerator) -> Benchmark:
     resolve_defaults(cfg)
     check_data(cfg)  # every data problem of every split, before any model work
     bench = _setup_data(cfg, accelerator)
+    from .prompts import check_class_names
+
+    for split in bench.splits:  # before the model loads: names the text encoder could not tell apart
+        check_class_names(split.classnames, f"the ID classes of split {split.name}")
     bench.notes.append(convention_note(cfg["eval"]["convention"]))
     bench.backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
     if str(bench.backbone.identifier).split("|", 1)[-1].startswith("random"):

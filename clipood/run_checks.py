@@ -101,6 +101,10 @@ def check_run_settings(cfg) -> None:
         check_template("crops.prompt", crops["prompt"])
     if "seed" in cfg:
         _int_at_least("seed", cfg["seed"], 0)
+    if cfg.get("classes") is not None and cfg.get("benchmark") in ("mini", "custom"):
+        where = ("the mini world's classes are its own" if cfg["benchmark"] == "mini" else
+                 "for benchmark=custom set id_data.classes=[...] (and train_data.classes=[...])")
+        raise ClipoodError(f"classes={cfg['classes']} applies to named suites only (benchmark=imagenet, ...); {where}")
     if cfg.get("classes") is not None:
         from .specs import _check_classes
 

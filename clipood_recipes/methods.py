@@ -45,7 +45,16 @@ def label_context(cfg: dict, sf, bench, device=None):
         id_templates=[n["id_template"]],
         neg_templates=[by_pos[p] for p in negs.pos] if negs is not None and len(negs) else [n["noun_template"]],
         num_id=sf.num_id, text_path=getattr(backbone, "text_path", None),
-        tokenizer=getattr(backbone, "tokenizer", None), backbone=getattr(backbone, "model_name", None))
+        tokenizer=_fitting(getattr(backbone, "tokenizer", None)), backbone=getattr(backbone, "model_name", None))
+
+
+def _fitting(tokenizer):
+    """Prompt learners tokenise "<context> <name>.": refused, not cut, when it does not fit the text encoder."""
+    from clipood.prompts import FittingTokenizer
+
+    return None if tokenizer is None else FittingTokenizer(
+        tokenizer, "a prompt learner's prompt (adapter.options.ctx_init or n_ctx, then the label name)",
+        "shorten adapter.options.ctx_init (or n_ctx) or the class name")
 
 
 def build_adapter_for(cfg: dict, sf, bench, device):
