@@ -40,13 +40,17 @@ def make_accelerator(cfg):
     cpu = get(cfg, "cpu")
     if cpu is None:
         cpu = not torch.cuda.is_available()
+    from .trackers import BUILTIN_TRACKERS
+
     log_with = cfg.get("log_with")
     kwargs = {"log_with": log_with, "project_dir": cfg.get("output_dir")} if log_with else {}
+    if log_with in BUILTIN_TRACKERS:  # clipood's own (log_with=jsonl): the recipe adds the instance per run
+        kwargs = {"project_dir": cfg.get("output_dir")}
     try:
         return Accelerator(cpu=bool(cpu), **kwargs)
     except (ValueError, ImportError) as e:
-        raise ClipoodError(f"log_with={log_with!r} is not available ({e}); install that tracker or drop "
-                           f"log_with") from None
+        raise ClipoodError(f"log_with={log_with!r} is not available ({e}); install that tracker, use the "
+                           f"built-in log_with=jsonl, or drop log_with") from None
 
 
 @dataclass

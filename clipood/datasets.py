@@ -39,6 +39,8 @@ from .specs import (  # noqa: F401  (re-exported: the public names of this modul
 logger = logging.getLogger(__name__)
 
 _ON_CORRUPT = ("error", "skip")
+#: how images are decoded, in cache keys (features cached before EXIF orientation was applied are not reused)
+_DECODE = "decode-exif-v1"
 
 
 # ------------------------------------------------------------------------------------------------- dataset
@@ -77,7 +79,7 @@ class ImageDataset(Dataset):
         """What this dataset yields, for cache keys: an HF dataset's fingerprint and selection (split, columns,
         rows), or every file's path relative to ``root`` with its size and mtime; plus every label."""
         if self._hf is not None:
-            return [hf_content_key(self._hf, self._source), [[int(i), int(y)] for i, y in self.samples]]
+            return [hf_content_key(self._hf, self._source), [[int(i), int(y)] for i, y in self.samples], _DECODE]
         files = []
         for path, label in self.samples:
             p = str(path)
@@ -87,7 +89,7 @@ class ImageDataset(Dataset):
                 files.append([rel, int(label), st.st_size, st.st_mtime_ns])
             except OSError:
                 files.append([rel, int(label), None, None])
-        return ["files", files]
+        return ["files", files, _DECODE]
 
     def _describe(self, item: Any) -> str:
         return f"{self.name}[{item}]" if self._hf is not None else str(item)
@@ -158,12 +160,15 @@ class ImageDataset(Dataset):
 def _pil_rgb(value: Any):
     from PIL import Image
 
+    from PIL import ImageOps
+
     if isinstance(value, Image.Image):
-        return _to_8bit(value).convert("RGB")
+        return _to_8bit(ImageOps.exif_transpose(value)).convert("RGB")
     if isinstance(value, dict):  # an undecoded HF image: {"bytes": ..., "path": ...}
         value = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
     with Image.open(value) as im:
-        return _to_8bit(im).convert("RGB")
+        # EXIF orientation applied (a phone photo stored sideways is seen upright, as every image viewer shows it)
+        return _to_8bit(ImageOps.exif_transpose(im)).convert("RGB")
 
 
 def _to_8bit(im):

@@ -110,16 +110,15 @@ class KRNFTRecipe(ZeroShotRecipe):
         self._start_trackers(cfg)
         result = fit(task, data, tcfg, accelerator, out, resume=bool(cfg["resume"]),
                      progress=bool(cfg["progress"]), signature=run_signature(cfg))
-        if cfg.get("log_with"):
-            accelerator.end_training()
+        for tracker in accelerator.trackers if cfg.get("log_with") else ():
+            tracker.finish()  # not accelerator.end_training(): that also ends a multi-process group before evaluation
         self.adapter = accelerator.unwrap_model(task).adapter.eval()
         self.detector_method, self.detector_adapter = cfg["method_name"], self.adapter
         if accelerator.is_main_process:
             save_trained_adapter(self.adapter, out / "adapter")
-            plot_loss(result.history, out / "loss.png")
+            plot_loss(_whole_log(out) or result.history, out / "loss.png")  # every session's steps, not this one's
         accelerator.wait_for_everyone()
-        self.notes.append(f"{cfg['method_name']}: {result.steps} steps in {result.seconds:.1f}s of training"
-                          + (f" (all sessions; resumed from {result.resumed_from})" if result.resumed_from else ""))
+        self.notes.append(training_note(cfg["method_name"], result))
         return self.adapter
 
     def evaluate(self, cfg: dict | None = None) -> None:
@@ -133,7 +132,9 @@ class KRNFTRecipe(ZeroShotRecipe):
             self.raw[split].update(by_method)
 
     def save(self) -> None:
-        self.notes.append(f"processes: {self.accelerator.num_processes}")
+        n = self.accelerator.num_processes
+        self.notes.append(f"processes: {n} (this session's evaluation, and its training where it trained; every "
+                          f"training session is listed in training.json)")
         super().save()
 
     def _start_trackers(self, cfg: dict) -> None:
@@ -141,6 +142,37 @@ class KRNFTRecipe(ZeroShotRecipe):
             import json
 
             from clipood.config import flat_leaves
+            from clipood.trackers import BUILTIN_TRACKERS, make_tracker
 
+            name = cfg["method_name"].replace(" ", "_")
+            if cfg["log_with"] in BUILTIN_TRACKERS:
+                self.accelerator.log_with = [make_tracker(cfg["log_with"], name, cfg["output_dir"])]
+            self.accelerator.trackers = []  # one run's trackers (ablation variants each start their own)
             flat = {k: v for k, v in flat_leaves(cfg).items() if isinstance(v, (int, float, str, bool))}
-            self.accelerator.init_trackers(cfg["method_name"].replace(" ", "_"), config=json.loads(json.dumps(flat)))
+            self.accelerator.init_trackers(name, config=json.loads(json.dumps(flat)))
+
+
+def training_note(method: str, result) -> str:
+    """What the training stage did, for results.md: trained (how many steps this session), or reused."""
+    first = next((s for s in result.sessions if s.get("steps_trained")), None)
+    if result.resumed_from and not result.trained_now:
+        by = f" with {first['processes']} process(es)" if first else ""
+        return (f"{method}: reused checkpoint {result.resumed_from} ({result.steps} steps trained by an earlier "
+                f"session{by}); nothing retrained")
+    resumed = f" (resumed from {result.resumed_from}; {result.seconds:.1f}s over all sessions)" if result.resumed_from \
+        else ""
+    return f"{method}: {result.trained_now} of {result.steps} steps trained in this session{resumed}" + (
+        "" if result.resumed_from else f" in {result.seconds:.1f}s")
+
+
+def _whole_log(out: Path) -> list[dict]:
+    import json
+
+    path = out / "train_log.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
