@@ -313,29 +313,40 @@ def _read_image_list(spec: ImageListSpec) -> tuple[list[tuple[str, int]], list[s
     return samples, classnames
 
 
+def _list_text(list_file: Path) -> str:
+    """An image list's text: UTF-8 (a byte-order mark dropped) or UTF-16 with its mark (as Windows tools save)."""
+    data = list_file.read_bytes()
+    try:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return data.decode("utf-16")
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ClipoodError(f"image list {list_file} is not UTF-8 (nor UTF-16 with a byte-order mark) text "
+                           f"({e.reason} at byte {e.start}); save it as UTF-8") from None
+
+
 def _read_text_list(list_file: Path) -> list[tuple[str, int]]:
     entries = []
-    with open(list_file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.rsplit(None, 1)
-            try:
-                if len(parts) != 2:
-                    raise ValueError
-                entries.append((parts[0], int(parts[1])))
-            except ValueError:
-                raise ClipoodError(
-                    f"{list_file}:{lineno}: cannot parse {line!r}; expected '<relative/path> <integer label>'"
-                ) from None
+    for lineno, line in enumerate(_list_text(list_file).splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(None, 1)
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            entries.append((parts[0], int(parts[1])))
+        except ValueError:
+            raise ClipoodError(
+                f"{list_file}:{lineno}: cannot parse {line!r}; expected '<relative/path> <integer label>'"
+            ) from None
     return entries
 
 
 def _read_json_list(list_file: Path, split: str) -> tuple[list[tuple[str, int]], list[str] | None]:
     try:
-        data = json.loads(list_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(_list_text(list_file))
+    except json.JSONDecodeError as e:
         raise ClipoodError(f"{list_file} is not valid JSON ({e})") from None
     if not isinstance(data, dict) or split not in data:
         raise unknown(f"split in {list_file}", split, data.keys() if isinstance(data, dict) else ())

@@ -87,6 +87,9 @@ def check_run_settings(cfg) -> None:
         p = Path(str(n["corpus"])).expanduser()
         if not p.is_file():
             raise ClipoodError(f"negatives.corpus={n['corpus']!r}: no such file; give a word file (one word a line)")
+        if not _has_a_word(p):
+            raise ClipoodError(f"negatives.corpus={n['corpus']!r} holds no words (only blank lines or comments); "
+                               f"give a word file with one word a line")
     if cfg.get("benchmark") == "mini" and isinstance(cfg.get("mini"), dict):
         m = cfg["mini"]
         _int_at_least("mini.seed", m.get("seed", 0), 0)
@@ -112,6 +115,14 @@ def check_run_settings(cfg) -> None:
             _check_classes(cfg["classes"])
         except ClipoodError as err:
             raise ClipoodError(f"classes: {err}") from None
+
+
+def _has_a_word(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return any(line.strip() and not line.lstrip().startswith("#") for line in f)
+    except OSError:
+        return True  # unreadable: the reader names the problem
 
 
 # ------------------------------------------------------------------------------------------------ environment
@@ -174,6 +185,13 @@ def check_locations(cfg) -> None:
     if out:
         if problem := folder_problem(out):
             raise ClipoodError(f"output_dir: {problem}; set output_dir to a writable folder")
+    target = cfg.get("output")  # a command that writes one file (clipood mine)
+    if target:
+        t = Path(str(target)).expanduser()
+        if t.is_dir():
+            raise ClipoodError(f"output={target} is a folder; give a file name (e.g. output={t / 'negatives.tsv'})")
+        if problem := folder_problem(t.absolute().parent):
+            raise ClipoodError(f"output={target}: {problem}; write it to a writable folder")
     cache = cache_root(cfg)
     if cache.exists() and not cache.is_dir():
         src = "cache_dir" if get(cfg, "cache_dir") else "CLIPOOD_CACHE"

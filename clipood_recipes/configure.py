@@ -133,6 +133,14 @@ def check_training(cfg: dict) -> None:
     for k in ("cls_groups", "ood_groups"):
         if cfg[k] < 1:
             raise ClipoodError(f"{k}={cfg[k]} is invalid; use an integer >= 1 (1 = no grouping)")
+        num = (cfg.get("negatives") or {}).get("num")
+        if isinstance(num, int) and cfg[k] > num:
+            raise ClipoodError(f"{k}={cfg[k]} is more than the negatives.num={num} negatives to split into groups; "
+                               f"lower {k}")
+    pool = (cfg.get("mini") or {}).get("train_per_class") if cfg.get("benchmark") == "mini" else None
+    if isinstance(pool, int) and shots > pool:
+        raise ClipoodError(f"shots={shots} is more than the mini world's mini.train_per_class={pool} training images "
+                           f"per class; lower shots or raise mini.train_per_class")
     from .stacking import check_stacking
 
     check_stacking(cfg)
@@ -143,6 +151,39 @@ def check_training(cfg: dict) -> None:
         a = cfg["adapter"]
         spec = import_adapters().get_adapter_spec(a["name"])
         a["options"] = _asdict(spec.config_cls.from_dict(dict(a["options"] or {}), source="adapter.options"))
+        _check_option_ranges(a["options"])
+    _check_score_fits(cfg)
+
+
+def _check_option_ranges(options: dict) -> None:
+    """Options no adapter can mean: a weight below 0 or infinite (it would turn its term around or swamp the
+    loss), a ``*_dir`` folder that does not exist (found now, not after the features are encoded)."""
+    import math
+
+    for k, v in options.items():
+        if "weight" in k and isinstance(v, (int, float)) and not isinstance(v, bool) and \
+                (not math.isfinite(v) or v < 0):
+            raise ClipoodError(f"adapter.options.{k}={v!r} is invalid; use a finite number >= 0 (0 turns the term off)")
+        if k.endswith("_dir") and isinstance(v, str) and v and not Path(v).expanduser().is_dir():
+            raise ClipoodError(f"adapter.options.{k}={v}: no such folder; give an existing folder or '' for the "
+                               f"default")
+
+
+def _check_score_fits(cfg: dict) -> None:
+    """``eval.score=glmcm`` needs patch features: refused up front for an adapter that never reads them."""
+    if (cfg.get("eval") or {}).get("score") != "glmcm":
+        return
+    from .methods import adapter_requires
+
+    needs = set(adapter_requires(cfg))
+    if cfg.get("base"):
+        from ._compat import import_adapters
+
+        needs |= set(import_adapters().get_adapter_spec(cfg["base"]).adapter_cls.requires)
+    if "local_features" not in needs:
+        raise ClipoodError(f"eval.score=glmcm needs patch (local) features, which adapter "
+                           f"'{cfg['base'] or cfg['adapter']['name']}' does not use; use eval.score=mcm or neglabel, "
+                           f"or a locoop adapter")
 
 
 def _asdict(config: Any) -> dict:
@@ -169,6 +210,6 @@ def load_settings(schema: type, argv: Sequence[str] | None = None, *, configs_di
     from clipood.run_checks import check_environment, check_locations
 
     check_environment()  # CLIPOOD_* and thread variables, before torch reads them
-    if "negatives" in cfg and "output_dir" in cfg:  # a run: its folders, before any model or data
+    if "negatives" in cfg and ("output_dir" in cfg or "output" in cfg):  # a run: its folders, before any work
         check_locations(cfg)
     return cfg

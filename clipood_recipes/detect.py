@@ -99,7 +99,8 @@ def detect_main(argv: list[str]) -> None:
     from clipood.detector import Detector, image_files
     from clipood.detector_folder import resolve_detector_dir
 
-    det_dir = resolve_detector_dir(args.detector)  # a wrong folder fails before anything else
+    files = image_files(args.images)  # before the model loads: a wrong path fails at once
+    det_dir = resolve_detector_dir(args.detector)
     for flag, out in (("--csv", args.csv), ("--json", args.json)):
         if not out:
             continue
@@ -111,7 +112,6 @@ def detect_main(argv: list[str]) -> None:
         if target == det_dir.resolve() or det_dir.resolve() in target.parents:
             raise ClipoodError(f"clipood detect: {flag} {out} lies inside the detector folder {det_dir}, whose "
                                f"files it would overwrite; write it elsewhere")
-    files = image_files(args.images)  # before the model loads: a wrong path fails at once
     import torch
 
     from clipood.recipe import setup_logging, use_cpu_threads

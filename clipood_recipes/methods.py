@@ -27,7 +27,14 @@ def adapter_requires(cfg: dict) -> frozenset[str]:
         import json
         from pathlib import Path
 
-        name = json.loads((Path(cfg["init_adapter"]) / "adapter_config.json").read_text())["adapter"]
+        path = Path(cfg["init_adapter"]) / "adapter_config.json"
+        try:
+            name = json.loads(path.read_text(encoding="utf-8"))["adapter"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            from clipood.errors import ClipoodError
+
+            raise ClipoodError(f"init_adapter={cfg['init_adapter']}: {path} is not a saved adapter's config; give "
+                               f"the adapter/ folder of a trained run") from None
     return frozenset(adapters.get_adapter_spec(name).adapter_cls.requires)
 
 

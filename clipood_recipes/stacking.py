@@ -37,7 +37,8 @@ def check_stacking(cfg: dict) -> None:
         raise ClipoodError("base_checkpoint and init_adapter exclude each other: stack on a base, or resume an adapter")
     meta_path = base_folder(ck) / "adapter_config.json"
     try:
-        saved = json.loads(meta_path.read_text(encoding="utf-8"))["adapter"]
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        saved = meta["adapter"]
         if not isinstance(saved, str):
             raise TypeError
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
@@ -47,6 +48,16 @@ def check_stacking(cfg: dict) -> None:
         raise ClipoodError(f"base={base} but base_checkpoint={ck} holds a trained '{saved}'; fix one of them")
     if saved == "stacked" or cfg["adapter"]["name"] == "stacked":
         raise ClipoodError("stack one prompt adapter and one tuner (nested stacks are not supported)")
+    from ._compat import import_adapters
+
+    spec = import_adapters().get_adapter_spec(saved)
+    if not getattr(spec.adapter_cls, "uses_text_encoder", False):
+        raise ClipoodError(f"base_checkpoint={ck} holds a trained '{saved}', which is not a prompt adapter (stacking "
+                           f"trains a tuner on a prompt learner's text features: coop, locoop, lapt, negpt, ...)")
+    trained_on = (meta.get("context") or {}).get("backbone") if isinstance(meta.get("context"), dict) else None
+    if trained_on and cfg.get("model") and trained_on != cfg["model"]:
+        raise ClipoodError(f"base_checkpoint={ck} was trained on backbone {trained_on}, this run uses "
+                           f"model={cfg['model']}; train the base on {cfg['model']} or set model={trained_on}")
     cfg["base"] = saved
 
 
