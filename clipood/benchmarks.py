@@ -175,7 +175,7 @@ NEGLABEL_NEGATIVES = {"num": None, "id_template": "the nice {}.", "noun_template
 def resolve_defaults(cfg) -> dict:
     """Resolve ``None`` settings to the benchmark's defaults (in place; returns ``cfg``): the negative-label
     settings, and the metric convention (openood for the ``openood-*`` suites, else hendrycks)."""
-    from .suites import default_convention
+    from .metrics import default_convention  # not via clipood.suites: no torch before the config is checked
 
     if cfg["eval"].get("convention") is None:
         cfg["eval"]["convention"] = default_convention(cfg["benchmark"])

@@ -24,6 +24,10 @@ __all__ = ["check_run_settings", "check_template", "check_environment", "check_l
            "cache_writable"]
 
 
+#: the scores of :data:`clipood.scores.SCORES`, named here so that a config is checked before torch is imported
+SCORE_NAMES = ("neglabel", "mcm", "energy", "max_logit", "glmcm")
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -57,11 +61,10 @@ def check_run_settings(cfg) -> None:
     """Types and ranges of the shared settings (score, convention, ``eval.*``, ``negatives.*``, ``mini.*``,
     the crop prompt, the seed) so that a typo fails in milliseconds instead of after the features are encoded."""
     from .metrics import CONVENTIONS
-    from .scores import get_score
 
     e = cfg.get("eval") or {}
-    if e.get("score") is not None:
-        get_score(e["score"])
+    if e.get("score") is not None and e["score"] not in SCORE_NAMES:  # without importing torch (clipood.scores)
+        raise unknown("score", str(e["score"]), SCORE_NAMES)
     if e.get("convention") is not None and e["convention"] not in CONVENTIONS:
         raise unknown("metric convention (eval.convention)", e["convention"], CONVENTIONS)
     if "logit_scale" in e and (not _is_num(e["logit_scale"]) or e["logit_scale"] <= 0):

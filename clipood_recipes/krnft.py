@@ -18,7 +18,7 @@ from clipood.report import plot_loss, summary_table, write_outputs
 from clipood.train_data import build_crop_data
 
 from .configure import train_config
-from .signature import check_output_dir_apart, check_resume, run_signature
+from .signature import check_resume, run_signature
 from .methods import adapter_detector, adapter_requires, build_training_task, save_trained_adapter
 
 log = logging.getLogger("clipood")
@@ -91,10 +91,10 @@ class KRNFTRecipe(ZeroShotRecipe):
     def setup(self, also: tuple = ()) -> None:
         """``also``: more configs that will train after this setup (ablation variants)."""
         for cfg in (self.cfg, *also):
-            check_output_dir_apart(cfg)  # before the folder is claimed: it may be the run this one stacks on
+            check_resume(cfg)  # before the folder is claimed (it may be the run this one stacks on) and any work
         self.claim()
         for cfg in (self.cfg, *also):
-            check_resume(cfg)                                            # before any model or data is loaded
+            check_resume(cfg)  # again under the lock: another run may have written checkpoints meanwhile
             self.local |= "local_features" in adapter_requires(cfg)
         super().setup()
 
