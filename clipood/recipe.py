@@ -43,10 +43,12 @@ def use_cpu_threads() -> None:
 
 def unexpected_error_line(e: BaseException) -> str:
     """One line for an exception that is not a :class:`ClipoodError`: its type, its message's first line and
-    the innermost clipood frame (``CLIPOOD_TRACEBACK=1`` prints the whole traceback instead)."""
+    the innermost frame of this project (``CLIPOOD_TRACEBACK=1`` prints the whole traceback instead)."""
     import traceback
 
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if "clipood" in f.filename or "adapters" in f.filename]
+    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the core, the methods, the recipes
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename).startswith(project)
+              and "site-packages" not in f.filename]
     where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
     first = (str(e).strip().splitlines() or [""])[0][:300]
     return (f"unexpected {type(e).__name__}{where}: {first} (this is a bug or an unchecked input; rerun with "
