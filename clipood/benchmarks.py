@@ -80,7 +80,9 @@ def setup_benchmark(cfg, accelerator) -> Benchmark:
     bench = _setup_data(cfg, accelerator)
     from .prompts import check_class_names
 
-    for split in bench.splits:  # before the model loads: names the text encoder could not tell apart
+    for split in bench.splits if cfg["benchmark"] == "custom" else ():
+        # the user's names (folders, classnames), before the model loads: names the text encoder could not tell
+        # apart. Named suites keep their label sets as published (ImageNet-1k has two 'missile' classes)
         check_class_names(split.classnames, f"the ID classes of split {split.name}")
     bench.notes.append(convention_note(cfg["eval"]["convention"]))
     bench.backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)

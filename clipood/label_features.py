@@ -48,11 +48,15 @@ def _load(path: Path, num_id: int, num_neg: int, words_sha: str) -> dict | None:
 
 
 def _fitting_names(backbone, names: list[str], corpus, n: dict):
-    """The ID names must be distinct and their prompts must fit the text encoder (refused otherwise); corpus
-    words whose prompt would be cut are left out of mining (every mined negative then fits)."""
-    from .prompts import check_class_names, check_prompts_fit, prompts_too_long
+    """The ID names must be non-empty and their prompts must fit the text encoder (refused otherwise); corpus
+    words whose prompt would be cut are left out of mining (every mined negative then fits). Distinct names are
+    checked where the names come from the user (:func:`clipood.benchmarks.setup_benchmark`)."""
+    from .prompts import check_prompts_fit, prompts_too_long
 
-    check_class_names(names, "ID classes")
+    empty = [i for i, c in enumerate(names) if not c.strip()]
+    if empty:
+        raise ClipoodError(f"ID class {empty[0]} has an empty name; its prompt would be "
+                           f"{n['id_template'].replace('{}', '')!r} — name every class")
     tok = getattr(backbone, "tokenizer", None)
     if tok is None:
         return corpus

@@ -157,16 +157,22 @@ def check_training(cfg: dict) -> None:
 
 def _check_option_ranges(options: dict) -> None:
     """Options no adapter can mean: a weight below 0 or infinite (it would turn its term around or swamp the
-    loss), a ``*_dir`` folder that does not exist (found now, not after the features are encoded)."""
+    loss)."""
     import math
 
     for k, v in options.items():
         if "weight" in k and isinstance(v, (int, float)) and not isinstance(v, bool) and \
                 (not math.isfinite(v) or v < 0):
             raise ClipoodError(f"adapter.options.{k}={v!r} is invalid; use a finite number >= 0 (0 turns the term off)")
+
+
+def check_option_folders(cfg: dict) -> None:
+    """A ``*_dir`` adapter option that names no folder, found when the run starts (before any model or data;
+    not when the config is composed: a preset may name a folder that only the machine it runs on has)."""
+    for k, v in ((cfg.get("adapter") or {}).get("options") or {}).items():
         if k.endswith("_dir") and isinstance(v, str) and v and not Path(v).expanduser().is_dir():
-            raise ClipoodError(f"adapter.options.{k}={v}: no such folder; give an existing folder or '' for the "
-                               f"default")
+            raise ClipoodError(f"adapter.options.{k}={v}: no such folder (from {Path.cwd()}); give an existing "
+                               f"folder, or '' for the default")
 
 
 def _check_score_fits(cfg: dict) -> None:

@@ -17,7 +17,7 @@ from clipood.run_lock import claim_output_dir, release_output_dirs
 from clipood.report import plot_loss, summary_table, write_outputs
 from clipood.train_data import build_crop_data
 
-from .configure import train_config
+from .configure import check_option_folders, train_config
 from .signature import check_resume, run_signature
 from .methods import adapter_detector, adapter_requires, build_training_task, save_trained_adapter
 
@@ -91,6 +91,7 @@ class KRNFTRecipe(ZeroShotRecipe):
     def setup(self, also: tuple = ()) -> None:
         """``also``: more configs that will train after this setup (ablation variants)."""
         for cfg in (self.cfg, *also):
+            check_option_folders(cfg)
             check_resume(cfg)  # before the folder is claimed (it may be the run this one stacks on) and any work
         self.claim()
         for cfg in (self.cfg, *also):
