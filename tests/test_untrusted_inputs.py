@@ -178,18 +178,22 @@ class _Negs:
 
 
 def test_links_in_a_class_folder_count_every_image_once(tmp_path):
-    """Bad outcome: a symlink loop in a class folder counted one class 41 times."""
+    """Bad outcome: a symlink loop in a class folder counted one class 41 times. Links are still followed (a
+    folder of images kept elsewhere), but never back into the class folder or above it, and once each."""
     from clipood.datasets import build_dataset
 
     make_image_folder(tmp_path / "data", {"cat": (200, 0, 0), "dog": (0, 200, 0)}, n=2, size=16)
-    os.symlink("..", tmp_path / "data" / "cat" / "up")            # back above the class folder (to dog/ too)
-    os.symlink(".", tmp_path / "data" / "cat" / "self")           # a loop
-    os.symlink(tmp_path / "data" / "dog", tmp_path / "data" / "cat" / "dogs")  # another class's folder, once
+    make_image_folder(tmp_path / "elsewhere", {"more": (90, 0, 0)}, n=1, size=16)
+    cat = tmp_path / "data" / "cat"
+    os.symlink("..", cat / "up")                                  # above the class folder (the dog/ folder too)
+    os.symlink(".", cat / "self")                                 # a loop
+    os.symlink(tmp_path / "elsewhere" / "more", cat / "more-1")   # images kept elsewhere ...
+    os.symlink(tmp_path / "elsewhere" / "more", cat / "more-2")   # ... reached by two links
     ds = build_dataset({"path": str(tmp_path / "data")})
     by_class = {}
     for p, y in ds.samples:
         by_class.setdefault(ds.classnames[y], []).append(Path(p).name)
-    assert sorted(by_class["cat"]) == ["cat_0.png", "cat_1.png", "dog_0.png", "dog_1.png"]
+    assert sorted(by_class["cat"]) == ["cat_0.png", "cat_1.png", "more_0.png"]
     assert sorted(by_class["dog"]) == ["dog_0.png", "dog_1.png"]
 
 
