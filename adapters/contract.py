@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -94,9 +95,11 @@ def check_int(name: str, value: Any, minimum: int | None = None) -> None:
         raise ClipoodError(f"{name} must be >= {minimum}, got {value}")
 
 
-def check_float(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+def check_float(name: str, value: Any, minimum: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ClipoodError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ClipoodError(f"{name} must be >= {minimum}, got {value!r}")
 
 
 def check_bool(name: str, value: Any) -> None:

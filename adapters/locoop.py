@@ -43,7 +43,7 @@ class LoCoOpConfig(CoOpConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("top_k", self.top_k, minimum=0)
-        check_float("entropy_weight", self.entropy_weight)
+        check_float("entropy_weight", self.entropy_weight, minimum=0)  # < 0 would minimise the OOD entropy
 
 
 def scaled_top_k(top_k: int, num_id: int) -> int:
@@ -117,6 +117,13 @@ class LoCoOp(CoOp):
 
 class LoCoOpTask(TrainingTask):
     """The configured loss terms (CoOp: L_cls) plus λ·L_ent on the OOD patches of the ID crops."""
+
+    def __init__(self, adapter, *args, **kwargs):
+        super().__init__(adapter, *args, **kwargs)
+        k, n = int(adapter.config.top_k), adapter.num_id
+        if k >= n:  # every label is in every patch's top K: no patch is ever OOD, the entropy term is always 0
+            raise ClipoodError(f"adapter.options.top_k={k} is not below the {n} ID classes, so no patch is ever OOD "
+                               f"and LoCoOp's entropy term is off; use top_k < {n} (0 = round(N/5))")
 
     def extra_losses(self, o: LossInputs) -> dict[str, tuple[float, torch.Tensor]]:
         a = self.adapter

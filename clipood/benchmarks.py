@@ -40,13 +40,17 @@ def make_accelerator(cfg):
     cpu = get(cfg, "cpu")
     if cpu is None:
         cpu = not torch.cuda.is_available()
+    from .trackers import BUILTIN_TRACKERS
+
     log_with = cfg.get("log_with")
     kwargs = {"log_with": log_with, "project_dir": cfg.get("output_dir")} if log_with else {}
+    if log_with in BUILTIN_TRACKERS:  # clipood's own (log_with=jsonl): the recipe adds the instance per run
+        kwargs = {"project_dir": cfg.get("output_dir")}
     try:
         return Accelerator(cpu=bool(cpu), **kwargs)
     except (ValueError, ImportError) as e:
-        raise ClipoodError(f"log_with={log_with!r} is not available ({e}); install that tracker or drop "
-                           f"log_with") from None
+        raise ClipoodError(f"log_with={log_with!r} is not available ({e}); install that tracker, use the "
+                           f"built-in log_with=jsonl, or drop log_with") from None
 
 
 @dataclass
@@ -74,6 +78,12 @@ def setup_benchmark(cfg, accelerator) -> Benchmark:
     resolve_defaults(cfg)
     check_data(cfg)  # every data problem of every split, before any model work
     bench = _setup_data(cfg, accelerator)
+    from .prompts import check_class_names
+
+    for split in bench.splits if cfg["benchmark"] == "custom" else ():
+        # the user's names (folders, classnames), before the model loads: names the text encoder could not tell
+        # apart. Named suites keep their label sets as published (ImageNet-1k has two 'missile' classes)
+        check_class_names(split.classnames, f"the ID classes of split {split.name}")
     bench.notes.append(convention_note(cfg["eval"]["convention"]))
     bench.backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
     if str(bench.backbone.identifier).split("|", 1)[-1].startswith("random"):
@@ -167,7 +177,7 @@ NEGLABEL_NEGATIVES = {"num": None, "id_template": "the nice {}.", "noun_template
 def resolve_defaults(cfg) -> dict:
     """Resolve ``None`` settings to the benchmark's defaults (in place; returns ``cfg``): the negative-label
     settings, and the metric convention (openood for the ``openood-*`` suites, else hendrycks)."""
-    from .suites import default_convention
+    from .metrics import default_convention  # not via clipood.suites: no torch before the config is checked
 
     if cfg["eval"].get("convention") is None:
         cfg["eval"]["convention"] = default_convention(cfg["benchmark"])

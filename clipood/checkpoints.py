@@ -14,7 +14,7 @@ from .errors import ClipoodError
 from .io import load_safetensors, make_temp_dir, save_safetensors, write_json
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "check_resumable", "truncate_history",
-           "CHECKPOINT_FILES"]
+           "CHECKPOINT_FILES", "folder_digest"]
 
 
 def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -91,6 +91,24 @@ def load_checkpoint(path: Path, adapter, optimizer) -> dict:
     return json.loads((path / "trainer_state.json").read_text())
 
 
+def folder_digest(folder: str | os.PathLike) -> str | None:
+    """sha256 over every file below ``folder`` (relative paths and contents, sorted; hidden temp files of a
+    writer in progress left out): what a run trained from a saved adapter signs. None when it is not a folder."""
+    import hashlib
+
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith(".")):
+        h.update(p.relative_to(root).as_posix().encode("utf-8") + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
 def check_resumable(output_dir: str | os.PathLike, signature: dict) -> Path | None:
     """The checkpoint a run in ``output_dir`` would resume from, or None. Raises ClipoodError when that folder
     holds checkpoints of another configuration (recipes call this first, before any expensive work)."""
@@ -101,10 +119,15 @@ def check_resumable(output_dir: str | os.PathLike, signature: dict) -> Path | No
     signature = json.loads(json.dumps(signature, default=str))
     old = json.loads((ck / "trainer_state.json").read_text()).get("signature")
     if old != signature:
+        if isinstance(old, dict) and old.get("signature_version") != signature.get("signature_version"):
+            raise ClipoodError(f"{ckpt_root} holds checkpoints signed by another clipood version (run signature "
+                               f"{old.get('signature_version', 1)}, this one writes "
+                               f"{signature.get('signature_version')}); set another output_dir, or resume=false "
+                               f"to train again")
         a, b = flat_leaves(old or {}), flat_leaves(signature)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        raise ClipoodError(f"{ckpt_root} holds checkpoints of another configuration (differs in: "
-                           f"{', '.join(diff)}); set another output_dir, or resume=false to start over")
+        raise ClipoodError(f"{ckpt_root} holds checkpoints of another configuration (differs in: {', '.join(diff)}); set "
+                           f"another output_dir, or resume=false to start over (it overwrites that run's results)")
     return ck
 
 

@@ -63,8 +63,9 @@ def _numbers(value: Any) -> Any:
 
 
 def parse_overrides(args: Sequence[str]) -> list[tuple[str, Any]]:
-    """``["a.b=3", "name=x"]`` → ``[("a.b", 3), ("name", "x")]`` (values parsed as YAML)."""
-    import yaml
+    """``["a.b=3", "name=x"]`` → ``[("a.b", 3), ("name", "x")]`` (values parsed as strict YAML: no anchors,
+    aliases or duplicate keys; text that is not YAML is the string itself)."""
+    from .config_yaml import strict_yaml
 
     out = []
     for a in args:
@@ -72,35 +73,29 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[str, Any]]:
             raise ClipoodError(f"cannot parse command-line argument '{a}': use key=value (e.g. losses.kr=10)")
         k, v = a.split("=", 1)
         k = k.strip().lstrip("-").replace("-", "_") if k.startswith("--") else k.strip()
-        try:
-            out.append((k, _numbers(yaml.safe_load(v)) if v != "" else None))
-        except yaml.YAMLError:
-            out.append((k, v))
+        where = f"the command line ({k}=...)"
+        out.append((k, _numbers(strict_yaml(v, where, literal_on_syntax_error=True)) if v != "" else None))
     return out
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
-    """A YAML mapping from ``path`` (a missing file or a syntax error is one line naming file and line)."""
-    import yaml
+    """A YAML mapping from ``path``, read strictly (:mod:`clipood.config_yaml`: a size limit first, no anchors,
+    aliases or duplicate keys); every problem is one line naming file and line."""
+    from .config_yaml import read_yaml_file
 
     p = Path(path)
-    if not p.is_file():
-        raise ClipoodError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ClipoodError(f"config file {p}{line} is not valid YAML: {getattr(e, 'problem', e)}") from None
+    data = read_yaml_file(p)
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ClipoodError(f"config file {p} must hold a mapping of keys to values")
     return _numbers(data)
 
 
-def split_config_arg(argv: Sequence[str]) -> tuple[str | None, list[str]]:
-    """Pull ``--config FILE`` / ``--config=FILE`` / ``config=FILE`` out of argv."""
+def split_config_arg(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Pull every ``--config FILE`` / ``--config=FILE`` / ``config=FILE`` out of argv (in order: later files are
+    applied over earlier ones)."""
     argv = list(argv)
-    path = None
+    paths: list[str] = []
     rest = []
     i = 0
     while i < len(argv):
@@ -108,15 +103,17 @@ def split_config_arg(argv: Sequence[str]) -> tuple[str | None, list[str]]:
         if a in ("--config", "-c"):
             if i + 1 >= len(argv):
                 raise ClipoodError("--config needs a file path")
-            path = argv[i + 1]
+            paths.append(argv[i + 1])
             i += 2
             continue
         if a.startswith("--config=") or a.startswith("config="):
-            path = a.split("=", 1)[1]
+            paths.append(a.split("=", 1)[1])
+            if not paths[-1]:
+                raise ClipoodError(f"{a} needs a file path")
         else:
             rest.append(a)
         i += 1
-    return path, rest
+    return paths, rest
 
 
 # ------------------------------------------------------------------------------------------------ schemas
@@ -188,11 +185,37 @@ def _flatten_layer(schema: type, data: Mapping, where: str, prefix: str = "") ->
     return out
 
 
+#: what ``${`` is stored as inside OmegaConf: user values are data, never interpolations or resolver calls
+#: (``${oc.env:SECRET}`` would copy an environment variable into config.json), and a literal ``${`` must work
+_DOLLAR_BRACE, _STORED = "${", "\ue000{"
+
+
+def _escape(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace(_DOLLAR_BRACE, _STORED)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_escape(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _escape(v) for k, v in value.items()}
+    return value
+
+
+def _unescape(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace(_STORED, _DOLLAR_BRACE)
+    if isinstance(value, list):
+        return [_unescape(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _unescape(v) for k, v in value.items()}
+    return value
+
+
 def compose(schema: type, layers: Sequence[Layer], resets: Mapping[str, str] | None = None):
     """The schema's defaults with every layer applied in order; returns a typed OmegaConf ``DictConfig``.
 
     A layer is ``(where, [(dotted_key, value), ...])``; ``where`` names the file or "the command line" in
-    errors. Raises ClipoodError on an unknown key (with the closest known key) or a value of the wrong type.
+    errors. Values are data: ``${...}`` is never an interpolation or a resolver call (``${oc.env:X}`` stays that
+    text, it does not read the environment). Raises ClipoodError on an unknown key (with the closest known key) or a value of the wrong type.
     """
     from omegaconf import OmegaConf
 
@@ -207,7 +230,7 @@ def compose(schema: type, layers: Sequence[Layer], resets: Mapping[str, str] | N
                 keys = ", ".join(f.name for f in dataclasses.fields(info))
                 raise ClipoodError(f"config key '{dotted}' in {where} is a section; set one of its keys ({keys})")
             for key, target in resets.items():
-                if dotted == key and value != OmegaConf.select(cfg, key) and not any(
+                if dotted == key and _escape(value) != OmegaConf.select(cfg, key) and not any(
                         t == target or t.startswith(target + ".") for t in touched):
                     OmegaConf.update(cfg, target, {}, merge=False)
             _assign(cfg, dotted, value, where, schema)
@@ -222,9 +245,9 @@ def _assign(cfg, dotted: str, value: Any, where: str, schema: type) -> None:
     if kind == "free" and value is None and _is_free_root(schema, dotted):
         value = {}  # ``adapter.options=null``: back to the defaults of whatever consumes the section
     try:
-        OmegaConf.update(cfg, dotted, value, merge=False, force_add=kind == "free")
+        OmegaConf.update(cfg, dotted, _escape(value), merge=False, force_add=kind == "free")
     except OmegaConfBaseException as e:
-        msg = str(e).splitlines()[0]
+        msg = _unescape(str(e).splitlines()[0])
         want = ""
         if kind == "leaf":
             want = f" (expected {_type_name(_field_type_of(schema, dotted))})"
@@ -248,10 +271,11 @@ def _type_name(t: Any) -> str:
 
 
 def to_dict(cfg) -> dict:
-    """A plain nested dict (tuples as lists) of a composed config, for code, JSON and checkpoints."""
+    """A plain nested dict (tuples as lists) of a composed config, for code, JSON and checkpoints. Nothing is
+    resolved: a ``${...}`` in a value is that text (see :func:`compose`)."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(cfg, resolve=True)
+    return _unescape(OmegaConf.to_container(cfg, resolve=False))
 
 
 def field_help(schema: type, prefix: str = "") -> dict[str, str]:

@@ -39,6 +39,8 @@ from .specs import (  # noqa: F401  (re-exported: the public names of this modul
 logger = logging.getLogger(__name__)
 
 _ON_CORRUPT = ("error", "skip")
+#: how images are decoded, in cache keys (features cached before EXIF orientation was applied are not reused)
+_DECODE = "decode-exif-v1"
 
 
 # ------------------------------------------------------------------------------------------------- dataset
@@ -77,7 +79,7 @@ class ImageDataset(Dataset):
         """What this dataset yields, for cache keys: an HF dataset's fingerprint and selection (split, columns,
         rows), or every file's path relative to ``root`` with its size and mtime; plus every label."""
         if self._hf is not None:
-            return [hf_content_key(self._hf, self._source), [[int(i), int(y)] for i, y in self.samples]]
+            return [hf_content_key(self._hf, self._source), [[int(i), int(y)] for i, y in self.samples], _DECODE]
         files = []
         for path, label in self.samples:
             p = str(path)
@@ -87,7 +89,7 @@ class ImageDataset(Dataset):
                 files.append([rel, int(label), st.st_size, st.st_mtime_ns])
             except OSError:
                 files.append([rel, int(label), None, None])
-        return ["files", files]
+        return ["files", files, _DECODE]
 
     def _describe(self, item: Any) -> str:
         return f"{self.name}[{item}]" if self._hf is not None else str(item)
@@ -158,12 +160,15 @@ class ImageDataset(Dataset):
 def _pil_rgb(value: Any):
     from PIL import Image
 
+    from PIL import ImageOps
+
     if isinstance(value, Image.Image):
-        return _to_8bit(value).convert("RGB")
+        return _to_8bit(ImageOps.exif_transpose(value)).convert("RGB")
     if isinstance(value, dict):  # an undecoded HF image: {"bytes": ..., "path": ...}
         value = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
     with Image.open(value) as im:
-        return _to_8bit(im).convert("RGB")
+        # EXIF orientation applied (a phone photo stored sideways is seen upright, as every image viewer shows it)
+        return _to_8bit(ImageOps.exif_transpose(im)).convert("RGB")
 
 
 def _to_8bit(im):
@@ -308,29 +313,40 @@ def _read_image_list(spec: ImageListSpec) -> tuple[list[tuple[str, int]], list[s
     return samples, classnames
 
 
+def _list_text(list_file: Path) -> str:
+    """An image list's text: UTF-8 (a byte-order mark dropped) or UTF-16 with its mark (as Windows tools save)."""
+    data = list_file.read_bytes()
+    try:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return data.decode("utf-16")
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ClipoodError(f"image list {list_file} is not UTF-8 (nor UTF-16 with a byte-order mark) text "
+                           f"({e.reason} at byte {e.start}); save it as UTF-8") from None
+
+
 def _read_text_list(list_file: Path) -> list[tuple[str, int]]:
     entries = []
-    with open(list_file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.rsplit(None, 1)
-            try:
-                if len(parts) != 2:
-                    raise ValueError
-                entries.append((parts[0], int(parts[1])))
-            except ValueError:
-                raise ClipoodError(
-                    f"{list_file}:{lineno}: cannot parse {line!r}; expected '<relative/path> <integer label>'"
-                ) from None
+    for lineno, line in enumerate(_list_text(list_file).splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(None, 1)
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            entries.append((parts[0], int(parts[1])))
+        except ValueError:
+            raise ClipoodError(
+                f"{list_file}:{lineno}: cannot parse {line!r}; expected '<relative/path> <integer label>'"
+            ) from None
     return entries
 
 
 def _read_json_list(list_file: Path, split: str) -> tuple[list[tuple[str, int]], list[str] | None]:
     try:
-        data = json.loads(list_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(_list_text(list_file))
+    except json.JSONDecodeError as e:
         raise ClipoodError(f"{list_file} is not valid JSON ({e})") from None
     if not isinstance(data, dict) or split not in data:
         raise unknown(f"split in {list_file}", split, data.keys() if isinstance(data, dict) else ())

@@ -12,13 +12,14 @@ K = N ID + M mined negative labels (the frozen label features, or a trained adap
     <dir>/adapter/...                 a trained adapter (trainable weights + config), when there is one
     <dir>/checksums.json              sha256 of every file above, checked on load
 
-The core knows no method: a folder with an adapter is written and read through the callables that the
-``adapters`` package registers on import (:func:`register_adapter_io`), or ones passed explicitly.
+The core knows no method: a folder with an adapter is written and read through callables that a method
+package registers (:func:`register_adapter_io`), or ones passed explicitly. Installing clipood declares its
+method package in the entry-point group :data:`ADAPTER_IO_GROUP`, so ``Detector.from_pretrained`` finds the
+loader without the caller importing anything first. What is checked before a folder is read, and how a killed
+save is recovered: :mod:`clipood.detector_folder`.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import re
@@ -29,20 +30,20 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from .detector_folder import (  # noqa: F401  (re-exported: the folder layout)
+    ADAPTER_DIR, CALIBRATION_FILE, CHECKSUMS_FILE, FEATURES_FILE, FORMAT, FORMAT_VERSION, META_FILE,
+    check_label_counts, recover_interrupted_save, resolve_detector_dir, sha256_file, verify_folder,
+)
 from .errors import ClipoodError
 from .io import load_safetensors, make_temp_dir, save_safetensors, write_json
 
 __all__ = ["Detector", "Detections", "FORMAT", "FORMAT_VERSION", "calibrate_threshold", "register_adapter_io",
-           "image_files", "has_random_weights"]
+           "image_files", "has_random_weights", "ADAPTER_IO_GROUP"]
 
-FORMAT = "clipood-detector"
-FORMAT_VERSION = 1
-META_FILE = "detector.json"
-FEATURES_FILE = "label_features.safetensors"
-CALIBRATION_FILE = "calibration.json"
-CHECKSUMS_FILE = "checksums.json"
-ADAPTER_DIR = "adapter"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+#: entry-point group of packages that save and rebuild trained adapters for detectors (installing clipood
+#: registers its method package there, so ``Detector.from_pretrained`` needs no import first)
+ADAPTER_IO_GROUP = "clipood.detector_io"
 
 _ADAPTER_IO: dict[str, Callable] = {}
 
@@ -54,13 +55,32 @@ def register_adapter_io(save: Callable[[Any, Path], Any], load: Callable[..., An
     _ADAPTER_IO.update(save=save, load=load)
 
 
+def _load_io_plugins() -> None:
+    """Import the entry points of :data:`ADAPTER_IO_GROUP` (each registers its callables on import, or is a
+    callable that does)."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ADAPTER_IO_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as e:  # noqa: BLE001 - a broken plugin is named, not a deep traceback
+            raise ClipoodError(f"cannot load the detector plugin {ep.name} = {ep.value} ({type(e).__name__}: {e}); "
+                               f"reinstall it (pip install -e . for clipood's own)") from None
+        if callable(obj) and not isinstance(obj, type) and not hasattr(obj, "__path__"):
+            obj()
+        if "load" in _ADAPTER_IO:
+            return
+
+
 def _adapter_io(which: str, given: Callable | None, where: Path) -> Callable:
     if given is not None:
         return given
     if which not in _ADAPTER_IO:
-        raise ClipoodError(f"detector {where} holds a trained adapter: run `import adapters` before "
-                           f"Detector.{'save' if which == 'save' else 'from'}_pretrained (it registers the adapter "
-                           f"loader), or pass adapter_{which}er=")
+        _load_io_plugins()
+    if which not in _ADAPTER_IO:
+        raise ClipoodError(f"detector {where} holds a trained adapter but no installed package registers an adapter "
+                           f"{which}er (entry-point group {ADAPTER_IO_GROUP}); reinstall clipood (pip install -e .), "
+                           f"or pass adapter_{which}er=")
     return _ADAPTER_IO[which]
 
 
@@ -96,14 +116,6 @@ def image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _describe_transform(t: Any) -> str:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(t))
 
@@ -118,6 +130,7 @@ class Detections:
     pred: torch.Tensor
     labels: list[str]
     paths: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  #: unreadable images left out (``skip_unreadable``)
 
     def rows(self) -> list[dict]:
         names = self.paths or [str(i) for i in range(len(self.labels))]
@@ -175,29 +188,43 @@ class Detector:
         return score_cosines(self.cosines(batch), self.num_id, self.score, self.logit_scale, self.groups,
                              self.temperature)
 
-    @torch.no_grad()
-    def encode(self, images: Sequence) -> dict[str, torch.Tensor]:
-        """Images (paths or PIL images) → the batch an adapter reads, through the backbone's preprocessing."""
+    def _preprocess(self, images: Sequence, skip: bool) -> tuple[list[torch.Tensor], list[int], list[str]]:
+        """Preprocessed tensors of the readable images, their positions, and the unreadable ones (with ``skip``;
+        otherwise the first unreadable image is a ClipoodError naming it)."""
         from .datasets import _pil_rgb
 
-        tensors = []
-        for im in images:
+        tensors, kept, skipped = [], [], []
+        for i, im in enumerate(images):
             try:
                 tensors.append(self.backbone.preprocess(_pil_rgb(im)))
-            except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
-                raise ClipoodError(f"cannot read image {im} ({type(e).__name__}: {e}); fix or remove it") from None
-        x = torch.stack(tensors)
+                kept.append(i)
+            except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+                if not skip:
+                    raise ClipoodError(f"cannot read image {im} ({type(e).__name__}: {e}); fix or remove it, or "
+                                       f"skip unreadable images (clipood detect --skip-unreadable)") from None
+                skipped.append(str(im))
+        return tensors, kept, skipped
+
+    @torch.no_grad()
+    def _encode_tensors(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if "local_features" in getattr(self.adapter, "requires", ()):
             g, loc = self.backbone.encode_images(x, local=True)
             return {"image_features": g.cpu().float(), "local_features": loc.cpu().float()}
         return {"image_features": self.backbone.encode_images(x).cpu().float()}
 
-    def __call__(self, images, batch_size: int | None = None) -> Detections:
+    @torch.no_grad()
+    def encode(self, images: Sequence) -> dict[str, torch.Tensor]:
+        """Images (paths or PIL images) → the batch an adapter reads, through the backbone's preprocessing."""
+        tensors, _, _ = self._preprocess(images, skip=False)
+        return self._encode_tensors(torch.stack(tensors))
+
+    def __call__(self, images, batch_size: int | None = None, skip_unreadable: bool = False) -> Detections:
         """Score images: a path, a folder, a PIL image, or a list of them → :class:`Detections`.
 
         ``batch_size`` (None = the run's evaluation batch size): float32 encoding is not exactly batch-invariant,
         so the run's evaluation scores are reproduced to 1e-6 when images are batched as in evaluation, and to
-        about 1e-5 (100·cos logits amplify float rounding) otherwise."""
+        about 1e-5 (100·cos logits amplify float rounding) otherwise. ``skip_unreadable``: score the readable
+        images and list the others in ``Detections.skipped`` (default: the first unreadable image stops)."""
         batch_size = int(batch_size or self.info.get("batch_size") or 256)
         if batch_size < 1:
             raise ClipoodError(f"batch_size must be >= 1, got {batch_size}")
@@ -206,14 +233,21 @@ class Detector:
         if all(isinstance(i, (str, os.PathLike)) for i in items):
             files = image_files(items)
             paths, items = [str(f) for f in files], files
-        scores, preds = [], []
+        scores, preds, kept_paths, skipped = [], [], [], []
         for s in range(0, len(items), batch_size):
-            sc, pr = self.score_features(self.encode(items[s:s + batch_size]))
+            tensors, kept, bad = self._preprocess(items[s:s + batch_size], skip=skip_unreadable)
+            skipped += bad
+            if not tensors:
+                continue
+            sc, pr = self.score_features(self._encode_tensors(torch.stack(tensors)))
             scores.append(sc)
             preds.append(pr)
+            kept_paths += [paths[s + i] for i in kept] if paths else []
+        if not scores:
+            raise ClipoodError(f"none of the {len(items)} images could be read (first: {skipped[0]})")
         sc, pr = torch.cat(scores), torch.cat(preds)
         flag = sc < self.threshold if self.threshold is not None else torch.zeros_like(sc, dtype=torch.bool)
-        return Detections(sc, flag, pr, [self.id_names[i] for i in pr.tolist()], paths)
+        return Detections(sc, flag, pr, [self.id_names[i] for i in pr.tolist()], kept_paths, skipped)
 
     def calibrate(self, id_scores, id_recall: float = 0.95, data: dict | None = None,
                   images: Sequence[str] | None = None) -> float:
@@ -235,6 +269,10 @@ class Detector:
                                f"(no pretrained tag or weights file), which no later process can rebuild; load "
                                f"it with pretrained weights")
         directory.parent.mkdir(parents=True, exist_ok=True)
+        recover_interrupted_save(directory)  # a killed earlier save: its old folder back before replacing it
+        if self.threshold is not None and not math.isfinite(float(self.threshold)):
+            raise ClipoodError(f"cannot save a detector to {directory}: its threshold is {self.threshold}; "
+                               f"calibrate it on finite ID scores")
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "backbone": {"model": self.info.get("model", bb.model_name), "pretrained": self.info.get("pretrained"),
@@ -258,7 +296,10 @@ class Detector:
             write_json(tmp / CALIBRATION_FILE, getattr(self, "_calibration", {"images": [], "scores": []}))
             write_json(tmp / META_FILE, meta)
             files = sorted(p for p in tmp.rglob("*") if p.is_file())
-            write_json(tmp / CHECKSUMS_FILE, {p.relative_to(tmp).as_posix(): _sha256(p) for p in files})
+            write_json(tmp / CHECKSUMS_FILE, {p.relative_to(tmp).as_posix(): sha256_file(p) for p in files})
+            # two renames: a kill between them leaves the complete old folder as .<name>.old-<pid>, which
+            # the next save or load puts back (recover_interrupted_save); the old one goes only after the new
+            # one is in place
             old = None
             if directory.exists():
                 old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
@@ -281,19 +322,30 @@ class Detector:
         from .backbone import load_clip
 
         directory = resolve_detector_dir(path)
-        meta = verify_folder(directory)
+        meta, calibration = verify_folder(directory)  # manifest, hashes, paths and every JSON file's schema
         bb_spec = meta["backbone"]
         backbone = load_clip(bb_spec["model"], bb_spec.get("pretrained"), device=device)
         if backbone.identifier != bb_spec.get("identifier"):
             raise ClipoodError(f"{directory / META_FILE}: the backbone loads as {backbone.identifier!r} but the "
                                f"detector was built on {bb_spec.get('identifier')!r}; restore those weights")
-        feats = _finite(load_safetensors(directory / FEATURES_FILE), directory / FEATURES_FILE)["text_features"]
+        tensors = _finite(load_safetensors(directory / FEATURES_FILE), directory / FEATURES_FILE)
+        if "text_features" not in tensors:
+            raise ClipoodError(f"{directory / FEATURES_FILE} holds no 'text_features'; re-save the detector")
+        feats = tensors["text_features"]
+        check_label_counts(feats, meta, directory / FEATURES_FILE)
         adapter = None
         if meta.get("adapter"):
             adir = directory / meta["adapter"]["folder"]
-            for f in sorted(adir.glob("*.safetensors")):
+            for f in sorted(adir.rglob("*.safetensors")):
                 _finite(load_safetensors(f), f)
-            adapter = _adapter_io("load", adapter_loader, directory)(adir, backbone).to(device)
+            loader = _adapter_io("load", adapter_loader, directory)
+            try:
+                adapter = loader(adir, backbone).to(device)
+            except ClipoodError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a malformed adapter folder is named, not a deep traceback
+                raise ClipoodError(f"cannot rebuild the adapter in {adir} ({type(e).__name__}: {e}); re-save the "
+                                   f"detector") from None
         lab, sc = meta["labels"], meta["score"]
         info = {"model": bb_spec["model"], "pretrained": bb_spec.get("pretrained"), "source": meta.get("source"),
                 "id_templates": lab.get("id_templates"), "neg_templates": lab.get("neg_templates"),
@@ -301,7 +353,7 @@ class Detector:
         det = cls(backbone, feats, lab["id_names"], negatives=lab.get("negatives") or [], adapter=adapter,
                   score=sc["name"], logit_scale=sc["logit_scale"], groups=sc["groups"],
                   temperature=sc["temperature"], threshold=meta.get("threshold"), info=info)
-        det._calibration = json.loads((directory / CALIBRATION_FILE).read_text(encoding="utf-8"))
+        det._calibration = calibration
         return det
 
 
@@ -316,69 +368,3 @@ def _finite(tensors: dict, path: Path) -> dict:
             raise ClipoodError(f"{path}: tensor '{k}' holds NaN or infinite values; this detector is broken — "
                                f"re-save it from a good run")
     return tensors
-
-
-def resolve_detector_dir(path: str | os.PathLike) -> Path:
-    """A detector folder, a run folder holding ``detector/``, or a Hub repo id → the local detector folder."""
-    p = Path(path)
-    if p.is_dir():
-        if not (p / META_FILE).is_file() and (p / "detector" / META_FILE).is_file():
-            return p / "detector"
-        if not (p / META_FILE).is_file():
-            raise ClipoodError(f"{p} is not a detector folder (no {META_FILE}, nor detector/{META_FILE}); pass a "
-                               f"trained run's output_dir or the folder Detector.save_pretrained wrote")
-        return p
-    text = str(path)
-    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) and not text.startswith((".", "/")):
-        return _from_hub(text)
-    raise ClipoodError(f"detector folder not found: {p} (nor a Hub repo id like user/name)")
-
-
-def _from_hub(repo_id: str) -> Path:
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise ClipoodError(f"loading detector {repo_id!r} from the Hub needs huggingface_hub; pip install "
-                           f"huggingface_hub, or pass a local folder") from None
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=offline))
-    except Exception as e:  # network errors, missing repos, offline cache misses
-        why = "not in the local cache and HF_HUB_OFFLINE=1 forbids downloads" if offline else \
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        raise ClipoodError(f"cannot fetch detector {repo_id!r} from the Hugging Face Hub ({why}); download the "
-                           f"folder once with network access, or pass a local folder") from None
-
-
-def verify_folder(directory: Path) -> dict:
-    """Check ``checksums.json`` (every listed file present with its sha256, no required file unlisted) and
-    the format version; returns the parsed ``detector.json``."""
-    sums_path = directory / CHECKSUMS_FILE
-    try:
-        sums = json.loads(sums_path.read_text(encoding="utf-8"))
-        if not isinstance(sums, dict):
-            raise TypeError("not an object")
-    except FileNotFoundError:
-        raise ClipoodError(f"{sums_path} is missing; the detector folder is incomplete — re-save it") from None
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ClipoodError(f"{sums_path} is corrupt ({e}); re-save the detector") from None
-    for required in (META_FILE, FEATURES_FILE, CALIBRATION_FILE):
-        if required not in sums:
-            raise ClipoodError(f"{sums_path} does not list {required}; the detector folder was altered — re-save it")
-    for rel, digest in sums.items():
-        f = directory / rel
-        if not f.is_file():
-            raise ClipoodError(f"detector file {f} is missing; copy the complete detector folder")
-        if _sha256(f) != digest:
-            raise ClipoodError(f"detector file {f} does not match its sha256 in {CHECKSUMS_FILE} (changed or "
-                               f"corrupt); restore the original file or re-save the detector")
-    try:
-        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ClipoodError(f"{directory / META_FILE} is not valid JSON ({e}); re-save the detector") from None
-    if meta.get("format") != FORMAT:
-        raise ClipoodError(f"{directory / META_FILE} is not a clipood detector (format {meta.get('format')!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ClipoodError(f"{directory / META_FILE} has format version {meta.get('format_version')!r}; this "
-                           f"clipood reads version {FORMAT_VERSION} — use the clipood version that wrote it")
-    return meta

@@ -79,6 +79,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     resumed_from: str | None = None
     seconds: float = 0.0  #: training time of the whole run, earlier sessions included
+    trained_now: int = 0  #: optimiser steps this session took (0: a complete checkpoint was reused)
+    sessions: list[dict] = field(default_factory=list)  #: every session of the run (steps, processes, resumed)
 
 
 def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
@@ -217,8 +219,11 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
     model, opt = accelerator.prepare(method, opt)
     inner = accelerator.unwrap_model(model)
     history_path = _start_log(accelerator, out, state["step"])
+    if result.resumed_from and accelerator.trackers:
+        _replay_into_trackers(accelerator, history_path, cfg.log_every)  # the tracker holds the whole run
     t0, before = time.time(), float(state.get("train_seconds", 0.0))  # training time of earlier sessions
     step = state["step"]
+    start_step = step
     bar = tqdm(total=total, initial=step, desc="train", disable=not (progress and accelerator.is_main_process),
                mininterval=1, dynamic_ncols=True)
     stopped = False
@@ -269,14 +274,46 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
     state.update(step=step, train_seconds=before + time.time() - t0)
     _ckpt(accelerator, ckpt_root, inner, opt, state, cfg)
     result.steps = step
+    result.trained_now = step - start_step
     result.seconds = state["train_seconds"]  # cumulative over every session of this run (survives a resume)
+    result.sessions = _sessions(out, result.resumed_from) + [
+        {"steps_trained": result.trained_now, "from_step": start_step, "processes": world,
+         "resumed_from": result.resumed_from, "seconds": round(time.time() - t0, 3)}]
     if accelerator.is_main_process:
         from .io import write_json
 
         write_json(out / "training.json", {"steps": step, "train_seconds": round(result.seconds, 3),
                                            "this_session_seconds": round(time.time() - t0, 3),
-                                           "resumed_from": result.resumed_from})
+                                           "this_session_steps": result.trained_now,
+                                           "resumed_from": result.resumed_from, "sessions": result.sessions})
     return result
+
+
+def _sessions(out: Path, resumed_from: str | None) -> list[dict]:
+    """The sessions recorded by earlier runs into ``out`` (a fresh start has none)."""
+    path = out / "training.json"
+    if not resumed_from or not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text(encoding="utf-8")).get("sessions")
+    except (ValueError, AttributeError):
+        return []
+    return list(old) if isinstance(old, list) else []
+
+
+def _replay_into_trackers(accelerator, history_path: Path, log_every: int) -> None:
+    """Log the steps of earlier sessions (from ``train_log.jsonl``) to this session's trackers, as they were
+    logged then: a tracker added on a resumed run (``log_with=...`` after the main job) is not left empty."""
+    if not accelerator.is_main_process or not log_every or not history_path.is_file():
+        return
+    for line in history_path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("step") and rec["step"] % log_every == 0:
+            logs = {k: v for k, v in rec.items() if k.endswith("loss") and isinstance(v, (int, float))}
+            accelerator.log(logs, step=rec["step"])
 
 
 def _ckpt(accelerator, ckpt_root, inner, opt, state, cfg):

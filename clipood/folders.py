@@ -26,9 +26,24 @@ def _is_image(name: str) -> bool:
 
 
 def walk_images(folder: Path) -> list[str]:
-    """Every image file below ``folder`` (recursive, sorted, hidden files and folders skipped)."""
+    """Every image file below ``folder`` (recursive, sorted, hidden files and folders skipped). Linked folders
+    are followed, but never back into the class folder or above it (a loop, or a link to the class folders
+    beside it), and a folder two links reach is walked once: every image counts once, in its own class."""
     found = []
+    seen: set[tuple[int, int]] = set()
+    root = os.path.realpath(folder)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        real = os.path.realpath(dirpath)
+        above = real != root and (root + os.sep).startswith(real.rstrip(os.sep) + os.sep)  # an ancestor
+        if (st.st_dev, st.st_ino) in seen or above:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".") and _is_image(f))
     return found

@@ -51,12 +51,30 @@ def load_hf(spec: HFDatasetSpec) -> tuple[Any, list[tuple[int, int]], list[str] 
         labels = [0] * len(ds)
         classnames = None
     else:
-        labels = [int(x) for x in ds[spec.label_column]]
         feature = ds.features[spec.label_column]
         classnames = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+        labels, named = hf_labels(list(ds[spec.label_column]), f"label_column '{spec.label_column}' of HF dataset "
+                                                               f"{source}")
+        classnames = classnames if named is None else named
     if not labels:
         raise ClipoodError(f"HF dataset {source} (split {spec.split}) has no rows")
     return ds, list(enumerate(labels)), classnames
+
+
+def hf_labels(values: list, where: str) -> tuple[list[int], list[str] | None]:
+    """Integer labels of an HF label column, and class names when the column holds names: strings become the
+    sorted distinct names (labels = positions), integral floats (``3.0``) integers; anything else is refused."""
+    if values and all(isinstance(v, str) for v in values):
+        names = sorted(set(values))
+        index = {n: i for i, n in enumerate(names)}
+        return [index[v] for v in values], names
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+            raise ClipoodError(f"{where}: row {i} has label {v!r}; labels must be class indices (integers) or "
+                               f"class names (strings), not mixed")
+        out.append(int(v))
+    return out, None
 
 
 def hf_content_key(ds: Any, spec: HFDatasetSpec | None) -> list:

@@ -115,14 +115,28 @@ def warn_cache_once(folder: str | os.PathLike, problem: str) -> None:
                     "writable folder to keep encoded features", problem)
 
 
+def _write_errors() -> tuple[type, ...]:
+    """What a full or broken disk raises while a cache file is written: ``OSError`` from Python and numpy,
+    safetensors' own ``SafetensorError`` (its Rust writer does not raise OSError)."""
+    errors: list[type] = [OSError]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # an old safetensors: its errors are OSError or RuntimeError
+        pass
+    return tuple(errors)
+
+
 def cache_write(write, path: str | os.PathLike) -> bool:
-    """``write()`` a cache file; an ``OSError`` (read-only folder, full disk) warns once and returns False
-    instead of throwing away what was just computed."""
+    """``write()`` a cache file; a write error of a full, read-only or broken disk (``OSError``, safetensors'
+    ``SafetensorError``) warns once and returns False instead of throwing away what was just computed."""
     try:
         write()
         return True
-    except OSError as e:
-        warn_cache_once(Path(path).parent, f"{Path(path).parent}: {e.strerror or e}")
+    except _write_errors() as e:
+        why = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+        warn_cache_once(Path(path).parent, f"{Path(path).parent}: {why}")
         return False
 
 

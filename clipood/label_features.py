@@ -47,6 +47,33 @@ def _load(path: Path, num_id: int, num_neg: int, words_sha: str) -> dict | None:
     return t if ok else None
 
 
+def _fitting_names(backbone, names: list[str], corpus, n: dict):
+    """The ID names must be non-empty and their prompts must fit the text encoder (refused otherwise); corpus
+    words whose prompt would be cut are left out of mining (every mined negative then fits). Distinct names are
+    checked where the names come from the user (:func:`clipood.benchmarks.setup_benchmark`)."""
+    from .prompts import check_prompts_fit, prompts_too_long
+
+    empty = [i for i, c in enumerate(names) if not c.strip()]
+    if empty:
+        raise ClipoodError(f"ID class {empty[0]} has an empty name; its prompt would be "
+                           f"{n['id_template'].replace('{}', '')!r} — name every class")
+    tok = getattr(backbone, "tokenizer", None)
+    if tok is None:
+        return corpus
+    check_prompts_fit(tok, [n["id_template"].replace("{}", c) for c in names], "ID class names with "
+                      "negatives.id_template", "shorten the class names (id_data.classnames=[...]) or the template")
+    kept = {}
+    for pos, template in (("nouns", n["noun_template"]), ("adjectives", n["adj_template"])):
+        words = list(getattr(corpus, pos))
+        long = {i for i, _ in prompts_too_long(tok, [template.replace("{}", w) for w in words])}
+        kept[pos] = [w for i, w in enumerate(words) if i not in long]
+        if long:
+            log.info("left out %d corpus %s whose prompt is longer than the text encoder's context", len(long), pos)
+    if len(kept["nouns"]) == len(corpus.nouns) and len(kept["adjectives"]) == len(corpus.adjectives):
+        return corpus
+    return type(corpus)(nouns=kept["nouns"], adjectives=kept["adjectives"])
+
+
 def label_text_features(backbone, classnames: Sequence[str], corpus, settings: dict, cache_dir, *,
                         accelerator=None, progress: bool = True):
     """``(C, num_id, NegativeSet)``: C = [ID prompt features; negative prompt features] (float32, CPU).
@@ -63,6 +90,7 @@ def label_text_features(backbone, classnames: Sequence[str], corpus, settings: d
 
     n = settings
     names = [str(c) for c in classnames]
+    corpus = _fitting_names(backbone, names, corpus, n)
     ctx = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
     main = accelerator is None or accelerator.is_main_process
     show = bool(progress) and main

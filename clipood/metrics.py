@@ -37,6 +37,12 @@ from clipood.errors import ClipoodError, unknown
 __all__ = ["CONVENTIONS", "ood_metrics", "accuracy", "summarize"]
 
 CONVENTIONS = ("hendrycks", "openood")
+
+
+def default_convention(benchmark: str) -> str:
+    """The metric convention a benchmark is reported in by default: ``openood`` for the ``openood-*`` suites
+    (comparable with OpenOOD v1.5 tables), else ``hendrycks`` (the CLIP-OOD papers, KR-NFT's tables)."""
+    return "openood" if str(benchmark).lower().startswith("openood") else "hendrycks"
 RECALL_LEVEL = 0.95
 
 

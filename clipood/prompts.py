@@ -18,7 +18,8 @@ from .io import read_text_lines
 
 __all__ = [
     "LabelSet", "TEMPLATES", "NEGLABEL_TEMPLATES", "LABEL_SETS", "CIFAR10_CLASSNAMES", "CIFAR100_CLASSNAMES",
-    "get_label_set", "get_templates", "load_label_file", "format_prompts",
+    "get_label_set", "get_templates", "load_label_file", "format_prompts", "check_class_names", "check_prompts_fit",
+    "prompts_too_long", "FittingTokenizer",
 ]
 
 # The 7 "select" templates (CLIP's ImageNet notebook subset; used by several OOD papers).
@@ -251,3 +252,79 @@ def format_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[
         if t.count("{}") != 1:
             raise ClipoodError(f"template {t!r} must contain exactly one '{{}}' placeholder for the class name")
     return [[t.replace("{}", c) for t in templates] for c in classnames]
+
+
+# ------------------------------------------------------------------------------------------------ names
+def _normalised(name: str) -> str:
+    """A name as CLIP's tokenizer reads it: case, surrounding and repeated whitespace do not count."""
+    return " ".join(str(name).split()).lower()
+
+
+def check_class_names(names: Sequence[str], where: str) -> None:
+    """ID class names must be non-empty and distinct as the text encoder reads them (``Cat`` and ``cat``, or
+    ``dog`` twice, would give identical prompt rows: two classes the detector cannot tell apart)."""
+    seen: dict[str, str] = {}
+    for i, n in enumerate(names):
+        if not isinstance(n, str) or not n.strip():
+            raise ClipoodError(f"{where}: class {i} has an empty name ({n!r}); its prompt would be 'a photo of a .' "
+                               f"— name every class")
+        key = _normalised(n)
+        if key in seen:
+            same = "the same name" if seen[key] == n else "names that differ only in case or spacing"
+            raise ClipoodError(f"{where}: classes {seen[key]!r} and {n!r} are {same}, which the text encoder "
+                               f"reads as one (it lowercases); rename or merge one of them")
+        seen[key] = n
+
+
+def _token_count(tokenizer, text: str) -> int | None:
+    """Tokens of ``text`` with start and end tokens, untruncated (None: a tokenizer this cannot count for)."""
+    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):  # open_clip's SimpleTokenizer
+        return len(tokenizer.encode(text)) + 2
+    inner = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers tokenizer
+    if inner is not None and callable(inner):
+        return len(inner(text, truncation=False)["input_ids"])
+    return None
+
+
+def prompts_too_long(tokenizer, prompts: Sequence[str]) -> list[tuple[int, int]]:
+    """``[(index, tokens)]`` of the prompts longer than the tokenizer's context (which would be cut, so two
+    long names could become one text). Only prompts long enough to be at risk are tokenised."""
+    limit = getattr(tokenizer, "context_length", None)
+    if not isinstance(limit, int):
+        return []
+    out = []
+    for i, p in enumerate(prompts):
+        if 2 * len(p.encode("utf-8")) + 2 <= limit:  # a BPE token covers at least one byte (lowercasing aside)
+            continue
+        n = _token_count(tokenizer, p)
+        if n is not None and n > limit:
+            out.append((i, n))
+    return out
+
+
+def check_prompts_fit(tokenizer, prompts: Sequence[str], what: str, fix: str) -> None:
+    """Refuse prompts the text encoder would truncate (one line naming the first, its length and ``fix``)."""
+    long = prompts_too_long(tokenizer, prompts)
+    if long:
+        i, n = long[0]
+        more = f" (and {len(long) - 1} more)" if len(long) > 1 else ""
+        raise ClipoodError(f"{what}: the prompt {prompts[i]!r} has {n} tokens, more than the text encoder's context "
+                           f"of {tokenizer.context_length}{more}; it would be cut (long names cut there become one "
+                           f"text); {fix}")
+
+
+class FittingTokenizer:
+    """A tokenizer that refuses to truncate: what prompt learners get, so that a long learned-context phrase
+    (``ctx_init``) or class name fails with one line instead of cutting every prompt at the context length.
+    Every other attribute is the wrapped tokenizer's."""
+
+    def __init__(self, tokenizer, what: str, fix: str):
+        self._inner, self._what, self._fix = tokenizer, what, fix
+
+    def __call__(self, texts, *args, **kwargs):
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        check_prompts_fit(self._inner, texts, self._what, self._fix)
+        return self._inner(texts, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)

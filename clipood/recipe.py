@@ -41,8 +41,24 @@ def use_cpu_threads() -> None:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
+def unexpected_error_line(e: BaseException) -> str:
+    """One line for an exception that is not a :class:`ClipoodError`: its type, its message's first line and
+    the innermost frame of this project (``CLIPOOD_TRACEBACK=1`` prints the whole traceback instead)."""
+    import traceback
+
+    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the core, the methods, the recipes
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename).startswith(project)
+              and "site-packages" not in f.filename]
+    where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    return (f"unexpected {type(e).__name__}{where}: {first} (this is a bug or an unchecked input; rerun with "
+            f"CLIPOOD_TRACEBACK=1 for the traceback and report it)")
+
+
 def run(main: Callable[[list[str]], Any]) -> None:
-    """Run a recipe's main; a ClipoodError becomes one line on stderr and exit status 2 (no traceback)."""
+    """Run a recipe's main. A ClipoodError becomes one line on stderr and exit status 2; any other exception
+    one line too (exit status 1, see :func:`unexpected_error_line`). Either way the run's output-folder lock is
+    released and a folder it created holding nothing else is removed."""
     from .run_lock import release_output_dirs
 
     try:
@@ -52,5 +68,12 @@ def run(main: Callable[[list[str]], Any]) -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt as e:
+        release_output_dirs(failed=True)
         print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback, no lock left behind
+        release_output_dirs(failed=True)
+        if os.environ.get("CLIPOOD_TRACEBACK"):
+            raise
+        print(f"error: {unexpected_error_line(e)}", file=sys.stderr)
+        raise SystemExit(1) from None

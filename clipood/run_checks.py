@@ -24,6 +24,10 @@ __all__ = ["check_run_settings", "check_template", "check_environment", "check_l
            "cache_writable"]
 
 
+#: the scores of :data:`clipood.scores.SCORES`, named here so that a config is checked before torch is imported
+SCORE_NAMES = ("neglabel", "mcm", "energy", "max_logit", "glmcm")
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -57,11 +61,10 @@ def check_run_settings(cfg) -> None:
     """Types and ranges of the shared settings (score, convention, ``eval.*``, ``negatives.*``, ``mini.*``,
     the crop prompt, the seed) so that a typo fails in milliseconds instead of after the features are encoded."""
     from .metrics import CONVENTIONS
-    from .scores import get_score
 
     e = cfg.get("eval") or {}
-    if e.get("score") is not None:
-        get_score(e["score"])
+    if e.get("score") is not None and e["score"] not in SCORE_NAMES:  # without importing torch (clipood.scores)
+        raise unknown("score", str(e["score"]), SCORE_NAMES)
     if e.get("convention") is not None and e["convention"] not in CONVENTIONS:
         raise unknown("metric convention (eval.convention)", e["convention"], CONVENTIONS)
     if "logit_scale" in e and (not _is_num(e["logit_scale"]) or e["logit_scale"] <= 0):
@@ -87,6 +90,9 @@ def check_run_settings(cfg) -> None:
         p = Path(str(n["corpus"])).expanduser()
         if not p.is_file():
             raise ClipoodError(f"negatives.corpus={n['corpus']!r}: no such file; give a word file (one word a line)")
+        if not _has_a_word(p):
+            raise ClipoodError(f"negatives.corpus={n['corpus']!r} holds no words (only blank lines or comments); "
+                               f"give a word file with one word a line")
     if cfg.get("benchmark") == "mini" and isinstance(cfg.get("mini"), dict):
         m = cfg["mini"]
         _int_at_least("mini.seed", m.get("seed", 0), 0)
@@ -101,6 +107,10 @@ def check_run_settings(cfg) -> None:
         check_template("crops.prompt", crops["prompt"])
     if "seed" in cfg:
         _int_at_least("seed", cfg["seed"], 0)
+    if cfg.get("classes") is not None and cfg.get("benchmark") in ("mini", "custom"):
+        where = ("the mini world's classes are its own" if cfg["benchmark"] == "mini" else
+                 "for benchmark=custom set id_data.classes=[...] (and train_data.classes=[...])")
+        raise ClipoodError(f"classes={cfg['classes']} applies to named suites only (benchmark=imagenet, ...); {where}")
     if cfg.get("classes") is not None:
         from .specs import _check_classes
 
@@ -108,6 +118,14 @@ def check_run_settings(cfg) -> None:
             _check_classes(cfg["classes"])
         except ClipoodError as err:
             raise ClipoodError(f"classes: {err}") from None
+
+
+def _has_a_word(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return any(line.strip() and not line.lstrip().startswith("#") for line in f)
+    except OSError:
+        return True  # unreadable: the reader names the problem
 
 
 # ------------------------------------------------------------------------------------------------ environment
@@ -170,6 +188,13 @@ def check_locations(cfg) -> None:
     if out:
         if problem := folder_problem(out):
             raise ClipoodError(f"output_dir: {problem}; set output_dir to a writable folder")
+    target = cfg.get("output")  # a command that writes one file (clipood mine)
+    if target:
+        t = Path(str(target)).expanduser()
+        if t.is_dir():
+            raise ClipoodError(f"output={target} is a folder; give a file name (e.g. output={t / 'negatives.tsv'})")
+        if problem := folder_problem(t.absolute().parent):
+            raise ClipoodError(f"output={target}: {problem}; write it to a writable folder")
     cache = cache_root(cfg)
     if cache.exists() and not cache.is_dir():
         src = "cache_dir" if get(cfg, "cache_dir") else "CLIPOOD_CACHE"

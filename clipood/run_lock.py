@@ -18,6 +18,7 @@ __all__ = ["LOCK_NAME", "claim_output_dir", "release_output_dirs"]
 LOCK_NAME = ".clipood.lock"
 _HELD: dict[str, object] = {}
 _CREATED: set[str] = set()  # output folders this process created (removed again if a run fails leaving only the lock)
+_LOCK_CREATED: set[str] = set()  # output folders whose lock file this process created (removed if the run fails)
 
 
 def _is_main_process() -> bool:
@@ -44,6 +45,8 @@ def claim_output_dir(output_dir: str | os.PathLike, cache_dir: str | os.PathLike
     except OSError as e:
         raise ClipoodError(f"output_dir: cannot create {out} ({e.strerror or e}); set output_dir to a writable "
                            f"folder") from None
+    if not (out / LOCK_NAME).exists():
+        _LOCK_CREATED.add(key)
     lock = FileLock(str(out / LOCK_NAME), timeout=0)
     try:
         lock.acquire()
@@ -75,5 +78,8 @@ def release_output_dirs(failed: bool = False) -> None:
                 folder.rmdir()
             except OSError:
                 pass
+        elif failed and key in _LOCK_CREATED:  # a failed run into an existing folder leaves no lock file either
+            (folder / LOCK_NAME).unlink(missing_ok=True)
     _HELD.clear()
     _CREATED.clear()
+    _LOCK_CREATED.clear()

@@ -49,6 +49,7 @@ from .datasets import (
     spec_from_dict, spec_name,
 )
 from .errors import ClipoodError, unknown
+from .metrics import default_convention  # noqa: F401  (re-exported: the convention of a suite)
 
 
 @dataclass
@@ -144,12 +145,6 @@ _SUITES = {
         "oxford_pets", ImageListSpec("oxford_pets/images", "oxford_pets/split_zhou_OxfordPets.json"),
         "Oxford-IIIT Pets"),
 }
-
-
-def default_convention(benchmark: str) -> str:
-    """The metric convention a benchmark is reported in by default: ``openood`` for the ``openood-*`` suites
-    (comparable with OpenOOD v1.5 tables), else ``hendrycks`` (the CLIP-OOD papers, KR-NFT's tables)."""
-    return "openood" if str(benchmark).lower().startswith("openood") else "hendrycks"
 
 
 def list_suites() -> list[str]:

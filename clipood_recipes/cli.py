@@ -126,6 +126,17 @@ def main(argv=None) -> None:
         release_output_dirs(failed=True)
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as e:  # noqa: BLE001 - one line, the lock released (as recipes: clipood.recipe.run)
+        import os
+
+        from clipood.recipe import unexpected_error_line
+        from clipood.run_lock import release_output_dirs
+
+        release_output_dirs(failed=True)
+        if os.environ.get("CLIPOOD_TRACEBACK"):
+            raise
+        print(f"error: {unexpected_error_line(e)}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

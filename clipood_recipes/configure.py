@@ -1,4 +1,6 @@
-"""From a command line to a checked run config: schema defaults ← preset file ← ``--config`` file ← ``key=value``.
+"""From a command line to a checked run config: schema defaults ← preset file ← ``--config`` files ← ``key=value``.
+
+Several ``--config`` files are applied in the order given (a later file overrides an earlier one, key by key).
 
 ``preset=NAME`` (on the command line or as ``preset:`` in a ``--config`` file) applies
 ``<configs>/<recipe>_<NAME>.yaml`` first; those files carry every value of a reported setting. Choosing
@@ -35,23 +37,23 @@ def compose_settings(schema: type, argv: Sequence[str], *, configs_dir: str | Pa
     Unless ``output_dir`` is given (command line or ``--config`` file), it is the preset's (or
     ``default_output_dir``) for the preset's own setting, and ``<that>-<8 hex digits>`` of the setting for any
     other, so the README's commands run in any order never meet each other's checkpoints."""
-    path, rest = split_config_arg(argv)
+    paths, rest = split_config_arg(argv)
     overrides = parse_overrides(rest)
-    file_data = load_yaml(path) if path else {}
+    files = [(str(p), load_yaml(p)) for p in paths]  # several --config files: applied in the order given
     known = presets(configs_dir, recipe)
-    name = dict(overrides).get("preset", file_data.get("preset"))
+    name = next((data["preset"] for _, data in reversed(files) if "preset" in data), None)  # the last file's
+    name = dict(overrides).get("preset", name)  # the command line's over any file's
     layers: list = []
     if name is not None and known:
         if name not in known:
             raise unknown("preset", name, known)
         layers.append((str(known[name]), load_yaml(known[name])))
-    if path:
-        layers.append((str(path), file_data))
+    layers += files
     base_layers = list(layers)
     layers.append(("the command line", overrides))
     resets = RESETS if "adapter" in _fields(schema) else None
     cfg = finish(to_dict(compose(schema, layers, resets=resets)))
-    explicit = "output_dir" in dict(overrides) or "output_dir" in file_data
+    explicit = "output_dir" in dict(overrides) or any("output_dir" in data for _, data in files)
     if "output_dir" in cfg and not explicit:
         if default_output_dir:
             base_layers.append(("the command's default", [("output_dir", default_output_dir)]))
@@ -131,6 +133,14 @@ def check_training(cfg: dict) -> None:
     for k in ("cls_groups", "ood_groups"):
         if cfg[k] < 1:
             raise ClipoodError(f"{k}={cfg[k]} is invalid; use an integer >= 1 (1 = no grouping)")
+        num = (cfg.get("negatives") or {}).get("num")
+        if isinstance(num, int) and cfg[k] > num:
+            raise ClipoodError(f"{k}={cfg[k]} is more than the negatives.num={num} negatives to split into groups; "
+                               f"lower {k}")
+    pool = (cfg.get("mini") or {}).get("train_per_class") if cfg.get("benchmark") == "mini" else None
+    if isinstance(pool, int) and shots > pool:
+        raise ClipoodError(f"shots={shots} is more than the mini world's mini.train_per_class={pool} training images "
+                           f"per class; lower shots or raise mini.train_per_class")
     from .stacking import check_stacking
 
     check_stacking(cfg)
@@ -141,6 +151,45 @@ def check_training(cfg: dict) -> None:
         a = cfg["adapter"]
         spec = import_adapters().get_adapter_spec(a["name"])
         a["options"] = _asdict(spec.config_cls.from_dict(dict(a["options"] or {}), source="adapter.options"))
+        _check_option_ranges(a["options"])
+    _check_score_fits(cfg)
+
+
+def _check_option_ranges(options: dict) -> None:
+    """Options no adapter can mean: a weight below 0 or infinite (it would turn its term around or swamp the
+    loss)."""
+    import math
+
+    for k, v in options.items():
+        if "weight" in k and isinstance(v, (int, float)) and not isinstance(v, bool) and \
+                (not math.isfinite(v) or v < 0):
+            raise ClipoodError(f"adapter.options.{k}={v!r} is invalid; use a finite number >= 0 (0 turns the term off)")
+
+
+def check_option_folders(cfg: dict) -> None:
+    """A ``*_dir`` adapter option that names no folder, found when the run starts (before any model or data;
+    not when the config is composed: a preset may name a folder that only the machine it runs on has)."""
+    for k, v in ((cfg.get("adapter") or {}).get("options") or {}).items():
+        if k.endswith("_dir") and isinstance(v, str) and v and not Path(v).expanduser().is_dir():
+            raise ClipoodError(f"adapter.options.{k}={v}: no such folder (from {Path.cwd()}); give an existing "
+                               f"folder, or '' for the default")
+
+
+def _check_score_fits(cfg: dict) -> None:
+    """``eval.score=glmcm`` needs patch features: refused up front for an adapter that never reads them."""
+    if (cfg.get("eval") or {}).get("score") != "glmcm":
+        return
+    from .methods import adapter_requires
+
+    needs = set(adapter_requires(cfg))
+    if cfg.get("base"):
+        from ._compat import import_adapters
+
+        needs |= set(import_adapters().get_adapter_spec(cfg["base"]).adapter_cls.requires)
+    if "local_features" not in needs:
+        raise ClipoodError(f"eval.score=glmcm needs patch (local) features, which adapter "
+                           f"'{cfg['base'] or cfg['adapter']['name']}' does not use; use eval.score=mcm or neglabel, "
+                           f"or a locoop adapter")
 
 
 def _asdict(config: Any) -> dict:
@@ -167,6 +216,6 @@ def load_settings(schema: type, argv: Sequence[str] | None = None, *, configs_di
     from clipood.run_checks import check_environment, check_locations
 
     check_environment()  # CLIPOOD_* and thread variables, before torch reads them
-    if "negatives" in cfg and "output_dir" in cfg:  # a run: its folders, before any model or data
+    if "negatives" in cfg and ("output_dir" in cfg or "output" in cfg):  # a run: its folders, before any work
         check_locations(cfg)
     return cfg

@@ -30,7 +30,7 @@ def save_run_detector(cfg: dict, bench, splits, raw: dict, method: str, adapter=
     from ._compat import import_adapters
     from .methods import label_context
 
-    import_adapters()  # registers the adapter writer of clipood.Detector
+    import_adapters()  # registers the adapter writer of clipood.Detector (and says so if another package took the name)
     sf = splits[0]
     id_name = next(iter(sf.split.id_sets))
     scores = raw[sf.split.name][method][f"id/{id_name}"]
@@ -59,7 +59,8 @@ def save_run_detector(cfg: dict, bench, splits, raw: dict, method: str, adapter=
     return det.save_pretrained(Path(cfg["output_dir"]) / "detector")
 
 
-DETECT_USAGE = "clipood detect <run or detector dir> <image files or folders> [--csv FILE | --json FILE]"
+DETECT_USAGE = ("clipood detect <run or detector dir> <image files or folders> [--csv FILE | --json FILE] "
+                "[--skip-unreadable]")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per encoding batch (default: the run's evaluation batch size)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="score the readable images and list the unreadable ones (default: stop at the first)")
     return p
 
 
@@ -89,12 +92,26 @@ def detect_main(argv: list[str]) -> None:
         raise ClipoodError("clipood detect: give --csv or --json, not both")
     if args.batch_size is not None and args.batch_size < 1:
         raise ClipoodError(f"clipood detect: --batch-size must be >= 1, got {args.batch_size}")
-    for out in (args.csv, args.json):
-        if out and not Path(out).resolve().parent.is_dir():
-            raise ClipoodError(f"clipood detect: the folder of {out} does not exist; create it first")
+    import math
+
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise ClipoodError(f"clipood detect: --threshold must be a finite number, got {args.threshold}")
     from clipood.detector import Detector, image_files
+    from clipood.detector_folder import resolve_detector_dir
 
     files = image_files(args.images)  # before the model loads: a wrong path fails at once
+    det_dir = resolve_detector_dir(args.detector)
+    for flag, out in (("--csv", args.csv), ("--json", args.json)):
+        if not out:
+            continue
+        target = Path(out).resolve()
+        if target.is_dir():
+            raise ClipoodError(f"clipood detect: {flag} {out} is a folder; give a file name")
+        if not target.parent.is_dir():
+            raise ClipoodError(f"clipood detect: the folder of {out} does not exist; create it first")
+        if target == det_dir.resolve() or det_dir.resolve() in target.parents:
+            raise ClipoodError(f"clipood detect: {flag} {out} lies inside the detector folder {det_dir}, whose "
+                               f"files it would overwrite; write it elsewhere")
     import torch
 
     from clipood.recipe import setup_logging, use_cpu_threads
@@ -105,24 +122,28 @@ def detect_main(argv: list[str]) -> None:
     use_cpu_threads()
     import_adapters()
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-    det = Detector.from_pretrained(args.detector, device=device)
+    det = Detector.from_pretrained(det_dir, device=device)
     if args.threshold is not None:
         det.threshold = args.threshold
-    rows = det([str(f) for f in files], batch_size=args.batch_size).rows()
+    result = det([str(f) for f in files], batch_size=args.batch_size, skip_unreadable=args.skip_unreadable)
+    rows = result.rows()
+    skipped = (f"skipped {len(result.skipped)} unreadable image(s): {', '.join(result.skipped)}\n"
+               if result.skipped else "")
     if args.csv or args.json:
         from clipood.io import atomic_write
 
         with atomic_write(args.csv or args.json) as f:
             if args.json:
-                json.dump({"threshold": det.threshold, "rows": rows}, f, indent=2)
+                json.dump({"threshold": det.threshold, "rows": rows, "skipped": result.skipped}, f, indent=2)
                 f.write("\n")
             else:
                 w = csv.DictWriter(f, fieldnames=["image", "score", "ood", "class"])
                 w.writeheader()
                 w.writerows(rows)
         print(f"wrote {len(rows)} rows to {args.csv or args.json}")
+        sys.stdout.write(skipped)
         return
-    sys.stdout.write(format_table(rows, det.threshold))
+    sys.stdout.write(format_table(rows, det.threshold) + skipped)
 
 
 def format_table(rows: list[dict], threshold) -> str:

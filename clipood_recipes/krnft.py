@@ -9,7 +9,7 @@ from pathlib import Path
 
 from clipood.benchmarks import cache_root, make_accelerator, prepare_splits, setup_benchmark
 from clipood.detectors import evaluate_detectors, zero_shot_detectors
-from clipood.engine import CropTrainData, check_resumable, fit
+from clipood.engine import CropTrainData, fit
 from clipood.io import write_json
 from clipood.recipe import seed_everything, setup_logging, use_cpu_threads
 from clipood.run_checks import check_environment, check_locations
@@ -17,28 +17,13 @@ from clipood.run_lock import claim_output_dir, release_output_dirs
 from clipood.report import plot_loss, summary_table, write_outputs
 from clipood.train_data import build_crop_data
 
-from .configure import train_config
+from .configure import check_option_folders, train_config
+from .signature import check_resume, run_signature
 from .methods import adapter_detector, adapter_requires, build_training_task, save_trained_adapter
 
 log = logging.getLogger("clipood")
 
 __all__ = ["ZeroShotRecipe", "KRNFTRecipe", "run_signature", "check_resume"]
-
-#: the config keys that decide a training run's weights: a checkpoint resumes only when they match
-SIGNATURE_KEYS = ("model", "pretrained", "benchmark", "mini", "seed", "negatives", "adapter", "losses",
-                  "cls_groups", "ood_groups", "shots", "crops", "train", "init_adapter", "train_data", "classes",
-                  "train_classes", "base", "base_checkpoint")
-
-
-def run_signature(cfg: dict) -> dict:
-    return {k: cfg.get(k) for k in SIGNATURE_KEYS}
-
-
-def check_resume(cfg: dict, output_dir: str | None = None) -> None:
-    """Fail at once (before any model or data is loaded) when ``output_dir`` holds another run's checkpoints."""
-    if cfg["resume"]:
-        check_resumable(output_dir or cfg["output_dir"], run_signature(cfg))
-
 
 class ZeroShotRecipe:
     """Zero-shot MCM / NegLabel: accelerator, benchmark and backbone, label features, cached image features."""
@@ -105,9 +90,12 @@ class KRNFTRecipe(ZeroShotRecipe):
 
     def setup(self, also: tuple = ()) -> None:
         """``also``: more configs that will train after this setup (ablation variants)."""
+        for cfg in (self.cfg, *also):
+            check_option_folders(cfg)
+            check_resume(cfg)  # before the folder is claimed (it may be the run this one stacks on) and any work
         self.claim()
         for cfg in (self.cfg, *also):
-            check_resume(cfg)                                            # before any model or data is loaded
+            check_resume(cfg)  # again under the lock: another run may have written checkpoints meanwhile
             self.local |= "local_features" in adapter_requires(cfg)
         super().setup()
 
@@ -123,16 +111,15 @@ class KRNFTRecipe(ZeroShotRecipe):
         self._start_trackers(cfg)
         result = fit(task, data, tcfg, accelerator, out, resume=bool(cfg["resume"]),
                      progress=bool(cfg["progress"]), signature=run_signature(cfg))
-        if cfg.get("log_with"):
-            accelerator.end_training()
+        for tracker in accelerator.trackers if cfg.get("log_with") else ():
+            tracker.finish()  # not accelerator.end_training(): that also ends a multi-process group before evaluation
         self.adapter = accelerator.unwrap_model(task).adapter.eval()
         self.detector_method, self.detector_adapter = cfg["method_name"], self.adapter
         if accelerator.is_main_process:
             save_trained_adapter(self.adapter, out / "adapter")
-            plot_loss(result.history, out / "loss.png")
+            plot_loss(_whole_log(out) or result.history, out / "loss.png")  # every session's steps, not this one's
         accelerator.wait_for_everyone()
-        self.notes.append(f"{cfg['method_name']}: {result.steps} steps in {result.seconds:.1f}s of training"
-                          + (f" (all sessions; resumed from {result.resumed_from})" if result.resumed_from else ""))
+        self.notes.append(training_note(cfg["method_name"], result))
         return self.adapter
 
     def evaluate(self, cfg: dict | None = None) -> None:
@@ -146,7 +133,9 @@ class KRNFTRecipe(ZeroShotRecipe):
             self.raw[split].update(by_method)
 
     def save(self) -> None:
-        self.notes.append(f"processes: {self.accelerator.num_processes}")
+        n = self.accelerator.num_processes
+        self.notes.append(f"processes: {n} (this session's evaluation, and its training where it trained; every "
+                          f"training session is listed in training.json)")
         super().save()
 
     def _start_trackers(self, cfg: dict) -> None:
@@ -154,6 +143,37 @@ class KRNFTRecipe(ZeroShotRecipe):
             import json
 
             from clipood.config import flat_leaves
+            from clipood.trackers import BUILTIN_TRACKERS, make_tracker
 
+            name = cfg["method_name"].replace(" ", "_")
+            if cfg["log_with"] in BUILTIN_TRACKERS:
+                self.accelerator.log_with = [make_tracker(cfg["log_with"], name, cfg["output_dir"])]
+            self.accelerator.trackers = []  # one run's trackers (ablation variants each start their own)
             flat = {k: v for k, v in flat_leaves(cfg).items() if isinstance(v, (int, float, str, bool))}
-            self.accelerator.init_trackers(cfg["method_name"].replace(" ", "_"), config=json.loads(json.dumps(flat)))
+            self.accelerator.init_trackers(name, config=json.loads(json.dumps(flat)))
+
+
+def training_note(method: str, result) -> str:
+    """What the training stage did, for results.md: trained (how many steps this session), or reused."""
+    first = next((s for s in result.sessions if s.get("steps_trained")), None)
+    if result.resumed_from and not result.trained_now:
+        by = f" with {first['processes']} process(es)" if first else ""
+        return (f"{method}: reused checkpoint {result.resumed_from} ({result.steps} steps trained by an earlier "
+                f"session{by}); nothing retrained")
+    resumed = f" (resumed from {result.resumed_from}; {result.seconds:.1f}s over all sessions)" if result.resumed_from \
+        else ""
+    return f"{method}: {result.trained_now} of {result.steps} steps trained in this session{resumed}" + (
+        "" if result.resumed_from else f" in {result.seconds:.1f}s")
+
+
+def _whole_log(out: Path) -> list[dict]:
+    import json
+
+    path = out / "train_log.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows

@@ -27,7 +27,14 @@ def adapter_requires(cfg: dict) -> frozenset[str]:
         import json
         from pathlib import Path
 
-        name = json.loads((Path(cfg["init_adapter"]) / "adapter_config.json").read_text())["adapter"]
+        path = Path(cfg["init_adapter"]) / "adapter_config.json"
+        try:
+            name = json.loads(path.read_text(encoding="utf-8"))["adapter"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            from clipood.errors import ClipoodError
+
+            raise ClipoodError(f"init_adapter={cfg['init_adapter']}: {path} is not a saved adapter's config; give "
+                               f"the adapter/ folder of a trained run") from None
     return frozenset(adapters.get_adapter_spec(name).adapter_cls.requires)
 
 
@@ -45,7 +52,16 @@ def label_context(cfg: dict, sf, bench, device=None):
         id_templates=[n["id_template"]],
         neg_templates=[by_pos[p] for p in negs.pos] if negs is not None and len(negs) else [n["noun_template"]],
         num_id=sf.num_id, text_path=getattr(backbone, "text_path", None),
-        tokenizer=getattr(backbone, "tokenizer", None), backbone=getattr(backbone, "model_name", None))
+        tokenizer=_fitting(getattr(backbone, "tokenizer", None)), backbone=getattr(backbone, "model_name", None))
+
+
+def _fitting(tokenizer):
+    """Prompt learners tokenise "<context> <name>.": refused, not cut, when it does not fit the text encoder."""
+    from clipood.prompts import FittingTokenizer
+
+    return None if tokenizer is None else FittingTokenizer(
+        tokenizer, "a prompt learner's prompt (adapter.options.ctx_init or n_ctx, then the label name)",
+        "shorten adapter.options.ctx_init (or n_ctx) or the class name")
 
 
 def build_adapter_for(cfg: dict, sf, bench, device):

@@ -35,11 +35,29 @@ def check_stacking(cfg: dict) -> None:
                            f"e.g. recipes/krnft.py adapter.name={base} output_dir=outputs/{base})")
     if cfg.get("init_adapter"):
         raise ClipoodError("base_checkpoint and init_adapter exclude each other: stack on a base, or resume an adapter")
-    saved = json.loads((base_folder(ck) / "adapter_config.json").read_text())["adapter"]
+    meta_path = base_folder(ck) / "adapter_config.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        saved = meta["adapter"]
+        if not isinstance(saved, str):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ClipoodError(f"base_checkpoint={ck}: {meta_path} is not a saved adapter's config (no adapter name); "
+                           f"give the run folder of a trained prompt adapter") from None
     if base and base != saved:
         raise ClipoodError(f"base={base} but base_checkpoint={ck} holds a trained '{saved}'; fix one of them")
     if saved == "stacked" or cfg["adapter"]["name"] == "stacked":
         raise ClipoodError("stack one prompt adapter and one tuner (nested stacks are not supported)")
+    from ._compat import import_adapters
+
+    spec = import_adapters().get_adapter_spec(saved)
+    if not getattr(spec.adapter_cls, "uses_text_encoder", False):
+        raise ClipoodError(f"base_checkpoint={ck} holds a trained '{saved}', which is not a prompt adapter (stacking "
+                           f"trains a tuner on a prompt learner's text features: coop, locoop, lapt, negpt, ...)")
+    trained_on = (meta.get("context") or {}).get("backbone") if isinstance(meta.get("context"), dict) else None
+    if trained_on and cfg.get("model") and trained_on != cfg["model"]:
+        raise ClipoodError(f"base_checkpoint={ck} was trained on backbone {trained_on}, this run uses "
+                           f"model={cfg['model']}; train the base on {cfg['model']} or set model={trained_on}")
     cfg["base"] = saved
 
 

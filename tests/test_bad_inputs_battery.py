@@ -160,6 +160,11 @@ def _expensive(*args, **kwargs):
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(case, world, tmp_path, monkeypatch, capsys):
+    run_case(case, world, tmp_path, monkeypatch, capsys)
+
+
+def run_case(case, world: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Drive one case through its entry point and check the battery's contract (the module docstring)."""
     import clipood.backbone
     import clipood.mini.build
     from clipood.recipe import run
@@ -176,9 +181,10 @@ def test_bad_input(case, world, tmp_path, monkeypatch, capsys):
     if name == "output_dir of a running run":  # another process holds the run lock of that folder
         holder = _hold_lock(world / "busy")
     before = sorted(p.name for p in (world / "busy").iterdir()) if holder else None
-    if entry != C or argv[0] in ("eval", "mine"):  # a run: into the test's folder, no progress bars
-        argv += [] if any(a.startswith("output_dir=") for a in argv) else [f"output_dir={out}"]
-        argv.append("progress=false")
+    if entry != C or argv[0] in ("eval", "mine"):  # a run: into the test's folder, no progress bars (put first:
+        head = 1 if entry == C else 0            # a case may end on a bare --config)
+        extra = ([] if any(a.startswith("output_dir=") for a in argv) else [f"output_dir={out}"]) + ["progress=false"]
+        argv = argv[:head] + extra + argv[head:]
     t0 = time.process_time()
     try:
         with pytest.raises(SystemExit) as e:
