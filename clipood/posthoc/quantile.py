@@ -14,8 +14,9 @@ one, and finds each by multi-pass selection over a re-iterable stream:
    them, sorts them and reads the rank off.
 
 Result: the same order statistics as sorting everything, interpolated with numpy's formula — error 0 up to the
-last ulp of the interpolation. Passes: 3 for most data (each histogram divides the window by ``bins``; heavy
-ties end at once as a single-valued window). Memory: the histogram (``bins`` × 24 bytes) plus at most
+last ulp of the interpolation. Passes: 2 or 3 for most data (a window holding one distinct value — a bin with
+a single value, or heavy ties — is resolved without a collecting pass; each histogram divides the window by
+``bins``). Memory: the histogram (``bins`` × 24 bytes) plus at most
 ``collect_limit`` values (float64) — never the stream.
 """
 from __future__ import annotations
@@ -61,6 +62,7 @@ class _Target:
 
     def __init__(self, rank: int):
         self.rank, self.a, self.b, self.below = rank, 0.0, 0.0, 0
+        self.inside = 0  # how many values the window holds (known from the pass before)
         self.value: float | None = None
         self.collect = False  # next pass gathers the window's values
 
@@ -86,6 +88,8 @@ class StreamingPercentile:
         self._targets: list[_Target] = []
         self._hist: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._below: list[int] = []
+        self._inside: list[int] = []
+        self._seen = 0
         self._kept: list[list[torch.Tensor]] = []
 
     # ---- per batch
@@ -97,12 +101,14 @@ class StreamingPercentile:
             self.n += v.numel()
             self._min, self._max = min(self._min, float(v.min())), max(self._max, float(v.max()))
             return
+        self._seen += v.numel()
         for i, t in enumerate(self._targets):
             if t.value is not None:
                 continue
             inside = (v >= t.a) & (v <= t.b)
             self._below[i] += int((v < t.a).sum())
             w = v[inside]
+            self._inside[i] += w.numel()
             if t.collect:
                 self._kept[i].append(w)
                 continue
@@ -115,7 +121,7 @@ class StreamingPercentile:
     # ---- between passes
     def _start_pass(self) -> None:
         k = len(self._targets)
-        self._below = [0] * k
+        self._below, self._inside, self._seen = [0] * k, [0] * k, 0
         self._kept = [[] for _ in range(k)]
         self._hist = [(torch.zeros(self.bins, dtype=torch.long),
                        torch.full((self.bins,), math.inf, dtype=torch.float64),
@@ -130,7 +136,7 @@ class StreamingPercentile:
             lo, hi, _ = _ranks(self.n, self.q)
             self._targets = [_Target(r) for r in sorted({lo, hi})]
             for t in self._targets:
-                t.a, t.b = self._min, self._max
+                t.a, t.b, t.inside = self._min, self._max, self.n
                 if t.a == t.b:
                     t.value = t.a
                 else:
@@ -139,7 +145,7 @@ class StreamingPercentile:
             for i, t in enumerate(self._targets):
                 if t.value is not None:
                     continue
-                if self._below[i] != t.below:
+                if self._seen != self.n or self._below[i] != t.below or self._inside[i] != t.inside:
                     raise ClipoodError("the percentile stream changed between passes; every pass must yield the "
                                        "same values")
                 local = t.rank - t.below
@@ -150,7 +156,7 @@ class StreamingPercentile:
                 cum = torch.cumsum(cnt, 0)
                 j = int(torch.searchsorted(cum, torch.tensor(local), right=True))
                 t.below += int(cum[j - 1]) if j > 0 else 0
-                t.a, t.b = float(lo[j]), float(hi[j])
+                t.a, t.b, t.inside = float(lo[j]), float(hi[j]), int(cnt[j])
                 if t.a == t.b:
                     t.value = t.a
                 else:  # a window too narrow to split into bins (subnormal width) is collected whole

@@ -50,6 +50,16 @@ class ScoreInfo:
                 if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
 
     @property
+    def fit_params(self) -> dict[str, Any]:
+        """The fit's parameters with defaults (e.g. ReAct's percentile 90, ViM's dim 256); {} without a fit."""
+        if self.fit is None:
+            return {}
+        sig = inspect.signature(self.fit.__init__)
+        return {p.name: p.default for p in sig.parameters.values()
+                if p.name not in ("self", "features_key") and p.default is not p.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    @property
     def needs_fit(self) -> bool:
         return self.fit is not None
 
