@@ -142,13 +142,14 @@ class ViMFit:
     def update(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         x = as_matrix(features, "features").to("cpu")
         same_width(x, self.head.in_features, "features", "the head's weight")
-        c = x.double() - self.origin
-        if self._pass == 0:
+        if self._pass == 0:  # the covariance in float64; logits and norms in the features' precision
+            c = x.double() - self.origin
             self._n += c.shape[0]
             self._scatter += c.T @ c
-            self._max_logit += float(self.head(x.double()).amax(dim=1).sum())
+            self._max_logit += float(self.head(x).amax(dim=1).double().sum())
         else:
-            self._residual += float(torch.linalg.vector_norm(c @ self._null, dim=1).sum())
+            c = x - self.origin.to(x.dtype)
+            self._residual += float(torch.linalg.vector_norm(c @ self._null.to(x.dtype), dim=1).double().sum())
 
     def end_pass(self) -> bool:
         self._pass += 1
