@@ -2,12 +2,16 @@
 
 ReAct, ASH, DICE, GradNorm and ViM act on a network's penultimate features and its last linear layer. On CLIP:
 
-| tower | pre-projection features h | projection (h → joint space) |
-|---|---|---|
-| ViT (``VisionTransformer``) | the pooled token after the final norm: CLS after ``ln_post`` (B×width; open_clip's ``_pool``, so attentional-pooler and ``final_ln_after_pool`` variants too) | ``h @ proj`` (``proj``: width×D), no bias |
-| ModifiedResNet, ``resnet_point="attnpool"`` (default) | the attention pool's output for its query (the mean token) *before* its output layer ``c_proj`` (B×C, C = 32·width) | ``c_proj`` (C→D, with bias) |
-| ModifiedResNet, ``resnet_point="avgpool"`` | the last stage's map averaged over positions (B×C; non-negative, post-ReLU: the torchvision ResNet-50 penultimate that OpenOOD's ReAct / ASH use) | none: the attention pool is not linear in it |
-| timm tower (``TimmModel``, e.g. ``clipood-mini``) | the trunk's pooled features (B×F) | the tower's linear ``head.proj`` |
+* ViT (``VisionTransformer``): h = the pooled token after the final norm — the CLS token after ``ln_post``
+  (B×width; open_clip's ``_pool``, so attentional-pooler and ``final_ln_after_pool`` variants too); projection
+  ``h @ proj`` (width×D), no bias.
+* ModifiedResNet, ``resnet_point="attnpool"`` (default): h = the attention pool's output for its query (the mean
+  token) *before* its output layer ``c_proj`` (B×C, C = 32·width); projection ``c_proj`` (C→D, with bias).
+* ModifiedResNet, ``resnet_point="avgpool"``: h = the last stage's map averaged over positions (B×C; non-negative,
+  post-ReLU: the torchvision ResNet-50 penultimate that OpenOOD's ReAct / ASH use); no projection — the
+  attention pool is not linear in it.
+* timm tower (``TimmModel``, e.g. ``clipood-mini``): h = the trunk's pooled features (B×F); projection the
+  tower's linear ``head.proj``.
 
 ``image_projection(m)(pre_projection_features(m, x))`` equals ``m.encode_image(x)`` (tested to 1e-5) wherever a
 projection exists. The functions keep autograd as it is (wrap calls in ``torch.no_grad()`` to encode); they

@@ -178,10 +178,13 @@ class KNNFit:
 
     ``dtype`` stores the bank (float32 as OpenOOD; float16 halves it: 1.28 M × 768 is 3.9 GB in float32, 2.0 GB
     in float16, with distance errors of ~1e-3). ``fraction`` < 1 keeps each feature with that probability
-    (the KNN paper's sampling ratio α), drawn from a generator seeded ``seed``.
+    (the KNN paper's sampling ratio α), drawn from a generator seeded ``seed``. Rows are written into blocks of
+    at most 64 MiB, and ``result()`` moves them into one tensor block by block, freeing each (separately mapped blocks
+    go back to the OS): the peak is the bank plus one block, not twice the bank.
     """
 
     max_passes = 1
+    BLOCK_BYTES = 64 << 20
 
     def __init__(self, *, dtype: torch.dtype = torch.float32, fraction: float = 1.0, seed: int = 0,
                  features_key: str = "features"):
@@ -191,31 +194,44 @@ class KNNFit:
             raise ClipoodError(f"KNNFit fraction={fraction!r} must be in (0, 1] (the share of ID features kept)")
         self.dtype, self.fraction, self.features_key = dtype, float(fraction), features_key
         self._gen = torch.Generator().manual_seed(int(seed))
-        self._chunks: list[torch.Tensor] = []
+        self._blocks: list[torch.Tensor] = []
+        self._fill = 0  # rows written into the last block
 
     def update(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         x = as_matrix(features, "features").to("cpu")
-        if self._chunks:
-            same_width(x, self._chunks[0].shape[1], "features", "the earlier batches")
+        if self._blocks:
+            same_width(x, self._blocks[0].shape[1], "features", "the earlier batches")
         if self.fraction < 1.0:
             x = x[torch.rand(x.shape[0], generator=self._gen) < self.fraction]
-        if x.shape[0]:
-            self._chunks.append(F.normalize(x, dim=-1).to(self.dtype))
+        rows = F.normalize(x, dim=-1).to(self.dtype)
+        while rows.shape[0]:
+            if not self._blocks or self._fill == self._blocks[-1].shape[0]:
+                # blocks double from the first batch's size up to BLOCK_BYTES
+                cap = max(1, self.BLOCK_BYTES // (rows.shape[1] * rows.element_size()))
+                grow = 2 * self._blocks[-1].shape[0] if self._blocks else rows.shape[0]
+                self._blocks.append(torch.empty(min(cap, max(grow, 1)), rows.shape[1], dtype=self.dtype))
+                self._fill = 0
+            take = min(rows.shape[0], self._blocks[-1].shape[0] - self._fill)
+            self._blocks[-1][self._fill:self._fill + take] = rows[:take]
+            self._fill += take
+            rows = rows[take:]
 
     def end_pass(self) -> bool:
         return False
 
     def result(self) -> KNNStats:
-        if not self._chunks:
+        if not self._blocks or (len(self._blocks) == 1 and self._fill == 0):
             raise ClipoodError("KNNFit: no ID feature was kept; pass features (or a larger fraction)")
-        n = sum(c.shape[0] for c in self._chunks)
-        bank = torch.empty(n, self._chunks[0].shape[1], dtype=self.dtype)
+        n = sum(b.shape[0] for b in self._blocks[:-1]) + self._fill
+        bank = torch.empty(n, self._blocks[0].shape[1], dtype=self.dtype)
         at = 0
-        while self._chunks:  # copy chunk by chunk, freeing each: peak = bank + one chunk, not twice the bank
-            c = self._chunks.pop(0)
-            bank[at:at + c.shape[0]] = c
-            at += c.shape[0]
-        self._chunks = [bank]
+        while self._blocks:
+            block = self._blocks.pop(0)
+            rows = block if self._blocks else block[:self._fill]
+            bank[at:at + rows.shape[0]] = rows
+            at += rows.shape[0]
+            del block, rows
+        self._blocks, self._fill = [bank], n
         return KNNStats(bank=bank)
 
 

@@ -36,16 +36,20 @@ def _stream(x, y=None, sizes=(1, 63, 150, 17)):
     return out
 
 
-def test_gaussian_fit_is_the_one_shot_statistics():
-    """Far from the origin (features ≈ 1000) the shifted float64 sums keep the covariances exact."""
-    st = fit_statistics(GaussianFit(C), _stream(X, LABELS))
-    means = np.stack([X[LABELS == c].mean(0) for c in range(C)])
-    centred = X - means[LABELS]
-    check("fit_class_means", st.class_means, means, tol=1e-9)
+@pytest.mark.parametrize("offset", [0.0, 1e6], ids=["as_is", "far_from_origin"])
+def test_gaussian_fit_is_the_one_shot_statistics(offset):
+    """Far from the origin (X ≈ 1000, and 10^6 more) the shifted float64 sums keep the covariances exact; plain
+    Σxxᵀ − Nμμᵀ would lose ~12 digits at 10^6."""
+    x = X + offset
+    mean_tol = 1e-9 * max(1.0, offset / 1e3)  # float64 rounding of values ≈ offset
+    st = fit_statistics(GaussianFit(C), _stream(x, LABELS))
+    means = np.stack([x[LABELS == c].mean(0) for c in range(C)])
+    centred = x - means[LABELS]
+    check("fit_class_means", st.class_means, means, tol=mean_tol)
     prec = sklearn.covariance.EmpiricalCovariance(assume_centered=False).fit(centred).precision_
     check("fit_precision", st.precision, prec, tol=1e-6 * np.abs(prec).max())
-    check("fit_background_mean", st.background_mean, X.mean(0), tol=1e-9)
-    prec0 = sklearn.covariance.EmpiricalCovariance().fit(X).precision_
+    check("fit_background_mean", st.background_mean, x.mean(0), tol=mean_tol)
+    prec0 = sklearn.covariance.EmpiricalCovariance().fit(x).precision_
     check("fit_background_precision", st.background_precision, prec0, tol=1e-6 * np.abs(prec0).max())
     assert st.class_counts.tolist() == np.bincount(LABELS).tolist()
 
@@ -136,8 +140,8 @@ def test_fits_share_passes_and_refuse_one_shot_iterators():
         return _stream(X, LABELS)
 
     head = LinearHead(torch.tensor(W), torch.tensor(BIAS))
-    out = fit_statistics({"g": GaussianFit(C), "v": ViMFit(head, dim=5), "r": ReActFit(90.0, bins=16, collect_limit=1000)},
-                         source)
+    fits = {"g": GaussianFit(C), "v": ViMFit(head, dim=5), "r": ReActFit(90.0, bins=16, collect_limit=1000)}
+    out = fit_statistics(fits, source)
     assert set(out) == {"g", "v", "r"} and len(passes) == 3  # ReAct's 3 passes carry ViM's 2 and the Gaussian's 1
     assert float(out["r"].threshold) == pytest.approx(np.percentile(X, 90.0), abs=1e-12)
     one = fit_statistics(GaussianFit(C), iter(_stream(X, LABELS)))  # a single-pass fit takes an iterator
