@@ -11,7 +11,7 @@ one, and finds each by multi-pass selection over a re-iterable stream:
    each bin's count, min and max). The bin holding the wanted rank becomes the next window [min, max of that
    bin] — a closed interval of actual values, so the count below it is exact;
 3. once the window holds at most ``collect_limit`` values (or a single distinct value), the next pass collects
-   them, sorts them and reads the rank off.
+   them into one buffer of exactly that size and selects the rank (``kthvalue``).
 
 Result: the same order statistics as sorting everything, interpolated with numpy's formula — error 0 up to the
 last ulp of the interpolation. Passes: 2 or 3 for most data (a window holding one distinct value — a bin with
@@ -90,7 +90,7 @@ class StreamingPercentile:
         self._below: list[int] = []
         self._inside: list[int] = []
         self._seen = 0
-        self._kept: list[list[torch.Tensor]] = []
+        self._kept: list[torch.Tensor | None] = []  # per target: a buffer of exactly the window's size
 
     # ---- per batch
     def update(self, values: torch.Tensor) -> None:
@@ -108,9 +108,13 @@ class StreamingPercentile:
             inside = (v >= t.a) & (v <= t.b)
             self._below[i] += int((v < t.a).sum())
             w = v[inside]
+            at = self._inside[i]
             self._inside[i] += w.numel()
-            if t.collect:
-                self._kept[i].append(w)
+            if t.collect:  # one preallocated buffer: many small kept tensors would fragment the heap
+                if self._inside[i] > t.inside:
+                    raise ClipoodError("the percentile stream changed between passes; every pass must yield the "
+                                       "same values")
+                self._kept[i][at:at + w.numel()] = w
                 continue
             idx = t.bin_of(w, self.bins)
             cnt, lo, hi = self._hist[i]
@@ -122,7 +126,8 @@ class StreamingPercentile:
     def _start_pass(self) -> None:
         k = len(self._targets)
         self._below, self._inside, self._seen = [0] * k, [0] * k, 0
-        self._kept = [[] for _ in range(k)]
+        self._kept = [torch.empty(t.inside, dtype=torch.float64) if t.collect and t.value is None else None
+                      for t in self._targets]
         self._hist = [(torch.zeros(self.bins, dtype=torch.long),
                        torch.full((self.bins,), math.inf, dtype=torch.float64),
                        torch.full((self.bins,), -math.inf, dtype=torch.float64)) for _ in range(k)]
@@ -150,7 +155,7 @@ class StreamingPercentile:
                                        "same values")
                 local = t.rank - t.below
                 if t.collect:
-                    t.value = float(torch.sort(torch.cat(self._kept[i])).values[local])
+                    t.value = float(torch.kthvalue(self._kept[i], local + 1).values)
                     continue
                 cnt, lo, hi = self._hist[i]
                 cum = torch.cumsum(cnt, 0)
@@ -161,7 +166,7 @@ class StreamingPercentile:
                     t.value = t.a
                 else:  # a window too narrow to split into bins (subnormal width) is collected whole
                     t.collect = int(cnt[j]) <= self.collect_limit or not math.isfinite(self.bins / (t.b - t.a))
-        self._hist, self._kept = [], [[] for _ in self._targets]
+        self._hist, self._kept = [], []
         more = any(t.value is None for t in self._targets)
         if more:
             self._start_pass()

@@ -1,4 +1,4 @@
-"""Shared by the parity tests: compare with a reference and (optionally) log the error.
+"""Shared by the parity tests: compare with a reference (optionally logging the error), and uneven batches.
 
 ``CLIPOOD_PARITY_LOG=path`` appends one JSON line per comparison ({"name", "max_abs_err", "n"}), so the largest
 error of each score against its reference can be reported; without it nothing is written.
@@ -26,3 +26,19 @@ def check(name: str, got, ref, tol: float = TOL) -> float:
             f.write(json.dumps({"name": name, "max_abs_err": err, "n": int(g.size)}) + "\n")
     assert err <= tol, f"{name}: max |Δ| = {err:.3g} > {tol:g} against the reference"
     return err
+
+
+def uneven_batches(x: np.ndarray, y: np.ndarray | None = None, sizes=(1, 63, 150, 17), as_dict: bool = False):
+    """x (and labels y) in batches of the given sizes, cycled (one of a single row), covering x once: tensors,
+    ``(features, labels)`` pairs, or ``{"features", "labels"}`` mappings with ``as_dict``."""
+    out, at, i = [], 0, 0
+    while at < len(x):
+        s = sizes[i % len(sizes)]
+        xb = torch.tensor(x[at:at + s])
+        if y is None:
+            out.append(xb)
+        else:
+            yb = torch.tensor(y[at:at + s])
+            out.append({"features": xb, "labels": yb} if as_dict else (xb, yb))
+        at, i = at + s, i + 1
+    return out

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import sklearn.covariance
 import torch
-from parity_check import check
+from parity_check import check, uneven_batches
 from scipy.special import logsumexp
 
 from clipood.errors import ClipoodError
@@ -28,14 +28,7 @@ BIAS = RNG.normal(0.0, 1.0, size=6)
 
 
 def _batches(x, y=None, sizes=(37, 1, 90, 200)):
-    """Uneven batches (one of a single row) covering x once."""
-    out, at, i = [], 0, 0
-    while at < len(x):
-        s = sizes[i % len(sizes)]
-        out.append((torch.tensor(x[at:at + s]), torch.tensor(y[at:at + s])) if y is not None
-                   else torch.tensor(x[at:at + s]))
-        at, i = at + s, i + 1
-    return out
+    return uneven_batches(x, y, sizes)
 
 
 def _openood_normalizer(x):

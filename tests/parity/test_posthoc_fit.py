@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sklearn.covariance
 import torch
-from parity_check import check
+from parity_check import check, uneven_batches
 
 from clipood.errors import ClipoodError
 from clipood.io import load_safetensors, save_safetensors
@@ -26,14 +26,8 @@ W = RNG.normal(0, 0.3, size=(7, FEAT))
 BIAS = RNG.normal(0, 1, size=7)
 
 
-def _stream(x, y=None, sizes=(1, 63, 150, 17)):
-    out, at, i = [], 0, 0
-    while at < len(x):
-        s = sizes[i % len(sizes)]
-        xb = torch.tensor(x[at:at + s])
-        out.append({"features": xb, "labels": torch.tensor(y[at:at + s])} if y is not None else xb)
-        at, i = at + s, i + 1
-    return out
+def _stream(x, y=None):
+    return uneven_batches(x, y, as_dict=True)
 
 
 @pytest.mark.parametrize("offset", [0.0, 1e6], ids=["as_is", "far_from_origin"])
