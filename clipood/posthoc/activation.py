@@ -34,7 +34,12 @@ def react(features: torch.Tensor, head: Head, *, threshold: float) -> torch.Tens
     :class:`clipood.posthoc.fit.ReActFit` computes it exactly over any stream).
     """
     h = as_matrix(features, "features")
-    c = float(threshold)
+    try:
+        c = float(threshold)
+    except (TypeError, ValueError):
+        raise ClipoodError(f"ReAct's threshold must be a number (ReActStats.threshold), got {threshold!r}") from None
+    if c != c:
+        raise ClipoodError("ReAct's threshold is NaN; refit it on finite ID features")
     return _energy(apply_head(head, h.clamp(max=c))).to(out_dtype(h))
 
 

@@ -54,6 +54,13 @@ def test_react_through_clips_projection():
     assert np.abs(ref - logsumexp(_clip_logits(SIGNED), axis=1)).max() > 1e-3  # the clip changes the score
 
 
+def test_react_threshold_must_be_a_number():
+    with pytest.raises(ClipoodError, match="threshold"):
+        react(torch.tensor(RELU), HEAD, threshold="high")
+    with pytest.raises(ClipoodError, match="NaN"):
+        react(torch.tensor(RELU), HEAD, threshold=float("nan"))
+
+
 def _ash_ref(x, p, variant):
     out = np.zeros_like(x)
     n = x.shape[1]
