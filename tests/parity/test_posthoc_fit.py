@@ -75,6 +75,9 @@ def test_mean_and_knn_fits():
     assert int(m.count) == N
     bank = fit_statistics(KNNFit(), _stream(X)).bank
     check("fit_knn_bank", bank, X / np.linalg.norm(X, axis=1, keepdims=True))
+    small = KNNFit()
+    small.BLOCK_BYTES = 7 * FEAT * 8  # 14-row float32 blocks: many full blocks, the last one part-filled
+    assert torch.equal(fit_statistics(small, _stream(X)).bank, bank)
     half = fit_statistics(KNNFit(dtype=torch.float16), _stream(X)).bank
     assert half.dtype == torch.float16 and float((half.double() - bank.double()).abs().max()) < 1e-3
     sub = fit_statistics(KNNFit(fraction=0.25, seed=3), _stream(X)).bank
