@@ -7,8 +7,8 @@ context vectors into the slots and runs the frozen text path:
 
     t_r = L2(TextEncoder([e_SOS, ctx_r, e(name_r .), e_EOS]))
 
-The n slots hold the first n tokens of the phrase: with ``ctx_count="words"`` (CoOp's, CoCoOp's, LoCoOp's,
-NegPrompt's and LAPT's rule) n is the phrase's word count and any further tokens of a multi-token word stay
+The n slots hold the first n tokens of the phrase: with ``ctx_count="words"`` (the released CoOp's, CoCoOp's,
+LoCoOp's and LAPT's rule) n is the phrase's word count and any further tokens of a multi-token word stay
 frozen in the prompt; ``"tokens"`` learns every token of the phrase (:func:`context_length`).
 
 ``ctx`` is one shared context (n×W), one per row (R×n×W), or one per (image, row) pair (B×R×n×W, conditional
@@ -71,8 +71,9 @@ CTX_COUNTS = ("words", "tokens")
 
 
 def context_length(text_path, tokenizer, phrase: str, count: str = "words") -> int:
-    """How many context vectors a ``phrase`` initialises: its word count (``"words"``: the released CoOp,
-    CoCoOp, LoCoOp, NegPrompt and LAPT code, ``len(ctx_init.split(" "))``) or its token count (``"tokens"``)."""
+    """How many context vectors a ``phrase`` initialises: its word count (``"words"``: ``len(ctx_init.split(" "))``
+    as the released CoOp, CoCoOp, LoCoOp and LAPT code; NegPrompt counts ``\\w+`` runs, the same for plain
+    phrases) or its token count (``"tokens"``)."""
     if count not in CTX_COUNTS:
         raise ClipoodError(f"ctx_count must be one of {', '.join(CTX_COUNTS)}, got {count!r}")
     n = phrase_length(text_path, tokenizer, phrase)
