@@ -10,16 +10,11 @@ import pytest
 import torch
 
 import adapters
-from _reference import TOL, cross_entropy64, prompt_features, report, tiny_clip, unit
+from _reference import TOL, cross_entropy64, prompt_features, report, unit
 from clipood.method import TrainingTask
 
 ID = ["cat", "small red car", "tree", "dog"]
 NEG = ["stone", "river", "cloud", "sand", "wave"]
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return tiny_clip()
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +53,9 @@ def test_coop_loss_and_gradient_follow_forward_backward(clip, context):
     assert abs(float(all_cols) - float(old)) <= TOL  # the named option keeps KR-NFT's Eq. 7
 
 
-def test_coop_counts_the_init_phrase_in_words():
+def test_coop_counts_the_init_phrase_in_words(clip):
     """``trainers/coop.py`` ``PromptLearner.__init__`` (L72-101): ``n_ctx = len(ctx_init.split(" "))`` and
     ``ctx = embedding[0, 1:1 + n_ctx]``; the remaining tokens of a multi-token word stay in the frozen suffix."""
-    clip = tiny_clip()
     phrase = "itap of a"  # 3 words, 4 tokens ("itap" is two)
     ctx = adapters.AdapterContext.from_backbone(clip, ID, NEG)
     a = adapters.build_adapter("coop", ctx, ctx_init=phrase).eval()

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _reference import TOL, report, tiny_clip
+from _reference import TOL, report
 
 
 def _vit_value_path(visual, x: torch.Tensor):
@@ -40,9 +40,8 @@ def _vit_value_path(visual, x: torch.Tensor):
     return glob, local
 
 
-def test_vit_patch_features_are_the_value_path():
+def test_vit_patch_features_are_the_value_path(clip):
     """``clip/model.py`` ``VisionTransformer.forward`` (GL-MCM; LoCoOp ``clip_w_local/model.py`` L264-279)."""
-    clip = tiny_clip()
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     g, loc = clip.encode_images(x, local=True)
     with torch.no_grad():

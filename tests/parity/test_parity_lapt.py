@@ -16,20 +16,18 @@ import torch
 import torch.nn.functional as F
 
 import adapters
-from _reference import TOL, cross_entropy64, prompt_features, raw_text, report, tiny_clip, unit
+from _reference import TOL, cross_entropy64, prompt_features, raw_text, report, unit
 
 ID = ["cat", "small red car", "tree", "dog"]
 NEG = ["stone", "river", "cloud", "sand"]
 
 
 @pytest.fixture(scope="module")
-def clip():
-    return tiny_clip()
-
-
-@pytest.fixture(scope="module")
 def context(clip):
     return adapters.AdapterContext.from_backbone(clip, ID, NEG)
+
+
+NEG_IMAGES = (unit(6, 64, seed=5), torch.tensor([4, 5, 5, 6, 7, 7]))
 
 
 def _lapt(context, **kw):
@@ -39,6 +37,14 @@ def _lapt(context, **kw):
         a.ctx.add_(0.3 * torch.randn_like(a.ctx))
         a.ood_ctx.add_(0.3 * torch.randn_like(a.ood_ctx))
     return a
+
+
+def _task(context, **kw):
+    """A perturbed LAPT in its training task, with the fixed negative-label images."""
+    a = _lapt(context, **kw)
+    task = a.task_cls(a, {"cls": 1e-12 if kw.get("mix_rule") == "clipood" else 1.0}, logit_scale=100.0)
+    task.set_negative_images(*NEG_IMAGES)
+    return a, task
 
 
 def _tuned(clip, a, ctx=None, ood_ctx=None):
@@ -63,9 +69,6 @@ def _batch(d, n=4):
             "neg_features": unit(n, d, seed=2)}
 
 
-NEG_IMAGES = (unit(6, 64, seed=5), torch.tensor([4, 5, 5, 6, 7, 7]))
-
-
 def _replay(seed, n_img, n, b, r):
     """The task's random draws in its documented order: negative-label images, λ, templates."""
     torch.manual_seed(seed)
@@ -77,10 +80,8 @@ def _replay(seed, n_img, n, b, r):
 def test_lapt_loss_is_the_released_cross_modal_mixing(clip, context):
     """``oodmixup_trainer.py`` ``mixup_data(..., 'wccm')`` (L258-268) and ``OodMixupTrainer_idood.train_epoch``
     (L744-753, L861-863): ``soft_cross_entropy(logit_scale · mixed @ text_features.t(), soft_y)``, the only loss."""
-    a = _lapt(context)
-    task = a.task_cls(a, {"cls": 1.0}, logit_scale=100.0)
+    a, task = _task(context)
     feats, labels = NEG_IMAGES
-    task.set_negative_images(feats, labels)
     batch = _batch(context.dim)
     torch.manual_seed(11)
     out = task(batch)
@@ -100,9 +101,7 @@ def test_lapt_loss_is_the_released_cross_modal_mixing(clip, context):
                                                 float((g_ctx - r_ctx).abs().max()), float((g_ood - r_ood).abs().max())))
     assert set(out) == {"loss", "cls_loss"} and err <= TOL
     # clipood's former rule (clean CE + negative-image CE + random-label tuned mixing) is another number
-    b = _lapt(context, mix_rule="clipood", cross_dist_weight=0.3)
-    old = b.task_cls(b, {"cls": 1.0}, logit_scale=100.0)
-    old.set_negative_images(feats, labels)
+    _, old = _task(context, mix_rule="clipood", cross_dist_weight=0.3)
     torch.manual_seed(11)
     assert abs(float(old(batch)["loss"].detach()) - float(ref.detach())) > 1e-1
 
@@ -110,10 +109,8 @@ def test_lapt_loss_is_the_released_cross_modal_mixing(clip, context):
 def test_lapt_negative_label_images_are_in_the_mixed_batch(clip, context):
     """Issue 25: dropping the negative-label images from the batch changes the released loss (``train_epoch``
     mixes every image of the batch: ID images and the images of the negative labels)."""
-    a = _lapt(context)
-    task = a.task_cls(a, {"cls": 1.0}, logit_scale=100.0)
+    a, task = _task(context)
     feats, labels = NEG_IMAGES
-    task.set_negative_images(feats, labels)
     batch = _batch(context.dim)
     torch.manual_seed(3)
     loss = float(task(batch)["loss"].detach())
@@ -130,10 +127,8 @@ def test_lapt_cross_distribution_mixing_pairs_both_ways(clip, context):
     """``oodmixup_trainer.py`` ``create_mixed_indices`` (L180-203) and ``mixup_data(..., 'cross_dis')`` (L248-256):
     every ID image mixed with a random negative-label image and every negative-label image with a random ID
     image, target λ'·e_y + (1 − λ')·e_y' (β = 0). Issue 25: λ' and 1 − λ' swapped gives another number."""
-    a = _lapt(context, cross_dist_weight=1.0)
-    task = a.task_cls(a, {"cls": 1.0}, logit_scale=100.0)
+    a, task = _task(context, cross_dist_weight=1.0)
     feats, labels = NEG_IMAGES
-    task.set_negative_images(feats, labels)
     batch = _batch(context.dim)
     torch.manual_seed(5)
     out = task(batch)
@@ -165,10 +160,8 @@ def test_lapt_clipood_rule_mixes_with_detached_tuned_features(clip, context):
     """Issue 25 (the kept ``mix_rule="clipood"``): loss = 1e-12·CE(clean) + CE(negative-label images) +
     soft-CE(s·cos(L2(λx + (1−λ)·sg(t_k)), t), λe_y + (1−λ)e_k) with the mixed-in tuned feature t_k detached and
     λ on the image's own label; checked on the value and on the gradient of the context."""
-    a = _lapt(context, mix_rule="clipood")
-    task = a.task_cls(a, {"cls": 1e-12}, logit_scale=100.0)
+    a, task = _task(context, mix_rule="clipood")
     feats, labels = NEG_IMAGES
-    task.set_negative_images(feats, labels)
     batch = _batch(context.dim)
     torch.manual_seed(7)
     loss = task(batch)["loss"]
@@ -202,10 +195,8 @@ def test_lapt_clipood_rule_mixes_with_detached_tuned_features(clip, context):
 def test_lapt_trains_the_negative_context(clip, context):
     """Issue 25: ``ood_ctx`` is a trainable parameter (``PromptLearner.__init__``: ``self.ood_ctx =
     nn.Parameter``) and the released loss reaches it (its prompts are columns of the cross-entropy)."""
-    a = _lapt(context)
+    a, task = _task(context)
     assert "ood_ctx" in a.trainable_state_dict() and a.ood_ctx.requires_grad
-    task = a.task_cls(a, {"cls": 1.0}, logit_scale=100.0)
-    task.set_negative_images(*NEG_IMAGES)
     params = [p for p in task.parameters() if p.requires_grad]
     assert any(p is a.ood_ctx for p in params)
     task(_batch(context.dim))["loss"].backward()

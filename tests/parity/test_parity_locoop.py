@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import adapters
-from _reference import TOL, cross_entropy64, prompt_features, report, tiny_clip, unit
+from _reference import TOL, cross_entropy64, prompt_features, report, unit
 from clipood.method import TrainingTask
 
 ID = ["cat", "small red car", "tree", "dog", "bird"]
@@ -28,11 +28,6 @@ def _entropy_select_topk(p_logits: torch.Tensor, top_k: int, labels: torch.Tenso
     if sel.shape[0] == 0:
         return p.new_zeros(())
     return -(sel * torch.log(sel + 1e-5)).sum(1).mean()
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return tiny_clip()
 
 
 def test_locoop_total_loss_follows_forward_backward(clip):

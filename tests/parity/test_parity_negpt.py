@@ -11,16 +11,15 @@ from __future__ import annotations
 import torch
 
 import adapters
-from _reference import TOL, prompt_features, report, tiny_clip
+from _reference import TOL, prompt_features, report
 
 ID = ["cat", "small red car", "tree"]
 NEG = ["stone", "river", "cloud"]
 
 
-def test_negpt_prompts_have_no_full_stop():
+def test_negpt_prompts_have_no_full_stop(clip):
     """``models/models.py`` ``PromptLearner.__init__`` (L272-273): ``negative_prompts = [prompt_prefix + " " + name]``
     with ``prompt_prefix`` = "a photo of a"; the context starts at that phrase's embeddings."""
-    clip = tiny_clip()
     ctx = adapters.AdapterContext.from_backbone(clip, ID, NEG)
     torch.manual_seed(0)
     a = adapters.build_adapter("negpt", ctx)

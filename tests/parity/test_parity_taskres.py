@@ -10,17 +10,16 @@ import torch
 import torch.nn.functional as F
 
 import adapters
-from _reference import TOL, cross_entropy64, raw_text, report, tiny_clip, unit
+from _reference import TOL, cross_entropy64, raw_text, report, unit
 
 ID = ["cat", "small red car", "tree", "dog"]
 NEG = ["stone", "river"]
 TEMPLATES = ["a photo of a {}.", "itap of a {}.", "a origami {}."]
 
 
-def test_taskres_adds_the_residual_to_the_raw_template_mean():
+def test_taskres_adds_the_residual_to_the_raw_template_mean(clip):
     """``trainers/taskres.py`` ``_get_base_text_features`` (L119-142), ``TaskResLearner.forward`` (L91-101) and
     ``CustomCLIP.forward`` (L199-212): logits = s · cos(v, L2(mean_t f(t(name)) + α·x)), α = 0.5; gradient on x."""
-    clip = tiny_clip()
     ctx = adapters.AdapterContext.from_backbone(clip, ID, NEG, id_templates=TEMPLATES)
     a = adapters.build_adapter("taskres", ctx)
     with torch.no_grad():
