@@ -1,13 +1,15 @@
 """TaskRes: a learnable residual on the frozen text classifier, c'_i = L2(b_i + μ·x_i) (Yu et al., CVPR 2023).
 
-x is zero-initialised (so the adapter starts at the zero-shot classifier). The base b follows the released
+x is zero-initialised. The base b follows the released
 ``TaskResLearner`` (``base="raw_mean"``): the **un-normalised** mean over the prompt templates of the text
 encoder's outputs, computed through the context's text path from its names and templates, when the context's
 rows are that encoder's zero-shot ensemble of those names (cosine ≥ 0.999 for every row); other rows — a
 context built from bare features (``TaskRes(text_features, num_id)``), a prompt adapter's features under
 ``stacked`` — are the base as given. A checkpoint keeps b (``taskres_base.safetensors``). ``base="unit"`` adds the
 residual to the unit base rows C instead (their norm is 1, the raw mean's ‖b‖ is the encoder's scale, so at
-the same learning rate the residual moves ‖b‖ times faster there). By default only the N ID rows get a
+the same learning rate the residual moves ‖b‖ times faster there). With one template L2(b) is the unit row, so
+a fresh adapter is the zero-shot classifier; with several, L2(b) is the raw mean's direction (the release's),
+not the ensemble of unit features. By default only the N ID rows get a
 residual (``residual_rows="id"``, N×D parameters, as in the original method, which has no negatives); ``"all"``
 gives every row one (K×D).
 """
