@@ -6,6 +6,7 @@ released function it follows.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -61,3 +62,9 @@ def tiny_clip(seed: int = 1234):
 
     torch.manual_seed(seed)
     return load_clip("clipood-tiny")
+
+
+@pytest.fixture(scope="module")
+def clip():
+    """The seeded tiny CLIP, one per test module (imported by the parity files: ``from _reference import clip``)."""
+    return tiny_clip()

@@ -12,7 +12,7 @@ import math
 import torch
 
 import adapters
-from _reference import report, unit
+from _reference import clip, report, unit  # noqa: F401 (clip: fixture)
 
 ID = ["cat", "small red car", "tree"]
 NEG = ["stone", "river", "cloud"]

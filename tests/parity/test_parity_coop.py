@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import adapters
-from _reference import TOL, cross_entropy64, prompt_features, report, unit
+from _reference import TOL, clip, cross_entropy64, prompt_features, report, unit  # noqa: F401 (clip: fixture)
 from clipood.method import TrainingTask
 
 ID = ["cat", "small red car", "tree", "dog"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _reference import TOL, report
+from _reference import TOL, clip, report  # noqa: F401 (clip: fixture)
 
 
 def _vit_value_path(visual, x: torch.Tensor):

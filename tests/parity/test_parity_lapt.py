@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import adapters
-from _reference import TOL, cross_entropy64, prompt_features, raw_text, report, unit
+from _reference import TOL, clip, cross_entropy64, prompt_features, raw_text, report, unit  # noqa: F401 (clip: fixture)
 
 ID = ["cat", "small red car", "tree", "dog"]
 NEG = ["stone", "river", "cloud", "sand"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 import adapters
-from _reference import TOL, prompt_features, report
+from _reference import TOL, clip, prompt_features, report  # noqa: F401 (clip: fixture)
 
 ID = ["cat", "small red car", "tree"]
 NEG = ["stone", "river", "cloud"]
