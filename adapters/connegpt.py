@@ -5,6 +5,9 @@ As NegPT (:mod:`adapters.negpt`), but every image b shifts the shared negative c
     nctx_b = nctx + π(v_b),   π = Linear(D→h) → ReLU → Linear(h→W)      (CoCoOp: h = D/16)
     t_{b,m} = L2(TextEncoder([e_SOS, nctx_b, e(neg_m .), e_EOS]))
 
+The meta-net has PyTorch's default ``nn.Linear`` initialisation, as CoCoOp's ``meta_net`` (``meta_init="zero"``:
+its last layer starts at zero, so a fresh ConNegPT equals NegPT). The prompts end in a full stop, as CoCoOp's.
+
 so the text encoder runs once per (image, negative label). The reference implementation (CoCoOp) runs batch 1;
 here the B·M sequences of a batch are encoded together, in chunks of ``chunk_size`` sequences (activation
 checkpointing per chunk while training): B images in one call give the logits of B single-image calls.
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contract import AdapterOutput, check_int
+from .contract import AdapterOutput, check_choice, check_int
 from .negpt import NegativePrompts, NegPTConfig
 from .registry import register_adapter
 
@@ -33,15 +36,21 @@ class ConNegPTConfig(NegPTConfig):
         "help": "meta-net hidden width h (0 = max(1, D // 16), CoCoOp's rule)"})
     chunk_size: int = field(default=512, metadata={
         "help": "(image, label) prompts encoded per text-encoder call"})
+    full_stop: bool = field(default=True, metadata={"help": "end each prompt with '.' after the name (CoCoOp)"})
+    cls_columns: str = field(default="all", metadata={
+        "help": "columns of L_cls: 'all' (KR-NFT's L_cls, the paper's ConNegPT*) | 'id'"})
+    meta_init: str = field(default="default", metadata={
+        "help": "meta-net init: 'default' (PyTorch's nn.Linear init, CoCoOp) | 'zero' (last layer 0: starts as NegPT)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("hidden_dim", self.hidden_dim, minimum=0)
+        check_choice("meta_init", self.meta_init, ("default", "zero"))
 
 
 class ConNegPT(NegativePrompts):
     """``ConNegPT(context, ctx_init="a photo of a", hidden_dim=0)``: parameters ``neg_ctx`` (n×W) and the
-    meta-net ``meta`` (D→h→W, last layer zero-initialised so it starts as NegPT)."""
+    meta-net ``meta`` (D→h→W; ``meta_init="zero"`` starts its last layer at zero, i.e. at NegPT)."""
 
     config_cls = ConNegPTConfig
 
@@ -50,8 +59,9 @@ class ConNegPT(NegativePrompts):
         h = self.config.hidden_dim or max(1, self.dim // 16)
         width = self.neg_ctx.shape[1]
         self.meta = nn.Sequential(nn.Linear(self.dim, h), nn.ReLU(), nn.Linear(h, width))
-        nn.init.zeros_(self.meta[2].weight)
-        nn.init.zeros_(self.meta[2].bias)
+        if self.config.meta_init == "zero":
+            nn.init.zeros_(self.meta[2].weight)
+            nn.init.zeros_(self.meta[2].bias)
 
     def negative_text_features(self, condition: torch.Tensor) -> torch.Tensor:
         """B×M×D: the negative prompts of each image (unit rows), encoded once per distinct condition."""

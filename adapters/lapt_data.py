@@ -1,6 +1,6 @@
-"""Training images for LAPT's negative labels: a user folder (one sub-folder per negative label) or images
-rendered by the mini world for each negative name. Encoded once with the frozen backbone (no cache: a few
-hundred small images)."""
+"""Training data of LAPT's negative labels: the negatives it trains on (``train_negatives``) and their images —
+a user folder (one sub-folder per negative label) or images rendered by the mini world for each negative name,
+encoded once with the frozen backbone (no cache: a few hundred small images)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +9,38 @@ import torch
 
 from clipood.errors import ClipoodError
 
-__all__ = ["negative_label_images", "render_negative_images"]
+__all__ = ["negative_label_images", "render_negative_images", "training_context", "training_negative_indices"]
+
+
+def training_negative_indices(num_neg: int, count: int, pos=None) -> list[int]:
+    """Which of the ``num_neg`` mined negatives (in mining order: adjectives, then nouns, each by ascending
+    affinity) LAPT trains on: the first ``int(count · A / M)`` adjectives and the first nouns for the rest, as
+    the release selects its 1,000 of the same ranking (``get_selected_ood_text_list``); without parts of speech,
+    the first ``count``."""
+    count = min(int(count), num_neg)
+    if pos is None or len(pos) != num_neg:
+        return list(range(count))
+    adj = [i for i, p in enumerate(pos) if p == "adj"]
+    noun = [i for i, p in enumerate(pos) if p != "adj"]
+    k_adj = min(len(adj), int(count * len(adj) / max(1, num_neg)))
+    k_noun = min(len(noun), count - k_adj)
+    return sorted(adj[:k_adj] + noun[:k_noun])
+
+
+def training_context(context, count: int, pos=None):
+    """The context restricted to LAPT's training negatives (same ID rows, text path and templates)."""
+    from .context import AdapterContext
+
+    n = context.num_id
+    keep = training_negative_indices(context.num_neg, count, pos)
+    rows = torch.tensor(list(range(n)) + [n + i for i in keep], dtype=torch.long)
+    templates = context.neg_templates
+    if len(templates) == context.num_neg:
+        templates = [templates[i] for i in keep]
+    return AdapterContext(text_features=context.text_features[rows.to(context.text_features.device)],
+                          id_names=context.id_names, neg_names=[context.neg_names[i] for i in keep],
+                          id_templates=context.id_templates, neg_templates=templates, num_id=n,
+                          text_path=context.text_path, tokenizer=context.tokenizer, backbone=context.backbone)
 
 
 def _encode(backbone, images, device, batch_size: int = 256) -> torch.Tensor:
@@ -57,7 +88,7 @@ def _folder_images(folder: Path, names, per_label: int):
 
 
 def negative_label_images(adapter, bench, cfg: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit features (n×D) and labels (N + m) of the negative labels' training images."""
+    """Unit features (n×D) and labels (N + m, m the negative's index) of the negative labels' training images."""
     ctx = adapter.context
     if not ctx.neg_names:
         raise ClipoodError("lapt needs negative labels (mine negatives first)")

@@ -8,10 +8,13 @@ B×T×N). Training adds to CoOp's cross-entropy (Eq. 7 of KR-NFT, L_cls) the LoC
     L_ent = − mean_{(b,p) ∈ OOD} H(softmax(s · cos(u_{b,p}, t)))        (LoCoOp Eq. 6, weight λ = 0.25)
 
 where a patch is OOD when the image's label y_b is not among the top-K ID classes of that patch, and H is
-the entropy over the N ID classes (s = logit scale). K = 200 on ImageNet-1k; ``top_k=0`` scales it to the
-label count: K = max(1, round(N / 5)). Test: MCM on the global logits, or GL-MCM (global + best local MCM)
-with the ``glmcm`` score. Without patch features in a batch the adapter is CoOp (``local_features`` is
-requested from batch builders, but only the entropy term needs it).
+the entropy over the N ID classes (s = logit scale), H(p) = −Σ p log(p + ε) with the released
+``entropy_select_topk``'s ε = 1e-5 (``entropy_eps``; 0 = the exact entropy). K = 200 on ImageNet-1k; ``top_k=0``
+scales it to the label count: K = max(1, round(N / 5)). L_cls is CoOp's (over the N ID columns by default).
+Test: MCM on the global logits, or GL-MCM (global + best local MCM) with the ``glmcm`` score. Without patch
+features in a batch the adapter is CoOp (``local_features`` is requested from batch builders, but only the
+entropy term needs it). The patch features are the backbone's (``Backbone.local_path``; on a ViT the released
+value path of the last block, as LoCoOp's ``clip_w_local``).
 """
 from __future__ import annotations
 
@@ -39,11 +42,14 @@ class LoCoOpConfig(CoOpConfig):
                 "0 = max(1, round(N/5)), the same share of any label count)"})
     entropy_weight: float = field(default=0.25, metadata={
         "help": "λ of the entropy term on OOD patches (LoCoOp: 0.25)"})
+    entropy_eps: float = field(default=1e-5, metadata={
+        "help": "ε of the patch entropy −Σ p log(p + ε) (the released code: 1e-5; 0 = the exact entropy)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("top_k", self.top_k, minimum=0)
         check_float("entropy_weight", self.entropy_weight, minimum=0)  # < 0 would minimise the OOD entropy
+        check_float("entropy_eps", self.entropy_eps, minimum=0)
 
 
 def scaled_top_k(top_k: int, num_id: int) -> int:
@@ -63,16 +69,19 @@ def ood_patch_mask(local_logits: torch.Tensor, labels: torch.Tensor, top_k: int)
     return ~(top == labels.to(top.device)[:, None, None]).any(dim=-1)
 
 
-def patch_entropy(scaled_local_logits: torch.Tensor) -> torch.Tensor:
-    """B×T entropies H(p) = −Σ_i p_i log p_i of p = softmax over the last dim (the ID classes)."""
+def patch_entropy(scaled_local_logits: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """B×T entropies H(p) = −Σ_i p_i log(p_i + eps) of p = softmax over the last dim (the ID classes);
+    ``eps = 0`` is the exact entropy (computed with log-softmax)."""
     logp = F.log_softmax(scaled_local_logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    p = logp.exp()
+    return -(p * (logp if eps == 0 else torch.log(p + eps))).sum(-1)
 
 
-def locoop_entropy_loss(scaled_local_logits: torch.Tensor, labels: torch.Tensor, top_k: int) -> torch.Tensor:
+def locoop_entropy_loss(scaled_local_logits: torch.Tensor, labels: torch.Tensor, top_k: int,
+                        eps: float = 0.0) -> torch.Tensor:
     """−(mean entropy of the OOD patches); 0 (with gradient 0) when no patch is OOD."""
     mask = ood_patch_mask(scaled_local_logits.detach(), labels, top_k)
-    h = patch_entropy(scaled_local_logits)
+    h = patch_entropy(scaled_local_logits, eps)
     if not bool(mask.any()):
         return h.sum() * 0.0
     return -h[mask].mean()
@@ -105,9 +114,10 @@ class LoCoOp(CoOp):
             return u @ tuned_id.t()
 
     def forward_batch(self, batch: Mapping[str, Any]) -> AdapterOutput:
-        out = super().forward_batch(batch)
+        tuned = self.id_text_features()  # one encoding for the global and the patch logits
+        out = self._output(self.image_features(batch), tuned)
         if batch.get("local_features") is not None:
-            out.extras["local_logits"] = self.local_logits(batch["local_features"])
+            out.extras["local_logits"] = self.local_logits(batch["local_features"], tuned)
         return out
 
     @property
@@ -131,7 +141,7 @@ class LoCoOpTask(TrainingTask):
         if local is None:
             raise ClipoodError("locoop's entropy term needs patch features: the training batch has no id_local "
                                "(the crop cache stores them when an adapter requires local_features)")
-        loss = locoop_entropy_loss(o.logit_scale * local, o.batch["id_labels"], a.top_k)
+        loss = locoop_entropy_loss(o.logit_scale * local, o.batch["id_labels"], a.top_k, a.config.entropy_eps)
         return {"entropy": (float(a.config.entropy_weight), loss)}
 
 

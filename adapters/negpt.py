@@ -1,9 +1,10 @@
 """NegPT: negative prompt tuning over the negative labels (the paper's NegPT*, Tab. 7: one learned context).
 
-The M negative labels get learned prompts ``[SOS] nctx_1 … nctx_n <neg name> . [EOS]`` through the frozen text
-encoder; the N ID rows stay the context's frozen base features C[:N]:
+The M negative labels get learned prompts ``[SOS] nctx_1 … nctx_n <neg name> [EOS]`` through the frozen text
+encoder — no full stop after the name, as NegPrompt's ``PromptLearner`` builds ``"a photo of a <name>"``
+(``full_stop=True``: ``<neg name> .``); the N ID rows stay the context's frozen base features C[:N]:
 
-    t_m = L2(TextEncoder([e_SOS, nctx, e(neg_m .), e_EOS])),   logits = [cos(v, c_i)]_{i<N} ‖ [cos(v, t_m)]_m
+    t_m = L2(TextEncoder([e_SOS, nctx, e(neg_m), e_EOS])),   logits = [cos(v, c_i)]_{i<N} ‖ [cos(v, t_m)]_m
 
 It trains with the configured terms (KR-NFT's L_cls + λ1·L_ood, Eq. 7-8; L_kr applies too: ``base_cos`` =
 cos(c_m, t_m) on the negative rows, 1 on the ID rows) plus, when their weights are set (the ``negpt_*`` presets),
@@ -38,8 +39,9 @@ from clipood.errors import ClipoodError
 from clipood.method import LossInputs, TrainingTask
 
 from .context import AdapterContext
-from .contract import Adapter, AdapterConfig, AdapterOutput, check_float, check_int, full_precision
-from .prompting import PromptBank, check_frozen_text_path, phrase_length
+from .contract import Adapter, AdapterConfig, AdapterOutput, check_bool, check_float, full_precision
+from .coop import check_prompt_options
+from .prompting import PromptBank, SharedTextFeatures, check_frozen_text_path, context_length
 from .registry import register_adapter
 
 __all__ = ["NegPT", "NegPTConfig", "NegativePrompts", "NegPromptTask", "multilabel_soft_margin",
@@ -49,10 +51,15 @@ __all__ = ["NegPT", "NegPTConfig", "NegativePrompts", "NegPromptTask", "multilab
 @dataclass
 class NegPTConfig(AdapterConfig):
     ctx_init: str = field(default="a photo of a", metadata={
-        "help": "phrase whose token embeddings initialise the negative context (its token count sets n_ctx); "
-                "'' = N(0, 0.02) with n_ctx vectors"})
+        "help": "phrase whose token embeddings initialise the negative context; '' = N(0, 0.02) with n_ctx vectors"})
     n_ctx: int = field(default=4, metadata={"help": "context length when ctx_init is ''"})
+    ctx_count: str = field(default="words", metadata={
+        "help": "context vectors of ctx_init: 'words' (one per word, the released code) | 'tokens' (one per token)"})
+    full_stop: bool = field(default=False, metadata={
+        "help": "end each prompt with '.' after the name (NegPrompt's prompts have none)"})
     chunk_size: int = field(default=256, metadata={"help": "prompts encoded per text-encoder call"})
+    cls_columns: str = field(default="id", metadata={
+        "help": "columns of L_cls: 'id' (NegPrompt's positive cross-entropy over the ID prompts) | 'all'"})
     msm_weight: float = field(default=0.0, metadata={
         "help": "weight of NegPrompt's multi-label soft-margin loss over all prompts (NegPrompt: 1; 0 = off)"})
     np_weight: float = field(default=0.0, metadata={
@@ -62,10 +69,8 @@ class NegPTConfig(AdapterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.ctx_init, str) or "{}" in self.ctx_init:
-            raise ClipoodError(f"ctx_init must be a plain phrase such as 'a photo of a', got {self.ctx_init!r}")
-        check_int("n_ctx", self.n_ctx, minimum=1)
-        check_int("chunk_size", self.chunk_size, minimum=1)
+        check_prompt_options(self)
+        check_bool("full_stop", self.full_stop)
         for k in ("msm_weight", "np_weight", "nn_weight"):
             v = getattr(self, k)
             check_float(k, v)
@@ -73,7 +78,7 @@ class NegPTConfig(AdapterConfig):
                 raise ClipoodError(f"{k} must be a number >= 0 (0 turns the term off), got {v!r}")
 
 
-class NegativePrompts(Adapter):
+class NegativePrompts(SharedTextFeatures, Adapter):
     """Shared machinery: frozen ID rows, a :class:`PromptBank` over the negative names, a learned ``neg_ctx``."""
 
     config_cls = NegPTConfig
@@ -90,10 +95,16 @@ class NegativePrompts(Adapter):
         check_frozen_text_path(ctx.text_path, f"adapter '{self.name}'")
         cfg = self.config
         phrase = " ".join(cfg.ctx_init.split())
-        n_ctx = phrase_length(ctx.text_path, ctx.tokenizer, phrase) if phrase else cfg.n_ctx
-        self.bank = PromptBank(ctx.text_path, ctx.tokenizer, ctx.neg_names, n_ctx, phrase or None, cfg.chunk_size)
+        n_ctx = context_length(ctx.text_path, ctx.tokenizer, phrase, cfg.ctx_count) if phrase else cfg.n_ctx
+        self.bank = PromptBank(ctx.text_path, ctx.tokenizer, ctx.neg_names, n_ctx, phrase or None, cfg.chunk_size,
+                               end="." if cfg.full_stop else "")
         init = self.bank.init_ctx.clone() if phrase else 0.02 * torch.randn(n_ctx, ctx.text_path.width)
         self.neg_ctx = nn.Parameter(init.float())
+
+    @property
+    def cls_columns(self) -> str:
+        """Columns of the training cross-entropy (read by ``clipood.method``'s L_cls)."""
+        return self.config.cls_columns
 
     def init_from_base(self, base: Adapter) -> None:
         """Stage 2 of NegPrompt: start the negative context at the trained positive one + U(±1e-5)."""
@@ -131,7 +142,7 @@ class NegPT(NegativePrompts):
         cache = self.__dict__.get("_eval_cache")
         if not grad and cache is not None and cache[0] == key:
             return cache[1]
-        feats = self.bank.encode(self.neg_ctx)
+        feats = self._shared("neg", lambda: self.bank.encode(self.neg_ctx))
         self.__dict__["_eval_cache"] = None if grad else (key, feats)
         return feats
 

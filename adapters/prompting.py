@@ -1,19 +1,30 @@
-"""Soft prompts for any list of label names: the machinery LoCoOp, NegPT, ConNegPT and LAPT share.
+"""Soft prompts for any list of label names: the machinery CoOp, LoCoOp, NegPT, ConNegPT and LAPT share.
 
-A :class:`PromptBank` holds, for R label names, the frozen token embeddings of ``"<phrase> <name>."`` split
-around the n context slots: the start token (R×1×W), and the name, full stop, end token and padding after the
-context (R×L'×W). ``encode(ctx)`` puts learned context vectors into the slots and runs the frozen text path:
+A :class:`PromptBank` holds, for R label names, the frozen token embeddings of ``"<phrase> <name><end>"``
+(``end`` = "." by default, "" for NegPrompt's prompts) split around the n context slots: the start token (R×1×W),
+and the name, full stop, end token and padding after the context (R×L'×W). ``encode(ctx)`` puts learned
+context vectors into the slots and runs the frozen text path:
 
     t_r = L2(TextEncoder([e_SOS, ctx_r, e(name_r .), e_EOS]))
+
+The n slots hold the first n tokens of the phrase: with ``ctx_count="words"`` (the released CoOp's, CoCoOp's,
+LoCoOp's and LAPT's rule) n is the phrase's word count and any further tokens of a multi-token word stay
+frozen in the prompt; ``"tokens"`` learns every token of the phrase (:func:`context_length`).
 
 ``ctx`` is one shared context (n×W), one per row (R×n×W), or one per (image, row) pair (B×R×n×W, conditional
 prompts as in CoCoOp): all sequences are encoded in chunks of ``chunk_size``, each chunk under activation
 checkpointing while gradients are needed, so memory grows with the chunk, not with B·R. The bank has no
 parameters and is never saved; the text path stays outside every module tree.
+
+:class:`SharedTextFeatures` lets a training step encode each context once: inside
+``adapter.text_feature_scope()`` (entered by ``clipood.method.TrainingTask`` around a whole step) every named
+text-feature computation runs once and is reused by the ID crops, the negative crops and the method's own
+loss terms.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +33,8 @@ from torch.utils.checkpoint import checkpoint
 
 from clipood.errors import ClipoodError
 
-__all__ = ["PromptBank", "phrase_length", "check_frozen_text_path"]
+__all__ = ["PromptBank", "SharedTextFeatures", "context_length", "encode_prompts", "phrase_length",
+           "check_frozen_text_path"]
 
 _EPS = 1e-8
 
@@ -41,22 +53,79 @@ def phrase_length(text_path, tokenizer, phrase: str) -> int:
     return int(text_path.end_positions(toks)[0]) - 1
 
 
+@torch.no_grad()
+def encode_prompts(text_path, tokenizer, prompts: Sequence[str], chunk_size: int = 256) -> torch.Tensor:
+    """Raw (not normalised) text features P×D of whole prompts through the frozen text path, in chunks."""
+    dev = text_path.token_embedding.weight.device
+    out = []
+    for s in range(0, len(prompts), chunk_size):
+        tokens = tokenizer(list(prompts[s:s + chunk_size])).to(dev)
+        ends = text_path.end_positions(tokens)
+        if text_path.pool_type in ("argmax", "eos") and text_path.attn_mask is not None:
+            tokens = tokens[:, : int(ends.max()) + 1]  # causal and end-pooled: later positions change nothing
+        out.append(text_path.encode_embeddings(text_path.embed(tokens), ends).float())
+    return torch.cat(out)
+
+
+CTX_COUNTS = ("words", "tokens")
+
+
+def context_length(text_path, tokenizer, phrase: str, count: str = "words") -> int:
+    """How many context vectors a ``phrase`` initialises: its word count (``"words"``: ``len(ctx_init.split(" "))``
+    as the released CoOp, CoCoOp, LoCoOp and LAPT code; NegPrompt counts ``\\w+`` runs, the same for plain
+    phrases) or its token count (``"tokens"``)."""
+    if count not in CTX_COUNTS:
+        raise ClipoodError(f"ctx_count must be one of {', '.join(CTX_COUNTS)}, got {count!r}")
+    n = phrase_length(text_path, tokenizer, phrase)
+    if count == "words":
+        n = min(n, len(phrase.split()))
+    if n < 1:
+        raise ClipoodError(f"ctx_init {phrase!r} has no tokens")
+    return n
+
+
+class SharedTextFeatures:
+    """Mixin of prompt learners: text features computed once per :meth:`text_feature_scope`."""
+
+    @contextlib.contextmanager
+    def text_feature_scope(self) -> Iterator[None]:
+        """Within this block each named text-feature computation (:meth:`_shared`) runs once, gradients
+        included; nested scopes reuse the outer one. Leaving it drops the features (and their graph)."""
+        if self.__dict__.get("_feature_scope") is not None:
+            yield
+            return
+        self.__dict__["_feature_scope"] = {}
+        try:
+            yield
+        finally:
+            self.__dict__["_feature_scope"] = None
+
+    def _shared(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        scope = self.__dict__.get("_feature_scope")
+        if scope is None:
+            return compute()
+        if key not in scope:
+            scope[key] = compute()
+        return scope[key]
+
+
 class PromptBank(nn.Module):
     """Frozen prompt pieces of ``names`` around ``n_ctx`` context slots (see the module docstring).
 
-    ``phrase``: the words in the context slots when the prompts are tokenised (its token embeddings are
-    :attr:`init_ctx`, the natural initial context); ``None`` uses ``n_ctx`` placeholder tokens.
+    ``phrase``: the words in the context slots when the prompts are tokenised (the embeddings of its first
+    ``n_ctx`` tokens are :attr:`init_ctx`, the natural initial context; later tokens stay frozen in the prompt);
+    ``None`` uses ``n_ctx`` placeholder tokens. ``end``: the text after each name ("." or "").
     """
 
     def __init__(self, text_path, tokenizer, names: Sequence[str], n_ctx: int, phrase: str | None = None,
-                 chunk_size: int = 256) -> None:
+                 chunk_size: int = 256, end: str = ".") -> None:
         super().__init__()
         object.__setattr__(self, "text_path", text_path)  # frozen, never a submodule
         if not names:
             raise ClipoodError("a prompt bank needs at least one label name")
         phrase = " ".join(phrase.split()) if phrase else " ".join(["X"] * n_ctx)
         with torch.no_grad():
-            tokens = tokenizer([f"{phrase} {n}." for n in names]).to(text_path.token_embedding.weight.device)
+            tokens = tokenizer([f"{phrase} {n}{end}" for n in names]).to(text_path.token_embedding.weight.device)
             ends = text_path.end_positions(tokens)
             if text_path.pool_type in ("argmax", "eos") and text_path.attn_mask is not None:
                 tokens = tokens[:, : int(ends.max()) + 1]  # causal and end-pooled: later positions change nothing

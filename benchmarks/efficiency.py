@@ -212,8 +212,11 @@ def training_task(sc: Scale, adapter) -> TrainingTask:
     if hasattr(task, "set_negative_images"):  # LAPT trains on images of its negative labels too
         g = torch.Generator().manual_seed(1)
         k = adapter.num_labels
+        # stand-in frozen label features for the mixing (a one-off encoding, not a per-step cost)
+        mix = F.normalize(torch.randn(k, 1, sc.dim, generator=g), dim=-1).to(sc.device)
         task.set_negative_images(torch.randn(BATCH_NEG, sc.dim, generator=g).to(sc.device),
-                                 torch.randint(sc.num_id, k, (BATCH_NEG,), generator=g).to(sc.device))
+                                 torch.randint(sc.num_id, k, (BATCH_NEG,), generator=g).to(sc.device),
+                                 mix_features=mix)
     return task
 
 
@@ -234,7 +237,7 @@ def _fake_friendly():
             return x, torch.arange(x.shape[0], device=x.device)
         return real_unique(x, *args, dim=dim, return_inverse=return_inverse, **kwargs)
 
-    def entropy(scaled, labels, top_k):
+    def entropy(scaled, labels, top_k, eps=0.0):
         mask = locoop.ood_patch_mask(scaled.detach(), labels, top_k).float()
         return -(locoop.patch_entropy(scaled) * mask).sum() / mask.numel()
 
@@ -373,6 +376,7 @@ def measure_method(sc: Scale, name: str) -> dict[str, Any]:
                                  modules=modules)
         row["fake_count_matches_real"] = (real.forward, real.backward) == (fl.forward, fl.backward)
     row["train"] = {"flops_forward": fl.forward, "flops_backward": fl.backward, "tflops": fl.total / 1e12,
+                    "text_encoder_calls": text_encoder_calls(task, batch, adapter) if sc.name == "mini" else None,
                     "one_off_crop_encoding_tflops": (BATCH_ID + BATCH_NEG) * sc.backbone_flops_per_image / 1e12,
                     "one_off_crop_encoding_s": (BATCH_ID + BATCH_NEG) * sc.backbone_s_per_image}
     predicted = fl.total / max(sc.throughput, 1.0)
@@ -391,6 +395,21 @@ def measure_method(sc: Scale, name: str) -> dict[str, Any]:
         row["notes"].append(f"train step not run: {predicted:.0f} s predicted from its FLOPs at the backbone's "
                             f"{sc.throughput / 1e9:.1f} GFLOP/s > budget {sc.train_budget_s:.0f} s")
     return row
+
+
+def text_encoder_calls(task, batch, adapter) -> int:
+    """Text-encoder calls in the forward of one training step (a prompt learner: one per learned context when
+    its labels fit one chunk; the backward recomputes each checkpointed chunk once more); 0 without a text path."""
+    tp = getattr(getattr(adapter, "context", None), "text_path", None)
+    if tp is None:
+        return 0
+    calls, real = [], tp.encode_embeddings
+    tp.encode_embeddings = lambda x, pos: calls.append(1) or real(x, pos)
+    try:
+        task(batch)  # with gradients, as in training (no evaluation cache)
+    finally:
+        del tp.encode_embeddings
+    return len(calls)
 
 
 def _image_conditional(adapter) -> bool:

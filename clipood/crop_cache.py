@@ -120,7 +120,8 @@ def crop_cache_path(backbone, dataset, indices: Sequence[int], cfg: CropConfig, 
     """``<cache_dir>/crops-<key>.safetensors``; the key covers backbone, dataset files, indices, config, names
     (and ``local``, only when set: caches without patch features keep their keys)."""
     key = cache_key(_FORMAT, backbone.identifier, dataset_fingerprint(dataset), [int(i) for i in indices],
-                    asdict(cfg), list(classnames), *(["local"] if local else []))
+                    asdict(cfg), list(classnames),
+                    *([getattr(backbone, "local_key", "local")] if local else []))
     return Path(cache_dir) / f"crops-{key}.safetensors"
 
 

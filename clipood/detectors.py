@@ -40,7 +40,10 @@ def evaluate_detectors(methods: list[Detector], sfs: list[SplitFeatures], cfg) -
             collapsed = []
             for sf in members:
                 r, sc = evaluate_split(m.name, m.logits_fn, sf, score=m.score, logit_scale=e["logit_scale"],
-                                       groups=e["groups"], temperature=m.temperature, convention=e.get("convention") or "hendrycks")
+                                       groups=e["groups"], temperature=m.temperature,
+                                       convention=e.get("convention") or "hendrycks",
+                                       remainder=e.get("group_remainder") or "drop",
+                                       lambda_local=float(e.get("lambda_local", 1.0)))
                 if len(members) == 1:
                     rows += r
                     raw[split][m.name].update({k: v.numpy() for k, v in sc.items()})

@@ -1,7 +1,19 @@
 """A loaded CLIP's encoders: :class:`Backbone` (a frozen open_clip model with its transform and tokenizer;
 images → global + patch features in the joint space, texts → features over one or many templates) and
 :class:`TextPath` (the text tower as explicit steps, for prompt learners that feed token embeddings).
-Loading (weights, tags, offline configs) lives in :mod:`clipood.backbone`."""
+Loading (weights, tags, offline configs) lives in :mod:`clipood.backbone`.
+
+Patch (local) features, ``Backbone.local_path``:
+
+- ``"value"`` (default; LoCoOp's ``clip_w_local`` and GL-MCM's ``clip/model.py``): on a ViT, the value path of the
+  last block — with x the block's input, v = x + out_proj(W_v·ln_1(x) + b_v), v = v + mlp(ln_2(v)), then ln_post
+  and proj, patch tokens only; on a ModifiedResNet, c_proj(v_proj(h)) of the attention pool on every cell of the
+  last map, without the positional embedding.
+- ``"tokens"``: clipood's former rule — the ViT's final patch tokens (after ln_post, proj), the ResNet cells with
+  the positional embedding added before v_proj.
+
+The timm CNN tower of ``clipood-mini`` has one rule: every cell of its last map through the tower's linear head.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,7 +22,12 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Backbone", "TextPath"]
+from .errors import ClipoodError
+
+__all__ = ["Backbone", "TextPath", "LOCAL_PATHS"]
+
+#: how patch features are taken from the image tower (module docstring)
+LOCAL_PATHS = ("value", "tokens")
 
 
 # --------------------------------------------------------------------------------------------- text path
@@ -94,6 +111,7 @@ class Backbone:
     identifier: str
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
+    local_path: str = "value"  #: patch features: "value" (LoCoOp / GL-MCM) | "tokens" (module docstring)
 
     @property
     def embed_dim(self) -> int:
@@ -135,26 +153,27 @@ class Backbone:
             g, loc = F.normalize(g, dim=-1), F.normalize(loc, dim=-1)
         return g, loc
 
+    @property
+    def local_key(self) -> str:
+        """What cache keys of patch features record about how they were taken."""
+        return f"local:{self.local_path}"
+
     def _encode_with_local(self, x: torch.Tensor):
         visual = self.model.visual
+        if self.local_path not in LOCAL_PATHS:
+            raise ClipoodError(f"Backbone.local_path={self.local_path!r}; use one of {', '.join(LOCAL_PATHS)}")
         if hasattr(visual, "_embeds") and hasattr(visual, "transformer") and hasattr(visual, "_pool"):
-            # ViT: patch tokens after the final norm, projected into the joint space (as LoCoOp / GL-MCM)
-            h = visual.transformer(visual._embeds(x))
-            pooled, tokens = visual._pool(h)
-            if getattr(visual, "final_ln_after_pool", False):
-                tokens = visual.ln_post(tokens)
-            if visual.proj is not None:
-                pooled, tokens = pooled @ visual.proj, tokens @ visual.proj
-            return pooled.float(), tokens.float()
+            return self._vit_local(visual, x)
         if hasattr(visual, "attnpool") and hasattr(visual, "stem"):
-            # ModifiedResNet: spatial features through the attention pool's value and output projections
+            # ModifiedResNet: every cell of the last map through the attention pool's value and output projections
             h = visual.stem(x)
             for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
                 h = layer(h)
             pooled = visual.attnpool(h)
             ap = visual.attnpool
             tokens = h.flatten(2).transpose(1, 2)  # B×HW×C
-            tokens = tokens + ap.positional_embedding[1:].to(tokens.dtype)
+            if self.local_path == "tokens":
+                tokens = tokens + ap.positional_embedding[1:].to(tokens.dtype)
             tokens = ap.c_proj(ap.v_proj(tokens))
             return pooled.float(), tokens.float()
         if hasattr(visual, "trunk") and hasattr(visual, "head") and hasattr(visual.trunk, "forward_head"):
@@ -166,6 +185,40 @@ class Backbone:
                 return pooled.float(), tokens.float()
         raise ClipoodError(f"local (patch) features are not available for the image tower "
                            f"{type(visual).__name__}; use a ViT, ModifiedResNet or timm CNN tower")
+
+    def _vit_local(self, visual, x: torch.Tensor):
+        """ViT: the pooled feature as ``encode_image`` computes it, and the patch features (``local_path``)."""
+        t = visual.transformer
+        h = visual._embeds(x)
+        if self.local_path == "tokens":  # final patch tokens after the final norm, projected
+            pooled, tokens = visual._pool(t(h))
+            if getattr(visual, "final_ln_after_pool", False):
+                tokens = visual.ln_post(tokens)
+        else:
+            blocks = list(t.resblocks)
+            last = blocks[-1]
+            attn = getattr(last, "attn", None)
+            if not isinstance(attn, torch.nn.MultiheadAttention) or attn.in_proj_weight is None:
+                raise ClipoodError(f"the value-path patch features need open_clip's standard ViT blocks, not "
+                                   f"{type(last).__name__}; set backbone.local_path = 'tokens'")
+            batch_first = getattr(t, "batch_first", True)
+            h = h if batch_first else h.transpose(0, 1)
+            for blk in blocks[:-1]:
+                h = blk(h)
+            out = last(h)
+            w = attn.embed_dim
+            v = F.linear(last.ln_1(h), attn.in_proj_weight[2 * w:],
+                         None if attn.in_proj_bias is None else attn.in_proj_bias[2 * w:])
+            v = h + last.ls_1(attn.out_proj(v))
+            v = v + last.ls_2(last.mlp(last.ln_2(v)))
+            if not batch_first:
+                out, v = out.transpose(0, 1), v.transpose(0, 1)
+            pooled, _ = visual._pool(out)
+            prefix = 1 if getattr(visual, "class_embedding", None) is not None else 0
+            tokens = visual.ln_post(v[:, prefix:])
+        if visual.proj is not None:
+            pooled, tokens = pooled @ visual.proj, tokens @ visual.proj
+        return pooled.float(), tokens.float()
 
     # ---- texts
     @torch.no_grad()

@@ -84,12 +84,18 @@ class TrainResult:
 
 
 def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
-    """Multiplier of ``cfg.lr`` at optimiser step ``step`` (0-based) of ``total``: linear warm-up
-    ``(s+1)/warmup``, then constant or cosine ``½(1 + cos(π·q))`` with q the post-warm-up progress."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
+    """Multiplier of ``cfg.lr`` at optimiser step ``step`` (0-based) of ``total``: warm-up — linear
+    ``(s+1)/warmup``, or constant ``warmup_lr / lr`` when ``warmup_lr > 0`` —, then constant or cosine
+    ``½(1 + cos(π·q))`` with q the post-warm-up progress (``cosine_period`` P > 0: q = (s − warmup)/P, periodic,
+    as torch's ``CosineAnnealingLR(T_max=P)`` stepped every step)."""
+    warm = cfg.warmup_steps
+    if warm and step < warm:
+        return cfg.warmup_lr / cfg.lr if getattr(cfg, "warmup_lr", 0.0) > 0 else (step + 1) / warm
     if cfg.schedule == "cosine":
-        q = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        period = getattr(cfg, "cosine_period", 0)
+        if period:
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / period))
+        q = (step - warm) / max(1, total - warm)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, q)))
     return 1.0
 

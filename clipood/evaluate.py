@@ -82,22 +82,24 @@ def zero_shot_local_logits(batch: Mapping[str, torch.Tensor], sf: SplitFeatures)
 @torch.no_grad()
 def _scores(logits_fn: LogitsFn, feats: Mapping[str, torch.Tensor], sf: SplitFeatures, score: str,
             logit_scale: float, groups: int, temperature: float = 1.0,
-            batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+            batch_size: int = 1024, **score_options) -> tuple[torch.Tensor, torch.Tensor]:
     scores, preds = [], []
     for batch in feature_batches(feats, batch_size):
-        s, p = score_cosines(logits_fn(batch, sf), sf.num_id, score, logit_scale, groups, temperature)
+        s, p = score_cosines(logits_fn(batch, sf), sf.num_id, score, logit_scale, groups, temperature,
+                             **score_options)
         scores.append(s)
         preds.append(p)
     return torch.cat(scores), torch.cat(preds)
 
 
 def score_cosines(cos: torch.Tensor | tuple[torch.Tensor, torch.Tensor], num_id: int, score: str = "neglabel",
-                  logit_scale: float = 100.0, groups: int = 1,
-                  temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                  logit_scale: float = 100.0, groups: int = 1, temperature: float = 1.0, *,
+                  remainder: str = "drop", lambda_local: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine logits (B×K, ID columns first) → (per-image ID score, predicted ID class): the one scoring step
     of evaluation and of :class:`clipood.detector.Detector`. ``cos`` may also be (global cosines B×K, patch
-    cosines B×T×N) for scores that use local features (GL-MCM). NegLabel (Eq. 2) without grouping is ranked by
-    its float64 log-odds (no float saturation ties, see ``scores.neglabel_log_odds``)."""
+    cosines B×T×N) for scores that use local features (GL-MCM, local term weighted by ``lambda_local``).
+    NegLabel (Eq. 2) without grouping is ranked by its float64 log-odds (no float saturation ties, see
+    ``scores.neglabel_log_odds``); with groups, ``remainder`` says what happens to the last M mod G negatives."""
     local = None
     if isinstance(cos, tuple):
         cos, local = cos
@@ -107,29 +109,31 @@ def score_cosines(cos: torch.Tensor | tuple[torch.Tensor, torch.Tensor], num_id:
         s = neglabel_log_odds(logits, num_id)
     else:
         s = compute_score(score, logits.double(), num_id, groups=groups, temperature=temperature,
-                          local_logits=local)
+                          local_logits=local, remainder=remainder, lambda_local=lambda_local)
     return s, logits[:, :num_id].argmax(1)
 
 
 def evaluate_split(method: str, logits_fn: LogitsFn, sf: SplitFeatures, *, score: str = "neglabel",
                    logit_scale: float = 100.0, groups: int = 1, temperature: float = 1.0,
-                   convention: str = "hendrycks"):
+                   convention: str = "hendrycks", remainder: str = "drop", lambda_local: float = 1.0):
     """Score every set of a split → (rows, raw scores {set name: 1-D tensor}).
 
     With one ID set, one row per OOD set, then one row per group of ``sf.split.groups`` (``dataset: "near"``,
     ``"far"``: the mean over that group's OOD sets, as OpenOOD v1.5 reports them); with several ID sets (unseen
     styles), one row per ID set averaged over the OOD sets (as the paper's Tab. 3). A final
-    ``dataset: "average"`` row averages the per-set rows (not the group rows).
+    ``dataset: "average"`` row averages the per-set rows (not the group rows). ``remainder`` / ``lambda_local``:
+    see :func:`score_cosines`.
     """
+    opts = {"remainder": remainder, "lambda_local": lambda_local}
     raw: dict[str, torch.Tensor] = {}
     ood_scores = {}
     for name, f in sf.ood_feats.items():
-        ood_scores[name], _ = _scores(logits_fn, f, sf, score, logit_scale, groups, temperature)
+        ood_scores[name], _ = _scores(logits_fn, f, sf, score, logit_scale, groups, temperature, **opts)
         raw[f"ood/{name}"] = ood_scores[name]
     rows, group_rows = [], []
     single = len(sf.id_feats) == 1
     for id_name, f in sf.id_feats.items():
-        id_scores, preds = _scores(logits_fn, f, sf, score, logit_scale, groups, temperature)
+        id_scores, preds = _scores(logits_fn, f, sf, score, logit_scale, groups, temperature, **opts)
         raw[f"id/{id_name}"] = id_scores
         acc = float((preds == f["labels"]).float().mean())
         per_ood = {o: ood_metrics(id_scores, s, convention=convention) for o, s in ood_scores.items()}

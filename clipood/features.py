@@ -75,7 +75,7 @@ def extract_features(backbone, dataset, *, batch_size: int = 128, num_workers: i
     path = None
     if cache_dir is not None:
         key = cache_key(backbone.identifier, dataset_fingerprint(dataset), repr(getattr(dataset, "transform", "")),
-                        local)
+                        getattr(backbone, "local_key", True) if local else False)
         path = Path(cache_dir) / f"{key}.safetensors"
         if path.is_file():
             try:

@@ -8,13 +8,20 @@ itself) and ``id_local`` / ``neg_local`` (n×T×D patch features). The task hand
 ``local_features`` from ``*_local`` — and the adapter reports a missing key by name. Loss terms are plain
 functions registered by name; KR composes with *any* adapter because it only needs ``AdapterOutput.base_cos``
 (or the frozen text features for the logit / probability variants). The grouped terms (``cls_groups``,
-``ood_groups``) follow the released KR-NFT code when set to 10.
+``ood_groups``) follow the released KR-NFT code when set to 10. L_cls runs over all K columns (KR-NFT's Eq. 7) or
+over the N ID columns only (``cls_columns="id"``: CoOp's and LoCoOp's released cross-entropy); an adapter names
+its own with a ``cls_columns`` attribute, an explicit ``options["cls_columns"]`` overrides it.
+
+A whole step (ID crops, negative crops, the method's own terms) runs inside the adapter's
+``text_feature_scope()`` when it has one (prompt learners): each learned context goes through the text encoder
+once per step.
 
 The adapter is duck-typed (any module with ``num_id``, ``base_text_features`` and ``requires``): the core never
 imports ``adapters``.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -39,9 +46,16 @@ class LossInputs:
     options: dict = field(default_factory=dict)
 
 
+CLS_COLUMNS = ("all", "id")
+
+
 def _cls(o: LossInputs) -> torch.Tensor:
-    """Eq. 7: CE over all K labels for ID crops (grouped negatives optional, as in the official code)."""
-    return L.classification_loss(o.logit_scale * o.id_out.logits, o.batch["id_labels"], num_id=o.num_id,
+    """Eq. 7: CE over all K labels for ID crops (grouped negatives optional, as in the official code), or over
+    the N ID columns only with ``options["cls_columns"] == "id"`` (CoOp / LoCoOp as released)."""
+    logits = o.logit_scale * o.id_out.logits
+    if o.options.get("cls_columns", "all") == "id":
+        return L.classification_loss(logits[:, : o.num_id], o.batch["id_labels"], num_id=o.num_id)
+    return L.classification_loss(logits, o.batch["id_labels"], num_id=o.num_id,
                                  groups=int(o.options.get("cls_groups", 1)), seed=int(o.options.get("seed", 0)))
 
 
@@ -122,7 +136,8 @@ class TrainingTask(nn.Module):
     """An adapter trained with ``Σ weight · term`` (Eq. 10 for KR-NFT: cls + λ1·ood + λ2·kr).
 
     ``options``: ``cls_groups`` / ``ood_groups`` (negative groups of L_p / L_n, 1 = ungrouped), ``seed`` (their
-    permutation), ``always_neg`` (run negative crops even without an ``ood`` term).
+    permutation), ``always_neg`` (run negative crops even without an ``ood`` term), ``cls_columns`` ("all" |
+    "id"; default: the adapter's ``cls_columns`` attribute, or its stacked tuner's, else "all").
     """
 
     def __init__(self, adapter: nn.Module, loss_weights: Mapping[str, float], *, logit_scale: float = 100.0,
@@ -133,6 +148,13 @@ class TrainingTask(nn.Module):
         self.loss_weights = {k: float(v) for k, v in loss_weights.items() if v > 0}
         self.logit_scale = float(logit_scale)
         self.options = dict(options or {})
+        cols = self.options.get("cls_columns")
+        if cols is None:
+            cols = getattr(adapter, "cls_columns", None) or getattr(getattr(adapter, "tuner", None), "cls_columns",
+                                                                     None) or "all"
+        if cols not in CLS_COLUMNS:
+            raise unknown("cls_columns", cols, CLS_COLUMNS)
+        self.options["cls_columns"] = cols
 
     def extra_losses(self, o: LossInputs) -> dict[str, tuple[float, torch.Tensor]]:
         """Method-specific terms ``{name: (weight, value)}`` added to the total; none here. Subclasses defined
@@ -143,7 +165,24 @@ class TrainingTask(nn.Module):
     def needs_negatives(self) -> bool:
         return "ood" in self.loss_weights or bool(self.options.get("always_neg", False))
 
+    def term(self, name: str, o: LossInputs) -> torch.Tensor:
+        """The value of the configured term ``name`` (a subclass may compute a term its own way: LAPT's L_cls)."""
+        return LOSS_TERMS[name](o)
+
+    def _feature_scopes(self) -> contextlib.ExitStack:
+        """The adapter's (and a stacked tuner's) text-feature scope: one text-encoder pass per context a step."""
+        stack = contextlib.ExitStack()
+        for m in (self.adapter, getattr(self.adapter, "tuner", None)):
+            scope = getattr(m, "text_feature_scope", None)
+            if callable(scope):
+                stack.enter_context(scope())
+        return stack
+
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with self._feature_scopes():
+            return self._forward(batch)
+
+    def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         a = self.adapter
         requires = frozenset(getattr(a, "requires", ()) or ())
         id_out = a(adapter_inputs(batch, "id", requires))
@@ -154,7 +193,7 @@ class TrainingTask(nn.Module):
         out: dict[str, torch.Tensor] = {}
         total = None
         for name, w in self.loss_weights.items():
-            v = LOSS_TERMS[name](o)
+            v = self.term(name, o)
             out[f"{name}_loss"] = v.detach()
             total = w * v if total is None else total + w * v
         for name, (w, v) in self.extra_losses(o).items():

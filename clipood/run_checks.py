@@ -73,6 +73,14 @@ def check_run_settings(cfg) -> None:
         _int_at_least("eval.batch_size", e["batch_size"], 1)
     if "groups" in e:
         _int_at_least("eval.groups", e["groups"], 1, " (1 = no grouping)")
+    if e.get("group_remainder") is not None:
+        from .scores import GROUP_REMAINDERS
+
+        if e["group_remainder"] not in GROUP_REMAINDERS:
+            raise unknown("eval.group_remainder", e["group_remainder"], GROUP_REMAINDERS)
+    if "lambda_local" in e and (isinstance(e["lambda_local"], bool) or not isinstance(e["lambda_local"], (int, float))
+                                or not math.isfinite(e["lambda_local"]) or e["lambda_local"] < 0):
+        raise ClipoodError(f"eval.lambda_local={e['lambda_local']!r} is invalid; use a number >= 0 (GL-MCM: 1)")
     n = cfg.get("negatives") or {}
     if _is_int(n.get("num")) and _is_int(e.get("groups")) and e["groups"] > n["num"] > 0:
         raise ClipoodError(f"eval.groups={e['groups']} is more than the negatives.num={n['num']} negatives to split "

@@ -22,6 +22,7 @@ import torch
 from clipood.errors import ClipoodError, unknown
 
 __all__ = [
+    "GROUP_REMAINDERS",
     "SCORES",
     "compute_score",
     "energy_score",
@@ -82,7 +83,28 @@ def neglabel_log_odds(logits: torch.Tensor, num_id: int) -> torch.Tensor:
     return torch.logsumexp(x[:, :n], dim=1) - torch.logsumexp(x[:, n:], dim=1)
 
 
-def neglabel_score(logits: torch.Tensor, num_id: int, groups: int = 1, seed: int = 0) -> torch.Tensor:
+#: what grouping does with the last M mod G negatives: "drop" (NegLabel's and LAPT's code) | "spread"
+GROUP_REMAINDERS = ("drop", "spread")
+
+
+def negative_group_columns(m: int, groups: int, seed: int, remainder: str = "drop") -> list[torch.Tensor]:
+    """The G groups of negative columns (0-based in M) of the grouped NegLabel score.
+
+    ``"drop"`` (the released ``ScalableClassifier.grouping``): leave out the last M mod G columns, permute the
+    other M' by ``torch.randperm(M', generator=torch.Generator().manual_seed(seed))`` and cut it into G equal
+    groups. ``"spread"``: permute all M the same way and ``torch.tensor_split`` them (the first M mod G groups
+    are one column longer). The two agree whenever G divides M.
+    """
+    if remainder not in GROUP_REMAINDERS:
+        raise unknown("group remainder", str(remainder), GROUP_REMAINDERS)
+    if remainder == "drop":
+        kept = m - m % groups
+        return list(torch.randperm(kept, generator=torch.Generator().manual_seed(seed)).view(groups, -1))
+    return list(torch.tensor_split(torch.randperm(m, generator=torch.Generator().manual_seed(seed)), groups))
+
+
+def neglabel_score(logits: torch.Tensor, num_id: int, groups: int = 1, seed: int = 0,
+                   remainder: str = "drop") -> torch.Tensor:
     """NegLabel score (Jiang et al., ICLR 2024), Eq. 2, with the grouping strategy of their code.
 
     With ``groups == 1`` (Eq. 2), for one image with scaled logits l over N ID and M negative labels:
@@ -91,23 +113,26 @@ def neglabel_score(logits: torch.Tensor, num_id: int, groups: int = 1, seed: int
 
     computed with log-sum-exp, so logits in the thousands are fine.
 
-    With ``groups = G > 1``: the M negative columns are permuted by
-    ``perm = torch.randperm(M, generator=torch.Generator().manual_seed(seed))`` (independent of the global RNG),
-    split into G near-equal groups by ``torch.tensor_split(perm, G)`` (the first ``M % G`` groups are one
-    column longer), and S = (1/G) Σ_g Σ_{i<N} softmax([l_ID | l_{group g}])_i. Unlike the reference code,
-    which drops the last ``M % G`` negatives and shuffles with the global RNG, no negative is discarded.
+    With ``groups = G > 1``: S = (1/G) Σ_g Σ_{i<N} softmax([l_ID | l_{group g}])_i over the groups of
+    :func:`negative_group_columns`: as the reference code, the last ``M % G`` negatives are dropped and the
+    rest permuted by ``torch.randperm(M', generator=torch.Generator().manual_seed(seed))`` (independent of the
+    global RNG; the reference draws it on CUDA, another permutation) and cut into G equal groups;
+    ``remainder="spread"`` keeps every negative (near-equal groups, the first ``M % G`` one column longer).
 
     Args:
         logits: (B, K) scaled logits, K = num_id + M, ID columns first.
         num_id: N, the number of ID columns (1 ≤ N < K).
         groups: G, number of negative groups (1 ≤ G ≤ M).
         seed: seed of the permutation used when G > 1.
+        remainder: "drop" (the reference code) or "spread" (see above).
 
     Returns:
         (B,) scores in [0, 1]; higher = more ID.
     """
     x = _check_logits(logits, "logits")
     k = x.shape[1]
+    if remainder not in GROUP_REMAINDERS:
+        raise unknown("group remainder", str(remainder), GROUP_REMAINDERS)
     if isinstance(num_id, int) and not isinstance(num_id, bool) and num_id == k:
         raise ClipoodError(f"NegLabel needs negative labels: logits has {k} columns and num_id={num_id}, so "
                            f"there are none; append mined negatives (clipood.negatives) or use the 'mcm' score")
@@ -119,11 +144,10 @@ def neglabel_score(logits: torch.Tensor, num_id: int, groups: int = 1, seed: int
     lse_id = torch.logsumexp(x[:, :n], dim=1)
     if g == 1:
         return torch.sigmoid(lse_id - torch.logsumexp(x[:, n:], dim=1))
-    perm = torch.randperm(m, generator=torch.Generator().manual_seed(seed)) + n
     # Gather one group at a time so no permuted (B, M) copy of the logits is ever held.
     per_group = [
-        torch.sigmoid(lse_id - torch.logsumexp(x[:, idx.to(x.device)], dim=1))
-        for idx in torch.tensor_split(perm, g)
+        torch.sigmoid(lse_id - torch.logsumexp(x[:, (idx + n).to(x.device)], dim=1))
+        for idx in negative_group_columns(m, g, seed, remainder)
     ]
     return torch.stack(per_group, dim=1).mean(dim=1)
 
@@ -163,11 +187,11 @@ def max_logit_score(logits_id: torch.Tensor) -> torch.Tensor:
 
 
 def glmcm_score(
-    logits_id: torch.Tensor, local_logits_id: torch.Tensor, temperature: float = 1.0
+    logits_id: torch.Tensor, local_logits_id: torch.Tensor, temperature: float = 1.0, lambda_local: float = 1.0
 ) -> torch.Tensor:
-    """GL-MCM (Miyai et al., 2023; the test score of LoCoOp): global MCM plus the best local MCM.
+    """GL-MCM (Miyai et al., 2023; the test score of LoCoOp): global MCM plus λ times the best local MCM.
 
-        S = max_i softmax(l / T)_i + max_p max_i softmax(l^{(p)} / T)_i
+        S = max_i softmax(l / T)_i + λ · max_p max_i softmax(l^{(p)} / T)_i
 
     where l is the global (image) logit vector and l^{(p)} that of patch p.
 
@@ -175,9 +199,11 @@ def glmcm_score(
         logits_id: (B, N) global logits of the ID labels.
         local_logits_id: (B, P, N) per-patch logits of the ID labels.
         temperature: T > 0 (LoCoOp: T = 1 on raw cosines, i.e. ``temperature=100`` on 100·cos logits).
+        lambda_local: λ ≥ 0, the weight of the local term (GL-MCM's ``--lambda_local``: 1 by default, 0.5 in its
+            ImageNet script; LoCoOp's test: 1).
 
     Returns:
-        (B,) scores in [2/N, 2].
+        (B,) scores in [(1 + λ)/N, 1 + λ].
     """
     x = _check_logits(logits_id, "logits_id")
     loc = _check_logits(local_logits_id, "local_logits_id", ndim=3)
@@ -187,8 +213,11 @@ def glmcm_score(
     if loc.shape[1] == 0:
         raise ClipoodError("local_logits_id has no patches (P = 0); pass local features or use the 'mcm' score")
     t = _check_temperature(temperature)
+    lam = float(lambda_local)
+    if not (lam >= 0.0 and lam != float("inf")):
+        raise ClipoodError(f"lambda_local must be a finite number >= 0, got {lambda_local!r}")
     dtype = torch.promote_types(x.dtype, loc.dtype)
-    return _max_softmax(x.to(dtype) / t) + _max_softmax(loc.to(dtype) / t).amax(dim=1)
+    return _max_softmax(x.to(dtype) / t) + lam * _max_softmax(loc.to(dtype) / t).amax(dim=1)
 
 
 SCORES: dict[str, Callable[..., torch.Tensor]] = {
@@ -216,6 +245,8 @@ def compute_score(
     temperature: float = 1.0,
     local_logits: torch.Tensor | None = None,
     seed: int = 0,
+    remainder: str = "drop",
+    lambda_local: float = 1.0,
 ) -> torch.Tensor:
     """Any registered score from full logits, with one signature.
 
@@ -228,6 +259,8 @@ def compute_score(
             (its ranking does not depend on T).
         local_logits: (B, P, K') patch logits with K' ≥ N, required by "glmcm" (which uses ``[..., :N]``).
         seed: NegLabel's group permutation seed.
+        remainder: NegLabel's rule for the last M mod G negatives ("drop" | "spread").
+        lambda_local: GL-MCM's weight of the local term.
 
     Returns:
         (B,) scores, higher = more ID.
@@ -237,7 +270,7 @@ def compute_score(
     k = x.shape[1]
     if name == "neglabel":
         t = _check_temperature(temperature)
-        return neglabel_score(x if t == 1.0 else x / t, num_id, groups=groups, seed=seed)
+        return neglabel_score(x if t == 1.0 else x / t, num_id, groups=groups, seed=seed, remainder=remainder)
     n = _check_int(num_id, "num_id", 1, k, f"logits has {k} columns (ID first)")
     x_id = x[:, :n]
     if name == "max_logit":
@@ -250,5 +283,5 @@ def compute_score(
         if loc.shape[2] < n:
             raise ClipoodError(f"local_logits has {loc.shape[2]} label columns but num_id={n}; its first "
                                f"num_id columns must be the ID labels")
-        return glmcm_score(x_id, loc[..., :n], temperature=temperature)
+        return glmcm_score(x_id, loc[..., :n], temperature=temperature, lambda_local=lambda_local)
     return fn(x_id, temperature=temperature)

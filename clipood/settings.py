@@ -56,6 +56,10 @@ class NegativeSettings:
 class EvalSettings:
     score: str = opt("neglabel", "score of tuned methods: neglabel | mcm | ... (clipood.scores)")
     groups: int = opt(1, "NegLabel grouping: negatives split into this many groups, scores averaged")
+    group_remainder: str = opt("drop", "with groups: drop (the last M mod G negatives are left out, NegLabel's and "
+                                       "LAPT's code) | spread (every negative, groups one longer)")
+    lambda_local: float = opt(1.0, "GL-MCM: weight of the best local MCM (LoCoOp's test: 1; GL-MCM's ImageNet "
+                                   "script: 0.5)")
     logit_scale: float = opt(100.0, "CLIP logit scale applied to cosines (logits = scale · cos)")
     batch_size: int = opt(256, "images per encoding batch")
     convention: Optional[str] = opt(None, "metric convention: hendrycks (ID positive) | openood (None = openood "
@@ -93,7 +97,11 @@ class TrainConfig:
     momentum: float = opt(0.9, "SGD momentum")
     nesterov: bool = opt(False, "SGD with Nesterov momentum (needs momentum > 0)")
     schedule: str = opt("cosine", "constant | cosine (to 0 at the last step), after the warm-up")
-    warmup_steps: int = opt(0, "linear warm-up steps (lr·(s+1)/warmup)")
+    warmup_steps: int = opt(0, "warm-up steps: linear lr·(s+1)/warmup, or constant at warmup_lr")
+    warmup_lr: float = opt(0.0, "> 0: constant warm-up at this lr (Dassl's ConstantWarmupScheduler: CoOp, CoCoOp, "
+                                "LoCoOp 1e-5 for one epoch); 0: linear warm-up")
+    cosine_period: int = opt(0, "> 0: cosine of period 2·this many steps (torch CosineAnnealingLR T_max stepped per "
+                                "step, NegPrompt: 50); 0: one half-cosine to 0 at the last step")
     grad_clip: float = opt(0.0, "gradient-norm clip (0 = off)")
     max_steps: int = opt(0, "0 = epochs × steps per epoch; > 0 stops there (smoke tests, the official 1,200)")
     checkpoint_every: int = opt(0, "steps between checkpoints (0 = at epoch ends only)")
@@ -107,14 +115,14 @@ class TrainConfig:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ClipoodError(f"train.{k} must be an integer >= 1, got {v!r}")
-        for k in ("warmup_steps", "max_steps", "checkpoint_every", "log_every"):
+        for k in ("warmup_steps", "cosine_period", "max_steps", "checkpoint_every", "log_every"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ClipoodError(f"train.{k} must be an integer >= 0, got {v!r}")
         if isinstance(self.lr, bool) or not (isinstance(self.lr, (int, float)) and self.lr > 0
                                               and math.isfinite(self.lr)):
             raise ClipoodError(f"train.lr must be a positive number (e.g. train.lr=0.001), got {self.lr!r}")
-        for k in ("weight_decay", "grad_clip", "momentum"):
+        for k in ("weight_decay", "grad_clip", "momentum", "warmup_lr"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ClipoodError(f"train.{k} must be a number >= 0, got {v!r}")

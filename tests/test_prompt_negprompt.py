@@ -112,7 +112,8 @@ def test_task_adds_the_three_terms_at_their_weights(context, name):
     np_ = -(1 - F.cosine_similarity(c[4:].expand_as(neg), neg, dim=-1)).mean()
     centre = F.normalize(neg.mean(dim=-2, keepdim=True), dim=-1)
     nn_ = -(1 - F.cosine_similarity(neg, centre.expand_as(neg), dim=-1)).mean()
-    cls = F.cross_entropy(logits, batch["id_labels"])
+    # L_cls: NegPT over the ID prompts (NegPrompt's positive CE), ConNegPT over all K (KR-NFT's L_cls)
+    cls = F.cross_entropy(logits[:, :4] if name == "negpt" else logits, batch["id_labels"])
     for key, ref in (("msm_loss", msm), ("np_loss", np_), ("nn_loss", nn_), ("cls_loss", cls)):
         torch.testing.assert_close(out[key], ref, atol=1e-5, rtol=1e-5, msg=key)
     torch.testing.assert_close(out["loss"], 1e-8 * cls + msm + 0.1 * np_ + 0.05 * nn_, atol=1e-5, rtol=1e-5)

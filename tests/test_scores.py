@@ -30,11 +30,13 @@ def ref_neglabel(x, n):
     return e[:, :n].sum(1) / e.sum(1)
 
 
-def ref_neglabel_grouped(x, n, groups, seed):
-    """Documented rule: perm = randperm(M, Generator().manual_seed(seed)); groups = array_split(perm, G)."""
+def ref_neglabel_grouped(x, n, groups, seed, remainder="drop"):
+    """Documented rules. drop (NegLabel's code): keep the first M' = M - M mod G columns, perm = randperm(M',
+    Generator().manual_seed(seed)), G equal groups. spread: perm = randperm(M, ...); array_split(perm, G)."""
     x = np.asarray(x, np.float64)
     m = x.shape[1] - n
-    perm = torch.randperm(m, generator=torch.Generator().manual_seed(seed)).numpy()
+    kept = m - m % groups if remainder == "drop" else m
+    perm = torch.randperm(kept, generator=torch.Generator().manual_seed(seed)).numpy()
     per_group = []
     for grp in np.array_split(perm, groups):
         cols = np.r_[np.arange(n), n + grp]
@@ -58,11 +60,15 @@ def test_neglabel_matches_eq2():
     np.testing.assert_allclose(got.numpy(), ref_neglabel(x.numpy(), 4), rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("remainder", ["drop", "spread"])
 @pytest.mark.parametrize("m,groups,seed", [(9, 2, 0), (9, 3, 7), (10, 3, 1), (10, 4, 0), (9, 9, 3), (23, 5, 11)])
-def test_neglabel_groups_match_reference(m, groups, seed):
+def test_neglabel_groups_match_reference(m, groups, seed, remainder):
     x = _logits(b=5, k=4 + m, seed=seed)
-    got = neglabel_score(x, num_id=4, groups=groups, seed=seed)
-    np.testing.assert_allclose(got.numpy(), ref_neglabel_grouped(x.numpy(), 4, groups, seed), rtol=1e-12)
+    got = neglabel_score(x, num_id=4, groups=groups, seed=seed, remainder=remainder)
+    np.testing.assert_allclose(got.numpy(), ref_neglabel_grouped(x.numpy(), 4, groups, seed, remainder), rtol=1e-12)
+    if m % groups:  # the rules differ only when G does not divide M
+        other = ref_neglabel_grouped(x.numpy(), 4, groups, seed, "spread" if remainder == "drop" else "drop")
+        assert not np.allclose(got.numpy(), other)
     assert not np.allclose(got.numpy(), ref_neglabel(x.numpy(), 4))  # grouping really changes the score
 
 

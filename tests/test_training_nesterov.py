@@ -51,4 +51,6 @@ def test_lapt_imagenet_preset_is_sgd_nesterov():
     t = cfg["train"]
     assert (t["optimizer"], t["momentum"], t["nesterov"], t["lr"], t["weight_decay"], t["schedule"], t["epochs"],
             t["batch_size"]) == ("sgd", 0.9, True, 0.01, 1e-5, "cosine", 10, 32)
-    assert cfg["adapter"]["options"]["cross_dist_weight"] == 0.3
+    o = cfg["adapter"]["options"]  # the released train.sh: wccm mixing only, 1,000 training negatives
+    assert (o["mix_rule"], o["cross_dist_weight"], o["train_negatives"]) == ("release", 0.0, 1000)
+    assert (cfg["negatives"]["num"], cfg["eval"]["groups"], cfg["eval"]["group_remainder"]) == (10000, 100, "drop")
