@@ -85,7 +85,14 @@ class AdapterConfig:
                     f"unknown option '{key}'{where} for {cls.__name__}{did_you_mean(key, names)}; "
                     f"valid options: {', '.join(names)}"
                 )
-        return cls(**dict(values))
+        try:
+            return cls(**dict(values))
+        except ClipoodError as e:  # name the option as the user writes it (adapter.options.mix_weight)
+            msg = str(e)
+            first = msg.split(" ", 1)[0].split("=", 1)[0]
+            if source and first in names:
+                raise ClipoodError(f"{source}.{msg}") from None
+            raise
 
 
 def check_int(name: str, value: Any, minimum: int | None = None) -> None:

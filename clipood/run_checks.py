@@ -26,6 +26,8 @@ __all__ = ["check_run_settings", "check_template", "check_environment", "check_l
 
 #: the scores of :data:`clipood.scores.SCORES`, named here so that a config is checked before torch is imported
 SCORE_NAMES = ("neglabel", "mcm", "energy", "max_logit", "glmcm")
+#: NegLabel's rules for the M mod G remainder (``clipood.scores.GROUP_REMAINDERS``, kept here without torch)
+GROUP_REMAINDERS = ("drop", "spread")
 
 
 def _is_int(v: Any) -> bool:
@@ -74,8 +76,6 @@ def check_run_settings(cfg) -> None:
     if "groups" in e:
         _int_at_least("eval.groups", e["groups"], 1, " (1 = no grouping)")
     if e.get("group_remainder") is not None:
-        from .scores import GROUP_REMAINDERS
-
         if e["group_remainder"] not in GROUP_REMAINDERS:
             raise unknown("eval.group_remainder", e["group_remainder"], GROUP_REMAINDERS)
     if "lambda_local" in e and (isinstance(e["lambda_local"], bool) or not isinstance(e["lambda_local"], (int, float))

@@ -41,7 +41,8 @@ def trainable(adapter):
 # ------------------------------------------------------------------------------------------------ LoCoOp
 def _entropy_term(patch_cos: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """LoCoOp Eq. 6 by hand: −mean entropy of softmax(s·cos) over the patches whose label is not in their
-    top-k classes (float64, loops)."""
+    top-k classes (float64, loops), with the released code's −Σ p log(p + 1e-5) (LoCoOp's default
+    ``entropy_eps``)."""
     ents = []
     for b in range(patch_cos.shape[0]):
         for p in range(patch_cos.shape[1]):
@@ -49,7 +50,7 @@ def _entropy_term(patch_cos: torch.Tensor, labels: torch.Tensor, k: int) -> floa
             top = sorted(range(row.numel()), key=lambda i: -float(row[i]))[:k]
             if int(labels[b]) not in top:
                 q = torch.softmax(row, 0)
-                ents.append(-float((q * q.clamp_min(1e-300).log()).sum()))
+                ents.append(-float((q * (q + 1e-5).log()).sum()))
     assert ents, "no OOD patch in the fixture"
     return -sum(ents) / len(ents)
 
