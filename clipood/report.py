@@ -75,30 +75,39 @@ def summary_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def chance_level(k: int) -> float:
+    """The ID accuracy below which a backbone is "near chance" on K classes: twice chance (1/K), but never above
+    halfway between chance and 100 % (for K = 2, twice chance would be 100 %)."""
+    return min(2.0 / k, (1.0 + 1.0 / k) / 2)
+
+
 def chance_warnings(rows: Sequence[dict], num_classes: dict[str, int], backbone: str) -> list[str]:
-    """A results.md warning per split whose zero-shot ID accuracy is below twice chance (1/K): the backbone does
-    not tell these classes apart, so OOD scores built on its similarities mean little."""
+    """A results.md warning per split whose zero-shot ID accuracy is near chance (:func:`chance_level`): the
+    backbone does not tell these classes apart, so OOD scores built on its similarities mean little."""
     out = []
     for split, k in num_classes.items():
         accs = [r["id_acc"] for r in rows if r["split"] == split and r["dataset"] == "average"
                 and "zero-shot" in r["method"] and r.get("id_acc") is not None]
-        if k > 1 and accs and max(accs) < 2.0 / k:
+        if k > 1 and accs and max(accs) < chance_level(k):
             out.append(f"> **Warning: zero-shot ID accuracy on {split} is {100 * max(accs):.1f} % with {k} classes "
                        f"(chance {100 / k:.1f} %): {backbone} does not recognise these classes, so its OOD scores "
                        f"mean little. Use a backbone that knows them (e.g. model=ViT-B-16 pretrained=openai).**")
     return out
 
 
-#: decimals kept in results.json: metrics are fractions in [0, 1] of at most ~10^5 images (AUROC: pairs), so 6
-#: decimals (1e-4 percentage points) keep every digit a table shows and the ranking of close methods
-RESULT_DECIMALS = 6
+#: significant digits kept in results.json. Every metric is a ratio of counts computed in float64 (AUROC: of
+#: ID × OOD pairs, so a denominator below 10^11 for any benchmark here): 12 digits keep each of them exactly as
+#: the counts give it and drop only float noise (0.9889439999999999 → 0.988944)
+RESULT_DIGITS = 12
 
 
 def rounded_rows(rows: Sequence[dict]) -> list[dict]:
-    """``rows`` with every float rounded to :data:`RESULT_DECIMALS` (float32 accuracies such as
-    0.8360000252723694 become 0.836)."""
-    return [{k: round(float(v), RESULT_DECIMALS) if isinstance(v, (float, np.floating)) else v for k, v in r.items()}
-            for r in rows]
+    """``rows`` with every float rounded to :data:`RESULT_DIGITS` significant digits."""
+    def r(v: float) -> float:
+        v = float(v)
+        return v if v == 0 or not np.isfinite(v) else round(v, RESULT_DIGITS - 1 - int(np.floor(np.log10(abs(v)))))
+
+    return [{k: r(v) if isinstance(v, (float, np.floating)) else v for k, v in row.items()} for row in rows]
 
 
 CONVENTION_NOTES = {
