@@ -168,12 +168,10 @@ def _setup_data(cfg, accelerator) -> Benchmark:
 def mining_inputs(cfg, accelerator=None) -> tuple[list[str], Any]:
     """The Base split's ID class names and the mining corpus, reading only what names the classes: a named
     suite's label set (no dataset at all; a half-split suite scans its ID folder), a custom ``id_data``'s class
-    folders, the mini world (built if needed: its corpus is its captions' words). For ``clipood mine``."""
+    folders, the mini world (built with ``accelerator`` if needed: its corpus is its captions' words). For
+    ``clipood mine``."""
     if cfg["benchmark"] == "mini":
-        class _Main:
-            is_main_process = True
-
-        bench = _setup_data(cfg, accelerator or _Main())
+        bench = _setup_data(cfg, accelerator)
         return list(bench.splits[0].classnames), bench.corpus
     if cfg["benchmark"] == "custom":
         from .datasets import build_dataset, spec_from_dict

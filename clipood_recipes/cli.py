@@ -79,10 +79,10 @@ def _mine(argv):
     from .settings import MineSettings
 
     cfg = load_settings(MineSettings, argv, doc=_mine.__doc__)
-    names, corpus = mining_inputs(cfg)
     use_cpu_threads()
     accelerator = make_accelerator(cfg)
     setup_logging(accelerator.is_main_process)
+    names, corpus = mining_inputs(cfg, accelerator)
     backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
     _, _, negs = label_features(backbone, names, corpus, cfg, accelerator)
     if accelerator.is_main_process:

@@ -73,6 +73,15 @@ class ZeroShotRecipe:
         self.notes = list(self.bench.notes) + chance_warnings(
             self.rows, {sf.split.name: sf.num_id for sf in self.splits}, cfg["model"])
 
+    trained = False  #: whether the Base classes were trained on (the tables' headings say so)
+
+    def headings(self) -> dict[str, str]:
+        """results.md table headings: split, data, ID classes, backbone, metric convention."""
+        cfg = self.cfg
+        return {sf.split.name: split_heading(sf.split.name, data=data_label(cfg, sf.split), num_classes=sf.num_id,
+                                             backbone=backbone_label(cfg), convention=cfg["eval"]["convention"],
+                                             trained=self.trained) for sf in self.splits}
+
     #: the method whose detector folder ``save`` writes, and its adapter (None = zero-shot)
     detector_method = "NegLabel (zero-shot)"
     detector_adapter = None
@@ -103,15 +112,6 @@ class ZeroShotRecipe:
         print(f"wrote {md}, results.json, config.json and plots in {self.cfg['output_dir']}")
         release_output_dirs()
 
-
-    trained = False  #: whether the Base classes were trained on (the tables' headings say so)
-
-    def headings(self) -> dict[str, str]:
-        """results.md table headings: split, data, ID classes, backbone, metric convention."""
-        cfg = self.cfg
-        return {sf.split.name: split_heading(sf.split.name, data=data_label(cfg, sf.split), num_classes=sf.num_id,
-                                             backbone=backbone_label(cfg), convention=cfg["eval"]["convention"],
-                                             trained=self.trained) for sf in self.splits}
 
 
 class KRNFTRecipe(ZeroShotRecipe):
@@ -144,7 +144,8 @@ class KRNFTRecipe(ZeroShotRecipe):
         self._start_trackers(cfg)
         use_cpu_threads("train", heavy=trains_text_encoder(task.adapter))  # 1, or the encoders' policy
         result = fit(task, data, tcfg, accelerator, out, resume=bool(cfg["resume"]),
-                     progress=bool(cfg["progress"]), signature=run_signature(cfg), desc=f"train {cfg['method_name']}")
+                     progress=bool(cfg["progress"]), signature=run_signature(cfg),
+                     desc=f"train {cfg['method_name']}")
         if cfg.get("log_with"):
             accelerator.end_training()
         self.adapter = accelerator.unwrap_model(task).adapter.eval()
