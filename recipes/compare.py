@@ -3,6 +3,7 @@ ConNegPT, LAPT, KR-NFT, LoCoOp + KR-NFT and LAPT + KR-NFT on base / new_class / 
 
     accelerate launch recipes/compare.py                      # = --config recipes/configs/compare_mini.yaml
     accelerate launch recipes/compare.py mini.seed=1 output_dir=outputs/compare-w1
+    clipood compare ...                                       # the same, installed: from any folder
 
 Each variant (``variants`` in the YAML) trains into ``output_dir/<variant>`` with the training recipe and reuses
 the same image-feature and crop caches; ``stack_on`` makes a variant train on an earlier one's trained adapter
