@@ -145,7 +145,8 @@ class Scale:
     def describe(self) -> dict[str, Any]:
         return {"backbone": self.backbone.model_name, "num_id": self.num_id, "num_neg": len(self.neg_names),
                 "dim": self.dim, "batch_id_crops": BATCH_ID, "batch_neg_crops": BATCH_NEG, "test_batch": TEST_BATCH,
-                "local_tokens": self.local_tokens, "rounds": self.rounds, "train_budget_s": self.train_budget_s,
+                "local_tokens": self.local_tokens, "rounds": self.rounds,
+                "timing": f"minimum of {self.rounds}+ interleaved rounds", "train_budget_s": self.train_budget_s,
                 "test_budget_s": self.test_budget_s,
                 "backbone_ms_per_image": 1e3 * self.backbone_s_per_image,
                 "backbone_gflops_per_image": self.backbone_flops_per_image / 1e9,

@@ -90,7 +90,7 @@ def render_scale(record: Mapping[str, Any], scale: str) -> str:
             f"{info.get('batch_neg_crops', '?')} negative crop features; image encoder "
             f"{_fmt(info.get('backbone_ms_per_image'))} ms / {_fmt(info.get('backbone_gflops_per_image'))} GFLOPs "
             f"per image ({_fmt(info.get('throughput_gflops'))} GFLOP/s)"
-            + (f"; times: minimum of {info['rounds']} interleaved rounds" if info.get("rounds") else ""))
+            + (f"; times: {info['timing']}" if info.get("timing") else ""))
     lines = [head, "",
              "| Method | Train s/step | Test ms/img (backbone + method) | Train TFLOPs/step (fwd + bwd) | Params "
              "| Peak MB (train) | Test × zero-shot | Test × KR-NFT | TFLOPs × KR-NFT | Paper Tab. 7 (train / test / "
