@@ -226,7 +226,7 @@ def plot_loss(history: Sequence[dict], path: str | os.PathLike, weights: dict[st
               title: str = "training loss") -> None:
     """The training loss against the step on a linear axis: every ``<term>_loss`` of the log times its weight
     (``weights``, e.g. ``0.3 · ood_loss``; unweighted where no weight is given) and their sum, the total loss
-    that training minimises (thick black line), so the terms add up to it as drawn."""
+    that training minimises (dashed black line), so the terms add up to it as drawn."""
     if not history:
         return
     plt = _plt()
@@ -238,7 +238,8 @@ def plot_loss(history: Sequence[dict], path: str | os.PathLike, weights: dict[st
         label = f"{w:g} · {k}" if k in weights else k
         ax.plot(steps, [w * h[k] for h in history], label=label, linewidth=1.1)
     if "loss" in history[0]:
-        ax.plot(steps, [h["loss"] for h in history], color="black", linewidth=2.0, label="total loss")
+        # dashed, so that a term equal to the total (a single dominant term) stays visible under it
+        ax.plot(steps, [h["loss"] for h in history], color="black", linewidth=1.6, linestyle="--", label="total loss")
     ax.axhline(0.0, color="gray", linewidth=0.6, linestyle=":")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("loss (weighted terms and total)")
