@@ -98,6 +98,13 @@ def test_interleaved_timer_rounds_order_minimum_and_min_total(monkeypatch):
     assert calls == ["a", "a", "b", "c", "a", "c", "a", "c", "c"]
     assert got["a"].times == [1.0, 2.0, 3.0] and got["a"].minimum == 1.0 and got["a"].median == 2.0
     assert got["b"].times == [0.5] and len(got["c"].times) == 4 and out[2] is got["c"]
+    # the CPU clock: what preemption by other processes does not inflate
+    monkeypatch.setattr(bench.time, "process_time", lambda: clock["t"] / 2)
+    cpu = bench.InterleavedTimer(clock="cpu")
+    cpu.add(job("d", 1.0), rounds=2, warmup=0)
+    assert cpu.run()[0].times == [0.5, 0.5]
+    with pytest.raises(ValueError, match="clock"):
+        bench.InterleavedTimer(clock="sundial")
 
 
 def test_busy_machine_line_in_the_efficiency_table():
