@@ -147,7 +147,7 @@ def render_markdown(record: Mapping[str, Any]) -> str:
     if m.get("busy"):
         parts.append(f"**Busy machine:** the 1-minute load average reached {max(seen):g} on {m.get('cpu_count', '?')} "
                      f"cores while this ran (other processes competed for the CPU). Times are minima over "
-                     f"interleaved rounds, so ratios between methods hold better than absolute times; measure "
-                     f"again on an idle machine for absolute numbers.")
+                     f"interleaved rounds (each table says on which clock), so ratios between methods hold better "
+                     f"than absolute times; measure again on an idle machine for absolute numbers.")
     scales = list(dict.fromkeys(r.get("scale") for r in record["rows"]))
     return "\n\n".join(parts + [render_scale(record, s) for s in scales]) + "\n"
