@@ -154,8 +154,8 @@ class Scale:
                 "dim": self.dim, "batch_id_crops": BATCH_ID, "batch_neg_crops": BATCH_NEG, "test_batch": TEST_BATCH,
                 "local_tokens": self.local_tokens, "rounds": self.rounds,
                 "timing": f"minimum of {self.rounds}+ interleaved rounds, "
-                          + ("process CPU time" if self.clock == "cpu" else "wall clock"), "train_budget_s": self.train_budget_s,
-                "test_budget_s": self.test_budget_s,
+                          + ("process CPU time" if self.clock == "cpu" else "wall clock"),
+                "train_budget_s": self.train_budget_s, "test_budget_s": self.test_budget_s,
                 "backbone_ms_per_image": 1e3 * self.backbone_s_per_image,
                 "backbone_gflops_per_image": self.backbone_flops_per_image / 1e9,
                 "throughput_gflops": self.throughput / 1e9, "backbone_timing": self.backbone_timing,

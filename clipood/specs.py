@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 from .errors import ClipoodError, did_you_mean, unknown
 
 DATA_ROOT_ENV = "CLIPOOD_DATA"
-ROOT_HINT = (f"relative paths resolve against data_root= (config or command line), else ${DATA_ROOT_ENV}, else the "
-             f"current folder; absolute paths work as they are")
+ROOT_HINT = (f"relative paths resolve against the data root: data_root= (config or command line), else "
+             f"${DATA_ROOT_ENV}, else the current folder; absolute paths work as they are")
 #: files that `datasets.Dataset.save_to_disk` / `DatasetDict.save_to_disk` write into their folder
 HF_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
