@@ -218,6 +218,7 @@ def test_custom_mining_reads_only_the_id_class_folders(tmp_path, monkeypatch):
     from clipood.benchmarks import mining_inputs
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CLIPOOD_DATA", raising=False)
     make_image_folder(tmp_path / "mydata" / "test", {"golden retriever": (1, 2, 3), "tabby cat": (4, 5, 6)}, n=1)
     (tmp_path / "w.txt").write_text("apple\n")
     cfg = {"benchmark": "custom", "id_data": {"path": "mydata/test"}, "data_root": None,   # relative: cwd
