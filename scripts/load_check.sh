@@ -4,7 +4,9 @@
 #   2. `accelerate launch recipes/compare.py` on the warm cache of 1: the whole command <= 5 min
 #   3. `pytest --benchmark benchmarks/test_efficiency.py --bench-scale mini`: KR-NFT / zero-shot test-time ratio
 #      within 10 % of the idle value (IDLE_RATIO, default 1.054) and CoFT vs KR-NFT step times within 2x
-# Each line says the number, the torch threads the run recorded and the 1-minute load average before and after.
+# Each line says the number, the torch threads the run recorded, the 1-minute load average before and after, and
+# the CPU seconds the command used (user + system, children included): what the work costs whatever the load;
+# beside N CPU-bound processes on C cores a single-threaded command gets about C / (N + 1) of a core.
 #
 #   scripts/load_check.sh                 # two `yes > /dev/null` beside each check (the issue's setting)
 #   scripts/load_check.sh --load 0        # idle: the reference numbers
@@ -32,6 +34,8 @@ start_load() { for _ in $(seq 1 "$LOAD"); do yes > /dev/null & PIDS+=($!); done;
 stop_load() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done; PIDS=(); }
 trap stop_load EXIT
 load1() { cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?"; }
+TIMEFORMAT="%U %S"
+cpu_of() { python -c "import sys; print(round(sum(map(float, open(sys.argv[1]).read().split()[-2:])), 1))" "$1"; }
 now() { date +%s.%N; }
 FAIL=0
 report() {  # name, value, verdict, detail
@@ -42,24 +46,27 @@ echo "load_check: $LOAD CPU-bound process(es) beside each check; $(nproc) cores;
 
 if [ -z "$ONLY" ] || [ "$ONLY" = krnft ]; then
   start_load; l0=$(load1); t0=$(now)
-  accelerate launch recipes/krnft.py output_dir="$WORK/krnft" progress=false > "$WORK/krnft.log" 2>&1
+  { time accelerate launch recipes/krnft.py output_dir="$WORK/krnft" progress=false > "$WORK/krnft.log" 2>&1; } \
+    2> "$WORK/krnft.cpu"
   rc=$?; t1=$(now); l1=$(load1); stop_load
   if [ $rc -ne 0 ]; then report krnft "exit status $rc" FAIL "see $WORK/krnft.log"; else
     read -r secs threads < <(python -c "import json; d=json.load(open('$WORK/krnft/training.json')); print(d['this_session_seconds'], d.get('torch_threads', '?'))")
     v=$(python -c "print('ok' if $secs <= 3 else 'FAIL')")
     report krnft "150 steps in ${secs} s (<= 3 s)" "$v" \
-      "threads train=$threads; whole run $(python -c "print(round($t1 - $t0, 1))") s; load $l0 -> $l1"
+      "threads train=$threads; whole run $(python -c "print(round($t1 - $t0, 1))") s, CPU $(cpu_of "$WORK/krnft.cpu") s; load $l0 -> $l1"
   fi
 fi
 
 if [ -z "$ONLY" ] || [ "$ONLY" = compare ]; then
   start_load; l0=$(load1); t0=$(now)
-  accelerate launch recipes/compare.py output_dir="$WORK/compare" progress=false > "$WORK/compare.log" 2>&1
+  { time accelerate launch recipes/compare.py output_dir="$WORK/compare" progress=false > "$WORK/compare.log" 2>&1; } \
+    2> "$WORK/compare.cpu"
   rc=$?; t1=$(now); l1=$(load1); stop_load
   secs=$(python -c "print(round($t1 - $t0, 1))")
   if [ $rc -ne 0 ]; then report compare "exit status $rc" FAIL "see $WORK/compare.log"; else
     v=$(python -c "print('ok' if $secs <= 300 else 'FAIL')")
-    report compare "${secs} s (<= 300 s)" "$v" "$(grep -m1 '^CPU threads' "$WORK/compare/results.md"); load $l0 -> $l1"
+    report compare "${secs} s (<= 300 s)" "$v" \
+      "$(grep -m1 '^CPU threads' "$WORK/compare/results.md" | cut -d'(' -f1 | sed 's/ *$//'); CPU $(cpu_of "$WORK/compare.cpu") s; load $l0 -> $l1"
   fi
 fi
 
