@@ -30,6 +30,7 @@ from .negpt import NegPT, NegPTConfig
 from .stacked import Stacked, StackedConfig, stack
 from .feature_tuning import FT, NFT, CoFT, CoFTConfig, FeatureTuning, FeatureTuningConfig, FTConfig, NFTConfig
 from .taskres import TaskRes, TaskResConfig
+from .registry import DISPLAY_NAMES, display_name
 
 __clipood_adapters__ = True
 
@@ -45,7 +46,8 @@ def _register_detector_io() -> None:
 _register_detector_io()
 
 __all__ = [
-    "Adapter", "AdapterConfig", "AdapterContext", "AdapterOutput", "AdapterSpec", "build_adapter",
+    "Adapter", "AdapterConfig", "AdapterContext", "AdapterOutput", "AdapterSpec", "DISPLAY_NAMES", "build_adapter",
+    "display_name",
     "discover_adapters", "get_adapter_class", "get_adapter_spec", "list_adapters", "load_adapter",
     "register_adapter", "save_adapter",
     "CoOp", "CoOpConfig", "FeatureTuning", "FeatureTuningConfig", "FT", "FTConfig", "CoFT", "CoFTConfig", "NFT",

@@ -36,9 +36,20 @@ _MACHINERY = frozenset({"base", "checkpoint", "context", "contract", "registry"}
 log = logging.getLogger("clipood")
 
 __all__ = [
-    "AdapterSpec", "ENTRY_POINT_GROUP", "build_adapter", "discover_adapters", "get_adapter_class",
-    "get_adapter_spec", "list_adapters", "register_adapter",
+    "AdapterSpec", "DISPLAY_NAMES", "ENTRY_POINT_GROUP", "build_adapter", "discover_adapters", "display_name",
+    "get_adapter_class", "get_adapter_spec", "list_adapters", "register_adapter",
 ]
+
+#: how recipes, the comparison, results tables and the efficiency suite name each registered method: one
+#: naming everywhere (a stack is ``<base>+<tuner>``, e.g. ``LoCoOp+KR-NFT``); other names stand as they are
+DISPLAY_NAMES = {"nft": "KR-NFT", "ft": "FT", "coft": "CoFT", "taskres": "TaskRes", "coop": "CoOp",
+                 "locoop": "LoCoOp", "negpt": "NegPT", "connegpt": "ConNegPT", "lapt": "LAPT"}
+
+
+def display_name(name: str, base: str | None = None) -> str:
+    """The table name of adapter ``name`` (``nft`` → ``KR-NFT``), stacked on ``base`` when given."""
+    own = DISPLAY_NAMES.get(name, name)
+    return f"{DISPLAY_NAMES.get(base, base)}+{own}" if base else own
 
 
 @dataclass(frozen=True)

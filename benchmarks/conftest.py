@@ -10,6 +10,7 @@ import torch
 
 _SCALES: dict = {}
 _ROWS: dict = {}
+_LOAD: list = []   # 1-minute load averages seen while measuring (before each scale, after its rows)
 
 
 def scale_names(config) -> list[str]:
@@ -17,24 +18,46 @@ def scale_names(config) -> list[str]:
     return [s.strip() for s in raw.split(",") if s.strip()]
 
 
+def bench_threads() -> int:
+    """torch threads of the suite: ``CLIPOOD_THREADS`` when set, else 1 on a CPU (a cost measurement that does
+    not depend on what else runs; at 2 threads on 2 busy cores small operators stall on every barrier), torch's
+    own count with a GPU. Set before anything is measured and recorded with the results."""
+    env = os.environ.get("CLIPOOD_THREADS", "").strip()
+    if env:
+        return int(env)
+    return torch.get_num_threads() if torch.cuda.is_available() else 1
+
+
 def get_scale(config, name: str):
     from efficiency import make_scale
 
     if name not in _SCALES:
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+        torch.set_num_threads(bench_threads())
+        _LOAD.append(_load1())
         _SCALES[name] = make_scale(name, rounds=config.getoption("--bench-rounds") or None,
                                    train_budget_s=config.getoption("--bench-train-budget") or None)
     return _SCALES[name]
 
 
 def get_row(config, scale: str, method: str) -> dict:
-    """The measured row (memoised: the acceptance test reuses the parametrised tests' rows)."""
-    from efficiency import measure_method
+    """The measured row. Every method of a scale is measured on the first request, in interleaved rounds
+    (``efficiency.measure_methods``), and memoised: the acceptance tests reuse the parametrised tests' rows."""
+    from efficiency import measure_methods
 
     key = (scale, method)
     if key not in _ROWS:
-        _ROWS[key] = measure_method(get_scale(config, scale), method)
+        names = methods() if method in methods() else [method]
+        for m, row in measure_methods(get_scale(config, scale), names).items():
+            _ROWS[(scale, m)] = row
+        _LOAD.append(_load1())
     return _ROWS[key]
+
+
+def _load1() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def methods() -> list[str]:
@@ -62,7 +85,11 @@ def _record() -> dict:
     from clipood.bench_report import SCHEMA
 
     device = next(iter(_SCALES.values())).device if _SCALES else None
-    return {"schema": SCHEMA, "created": now_iso(), "machine": bench.machine_info(device),
+    machine = bench.machine_info(device)
+    seen = [x for x in [*_LOAD, _load1()] if x is not None]
+    machine.update(threads_source="CLIPOOD_THREADS" if os.environ.get("CLIPOOD_THREADS") else "suite default",
+                   load_seen=seen, busy=bench.busy_machine(seen, machine.get("cpu_count")))
+    return {"schema": SCHEMA, "created": now_iso(), "machine": machine,
             "git": bench.git_info(Path(__file__).resolve().parent),
             "scales": {n: s.describe() for n, s in _SCALES.items()},
             "rows": [r for (s, m), r in sorted(_ROWS.items(), key=lambda kv: (_order(kv[0][0]), _morder(kv[0][1])))]}

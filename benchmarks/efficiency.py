@@ -12,8 +12,14 @@ What is measured, per method, on the same backbone and label set:
 - **one-off encoding**: the crops of that batch through the image encoder (cached, paid once: KR-NFT's crop
   encoding) and, for prompt learners whose text features do not depend on the image, their label prompts
   (encoded once per label set, then cached).
-- **test time per image** = image encoder (measured once per scale, median over rounds) + method part (adapter +
-  score on the image features, measured per method; ConNegPT's per-image text encoding is the method part).
+- **test time per image** = image encoder + method part (adapter + score on the image features, measured per
+  method; ConNegPT's per-image text encoding is the method part).
+- **timing**: every time is the minimum over ``rounds`` calls, and the methods of a scale are timed in
+  interleaved rounds (round r times each method once, in turn; the image encoder among them), test parts first,
+  then training steps: on a machine that other processes load, a burst hits every method alike and the
+  least-disturbed call is what the load distorts least. Medians are kept in each ``timing``. The suite runs at
+  ``CLIPOOD_THREADS`` torch threads, else 1 on a CPU (conftest), and records the count and the load; at one
+  CPU thread the clock is the process's CPU time (the time other processes held the core does not count).
 - **learnable parameters**, exactly.
 
 Values of features do not change costs: the large scale uses random weights (open_clip ViT-B-16) and random unit
@@ -38,6 +44,7 @@ BATCH_ID, BATCH_NEG = 16, 16       # crops per training step (same batch for eve
 TEST_BATCH = 8                     # images per test-time call
 LOGIT_SCALE = 100.0
 ZERO_SHOT = ("neglabel", "mcm")
+MIN_TOTAL_S = 0.25                 # a timed call of a few ms gets more rounds (up to 50): an undisturbed minimum
 
 #: per-scale adapter options: paper settings where the paper gives them (CoOp/LoCoOp n_ctx 16)
 OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
@@ -55,9 +62,15 @@ PAPER = {
     "connegpt": {"method": "ConNegPT*", "train_h": 1.65, "test_ms": 936.1, "tflops": 194.53, "params": "3K"},
 }
 
-DISPLAY = {"nft": "KR-NFT", "neglabel": "NegLabel (zero-shot)", "mcm": "MCM (zero-shot)", "ft": "FT",
-           "coft": "CoFT", "coop": "CoOp", "locoop": "LoCoOp", "negpt": "NegPT", "connegpt": "ConNegPT",
-           "lapt": "LAPT", "taskres": "TaskRes", "stacked": "coop+KR-NFT (stacked)"}
+def _display() -> dict[str, str]:
+    """Row names: the registry's (one naming everywhere), zero-shot scores as the recipes name them."""
+    from adapters import DISPLAY_NAMES, display_name
+
+    return {**DISPLAY_NAMES, "neglabel": "NegLabel (zero-shot)", "mcm": "MCM (zero-shot)",
+            "stacked": display_name("nft", "coop")}
+
+
+DISPLAY = _display()
 
 
 # ------------------------------------------------------------------------------------------------ scale
@@ -82,6 +95,11 @@ class Scale:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def clock(self) -> str:
+        """``cpu`` (process CPU time: single-threaded CPU work, robust to other processes) or ``wall``."""
+        return "cpu" if self.device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
+
+    @property
     def num_id(self) -> int:
         return len(self.id_names)
 
@@ -100,26 +118,44 @@ class Scale:
             neg_templates=["a photo of a {}."], text_features=self.text_features[: self.num_id + m].to(self.device))
 
     def measure_backbone(self) -> None:
-        """Image-encoder cost per image: FLOPs (exact) and time (median of ``rounds`` batches)."""
+        """Image-encoder cost per image: FLOPs (exact) and time (minimum of ``rounds`` batches; timed again among
+        the methods by :meth:`time_backbone`)."""
         bb = self.backbone
         size = bb.image_size
         self.image = torch.randn(TEST_BATCH, 3, size, size, device=self.device)
         c = bench.count_flops(lambda: bb.model.encode_image(self.image[:1]), modules=[bb.model], fake=True)
         self.backbone_flops_per_image = c.forward
+        timer = bench.InterleavedTimer(self.device, clock=self.clock)
+        timer.add(_no_grad(lambda: bb.encode_images(self.image)), rounds=self.rounds, warmup=1)
+        (t,) = timer.run()
         with torch.no_grad():
-            t = bench.time_call(lambda: bb.encode_images(self.image), rounds=self.rounds, warmup=1,
-                                device=self.device)
             _, loc = bb.encode_images(self.image[:1], local=True)
         self.local_tokens = int(loc.shape[1])
-        self.backbone_s_per_image = t.median / TEST_BATCH
+        self.backbone_s_per_image = t.minimum / TEST_BATCH
         self.throughput = self.backbone_flops_per_image / max(self.backbone_s_per_image, 1e-12)
         self.backbone_timing = t.to_dict()
+
+    def time_backbone(self, timer: bench.InterleavedTimer) -> None:
+        """Time the image encoder again among the methods' test parts (interleaved rounds; the minimum per image
+        becomes the backbone's share of every test time measured in that run). Not where one batch takes
+        seconds (ViT-B/16 on a CPU): the measurement of :meth:`measure_backbone` stands."""
+        if self.backbone_s_per_image * TEST_BATCH * (self.rounds + 1) > 10.0:
+            return
+
+        def done(t: bench.Timing) -> None:
+            self.backbone_s_per_image = t.minimum / TEST_BATCH
+            self.backbone_timing = t.to_dict()
+
+        timer.add(_no_grad(lambda: self.backbone.encode_images(self.image)), rounds=self.rounds, warmup=1,
+                  min_total=MIN_TOTAL_S, then=done)
 
     def describe(self) -> dict[str, Any]:
         return {"backbone": self.backbone.model_name, "num_id": self.num_id, "num_neg": len(self.neg_names),
                 "dim": self.dim, "batch_id_crops": BATCH_ID, "batch_neg_crops": BATCH_NEG, "test_batch": TEST_BATCH,
-                "local_tokens": self.local_tokens, "rounds": self.rounds, "train_budget_s": self.train_budget_s,
-                "test_budget_s": self.test_budget_s,
+                "local_tokens": self.local_tokens, "rounds": self.rounds,
+                "timing": f"minimum of {self.rounds}+ interleaved rounds, "
+                          + ("process CPU time" if self.clock == "cpu" else "wall clock"),
+                "train_budget_s": self.train_budget_s, "test_budget_s": self.test_budget_s,
                 "backbone_ms_per_image": 1e3 * self.backbone_s_per_image,
                 "backbone_gflops_per_image": self.backbone_flops_per_image / 1e9,
                 "throughput_gflops": self.throughput / 1e9, "backbone_timing": self.backbone_timing,
@@ -303,7 +339,40 @@ def _test_fn(sc: Scale, name: str, adapter) -> Callable[[torch.Tensor], torch.Te
 
 
 def measure_method(sc: Scale, name: str) -> dict[str, Any]:
-    """Every cost of one method at one scale (see the module docstring); a JSON-ready row."""
+    """Every cost of one method at one scale (see the module docstring); a JSON-ready row. Timed alone:
+    :func:`measure_methods` times several methods in interleaved rounds."""
+    return measure_methods(sc, [name])[name]
+
+
+def measure_methods(sc: Scale, names: list[str]) -> dict[str, dict[str, Any]]:
+    """The rows of ``names`` at ``sc``, timed in interleaved rounds (:class:`clipood.bench.InterleavedTimer`):
+    first every method's test part together with the image encoder (adapters in eval mode), then every
+    training step (train mode). A burst of load from other processes then falls on every method alike, and
+    each time is the minimum over the rounds (the least disturbed call; medians are kept in ``timing``). On a
+    CPU at one thread the clock is the process's CPU time (:attr:`Scale.clock`), which preemption does not
+    inflate."""
+    timer = bench.InterleavedTimer(sc.device, clock=sc.clock)
+    sc.time_backbone(timer)
+    started = [(name, *_measure_test(sc, name, timer)) for name in names]
+    timer.run()
+    for name, row, adapter in started:
+        if adapter is None:
+            row["train"] = None
+        else:
+            _measure_train(sc, name, row, adapter, timer)
+    timer.run()
+    return {name: row for name, row, _ in started}
+
+
+def _no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def call():
+        with torch.no_grad():
+            return fn()
+    return call
+
+
+def _measure_test(sc: Scale, name: str, timer: bench.InterleavedTimer) -> tuple[dict[str, Any], Any]:
+    """The row with its parameters and test-time FLOPs; the test-time timing is added to ``timer``."""
     row: dict[str, Any] = {"scale": sc.name, "method": name, "display": DISPLAY.get(name, name), "notes": []}
     adapter = None if name in ZERO_SHOT else build(sc, name)
     row["options"] = OPTIONS.get(sc.name, {}).get(name, {})
@@ -329,40 +398,47 @@ def measure_method(sc: Scale, name: str) -> dict[str, Any]:
                 fn(v[:1])                          # fills the cache with stand-in features
         with _fake_friendly(), _one_chunk(adapter):
             c = bench.count_flops(lambda: fn(v[:1]), modules=modules, fake=True)
-        row["test_method_flops_per_image"] = c.forward
-        nimg = TEST_BATCH
-        predicted = c.forward / max(sc.throughput, 1.0)
-        if predicted > 5.0:                        # ConNegPT at ViT-B/16 on a CPU: one image, one round
-            nimg = 1
-        m = len(sc.neg_names)
-        sub = None
-        if predicted > sc.test_budget_s and adapter is not None and m > 1:
-            # too slow to time in full here: time the same method on the first m' negatives (a measured lower
-            # bound: fewer prompts per image) and scale that to all m negatives (an estimate)
-            keep = max(1, int(m * sc.test_budget_s / predicted))
-            sub = build(sc, name, num_neg=keep).eval()
-            fn_t, predicted_t = _test_fn(sc, name, sub), predicted * keep / m
-        else:
-            keep, fn_t, predicted_t = m, fn, predicted
-        rounds = sc.rounds if predicted_t * nimg * sc.rounds < 60 else 1
-        t = bench.time_call(lambda: fn_t(v[:nimg]), rounds=rounds, warmup=1 if predicted_t * nimg < 30 else 0,
-                            device=sc.device)
-    measured_s = t.median / nimg
-    method_s = measured_s * m / keep
-    row["test"] = {"backbone_ms_per_image": 1e3 * sc.backbone_s_per_image, "method_ms_per_image": 1e3 * method_s,
-                   "ms_per_image": 1e3 * (sc.backbone_s_per_image + method_s), "images_timed": nimg,
-                   "timing": t.to_dict(), "method_gflops_per_image": c.forward / 1e9,
-                   "backbone_gflops_per_image": sc.backbone_flops_per_image / 1e9, "estimated": sub is not None}
-    if sub is not None:
-        row["test"].update(timed_num_neg=keep, lower_bound_ms_per_image=1e3 * (sc.backbone_s_per_image + measured_s))
-        row["notes"].append(f"test time: the method part was timed on the first {keep:,} of {m:,} negatives "
-                            f"(measured lower bound {1e3 * (sc.backbone_s_per_image + measured_s):,.0f} ms/img) and "
-                            f"scaled by {m / keep:.1f}; predicted {predicted:.0f} s for all > budget "
-                            f"{sc.test_budget_s:.0f} s")
-    if adapter is None:
-        row["train"] = None
-        return row
+    row["test_method_flops_per_image"] = c.forward
+    nimg = TEST_BATCH
+    predicted = c.forward / max(sc.throughput, 1.0)
+    if predicted > 5.0:                        # ConNegPT at ViT-B/16 on a CPU: one image, one round
+        nimg = 1
+    m = len(sc.neg_names)
+    sub = None
+    if predicted > sc.test_budget_s and adapter is not None and m > 1:
+        # too slow to time in full here: time the same method on the first m' negatives (a measured lower
+        # bound: fewer prompts per image) and scale that to all m negatives (an estimate)
+        keep = max(1, int(m * sc.test_budget_s / predicted))
+        sub = build(sc, name, num_neg=keep).eval()
+        fn_t, predicted_t = _test_fn(sc, name, sub), predicted * keep / m
+    else:
+        keep, fn_t, predicted_t = m, fn, predicted
+    rounds = sc.rounds if predicted_t * nimg * sc.rounds < 60 else 1
 
+    def done(t: bench.Timing) -> None:
+        measured_s = t.minimum / nimg
+        method_s = measured_s * m / keep
+        row["test"] = {"backbone_ms_per_image": 1e3 * sc.backbone_s_per_image,
+                       "method_ms_per_image": 1e3 * method_s,
+                       "ms_per_image": 1e3 * (sc.backbone_s_per_image + method_s), "images_timed": nimg,
+                       "timing": t.to_dict(), "method_gflops_per_image": c.forward / 1e9,
+                       "backbone_gflops_per_image": sc.backbone_flops_per_image / 1e9, "estimated": sub is not None}
+        if sub is not None:
+            row["test"].update(timed_num_neg=keep,
+                               lower_bound_ms_per_image=1e3 * (sc.backbone_s_per_image + measured_s))
+            row["notes"].append(f"test time: the method part was timed on the first {keep:,} of {m:,} negatives "
+                                f"(measured lower bound {1e3 * (sc.backbone_s_per_image + measured_s):,.0f} ms/img) "
+                                f"and scaled by {m / keep:.1f}; predicted {predicted:.0f} s for all > budget "
+                                f"{sc.test_budget_s:.0f} s")
+
+    timer.add(_no_grad(lambda: fn_t(v[:nimg])), rounds=rounds, warmup=1 if predicted_t * nimg < 30 else 0,
+              min_total=MIN_TOTAL_S, then=done)
+    return row, adapter
+
+
+def _measure_train(sc: Scale, name: str, row: dict[str, Any], adapter, timer: bench.InterleavedTimer) -> None:
+    """Training-step FLOPs and peak memory into ``row``; the step's timing is added to ``timer``."""
+    modules = [sc.backbone.model, adapter]
     # ---- training step on cached crop features
     adapter.train()
     task = training_task(sc, adapter)
@@ -387,14 +463,13 @@ def measure_method(sc: Scale, name: str) -> dict[str, Any]:
 
     if predicted <= sc.train_budget_s:
         rounds = sc.rounds if predicted * sc.rounds < 60 else 1
-        t = bench.time_call(step, rounds=rounds, warmup=1, device=sc.device)
-        row["train"].update(time_s=t.median, estimated=False, timing=t.to_dict(),
-                            peak_memory_bytes=bench.peak_memory(step, sc.device))
+        row["train"].update(estimated=False, peak_memory_bytes=bench.peak_memory(step, sc.device))
+        timer.add(step, rounds=rounds, warmup=1, min_total=MIN_TOTAL_S,
+                  then=lambda t: row["train"].update(time_s=t.minimum, timing=t.to_dict()))
     else:
         row["train"].update(time_s=predicted, estimated=True, peak_memory_bytes=None)
         row["notes"].append(f"train step not run: {predicted:.0f} s predicted from its FLOPs at the backbone's "
                             f"{sc.throughput / 1e9:.1f} GFLOP/s > budget {sc.train_budget_s:.0f} s")
-    return row
 
 
 def text_encoder_calls(task, batch, adapter) -> int:

@@ -35,7 +35,7 @@ from torch import nn
 
 __all__ = [
     "FlopCount", "Timing", "count_flops", "count_parameters", "git_info", "machine_info", "peak_memory",
-    "register_cpu_attention_flops", "time_call", "synchronize",
+    "register_cpu_attention_flops", "time_call", "synchronize", "InterleavedTimer", "busy_machine",
 ]
 
 
@@ -205,6 +205,76 @@ def time_call(fn: Callable[[], Any], *, rounds: int = 3, warmup: int = 1,
         synchronize(device)
         times.append(time.perf_counter() - t0)
     return Timing(times, warmup)
+
+
+class InterleavedTimer:
+    """Times many calls in interleaved rounds: round r runs every job (that has an r-th round) once, in turn, so
+    a burst of load from other processes falls on every job alike; each job's :class:`Timing` has its minimum
+    (the least disturbed call: what a loaded machine distorts least) and its median.
+
+    ``add(fn, rounds=, warmup=, then=)`` registers a job: ``rounds`` calls at least, and more (up to
+    ``max_rounds``) while its timed calls add up to less than ``min_total`` seconds, so that a call of a few
+    milliseconds gets enough rounds for an undisturbed minimum. ``run()`` does every warm-up call, then the
+    rounds, then calls each ``then(timing)`` in the order the jobs were added, and forgets the jobs.
+
+    ``clock="cpu"`` times with this process's CPU time instead of the wall clock: for single-threaded CPU work
+    that is the work itself, without the time other processes held the core (on a loaded 2-core machine a 3 ms
+    step is preempted in nearly every call, so even its wall-clock minimum is off by a scheduler slice)."""
+
+    CLOCKS = {"wall": "perf_counter", "cpu": "process_time"}   #: clock → function of :mod:`time`
+
+    def __init__(self, device: torch.device | str | None = None, clock: str = "wall") -> None:
+        if clock not in self.CLOCKS:
+            raise ValueError(f"clock must be one of {', '.join(self.CLOCKS)}, got {clock!r}")
+        self.device = device
+        self.clock = clock
+        self._jobs: list[dict[str, Any]] = []
+
+    def add(self, fn: Callable[[], Any], *, rounds: int = 3, warmup: int = 1, min_total: float = 0.0,
+            max_rounds: int = 50, then: Callable[[Timing], Any] | None = None) -> None:
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        self._jobs.append({"fn": fn, "rounds": int(rounds), "warmup": max(0, int(warmup)), "then": then,
+                           "min_total": float(min_total), "max_rounds": max(int(rounds), int(max_rounds)),
+                           "times": []})
+
+    @staticmethod
+    def _wants(job: dict[str, Any], r: int) -> bool:
+        return r < job["rounds"] or (r < job["max_rounds"] and sum(job["times"]) < job["min_total"])
+
+    def run(self) -> list[Timing]:
+        jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            for _ in range(job["warmup"]):
+                job["fn"]()
+        now = getattr(time, self.CLOCKS[self.clock])
+        r = 0
+        while any(self._wants(job, r) for job in jobs):
+            for job in jobs:
+                if self._wants(job, r):
+                    synchronize(self.device)
+                    t0 = now()
+                    job["fn"]()
+                    synchronize(self.device)
+                    job["times"].append(now() - t0)
+            r += 1
+        out = [Timing(job["times"], job["warmup"]) for job in jobs]
+        for t, job in zip(out, jobs):
+            if job["then"] is not None:
+                job["then"](t)
+        return out
+
+
+def busy_machine(load: Iterable[float] | None = None, cores: int | None = None) -> bool:
+    """True when the 1-minute load average (``load``: the values seen during a run; default: now) exceeded the
+    cores: other processes competed for the CPU while it was measured."""
+    if load is None:
+        try:
+            load = [os.getloadavg()[0]]
+        except (AttributeError, OSError):
+            return False
+    vals = [float(x) for x in load]
+    return bool(vals) and max(vals) > (cores or os.cpu_count() or 1)
 
 
 # ----------------------------------------------------------------------------------------------- memory

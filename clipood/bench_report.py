@@ -89,7 +89,8 @@ def render_scale(record: Mapping[str, Any], scale: str) -> str:
             f"{info.get('num_neg', '?')} negatives, train batch {info.get('batch_id_crops', '?')} ID + "
             f"{info.get('batch_neg_crops', '?')} negative crop features; image encoder "
             f"{_fmt(info.get('backbone_ms_per_image'))} ms / {_fmt(info.get('backbone_gflops_per_image'))} GFLOPs "
-            f"per image ({_fmt(info.get('throughput_gflops'))} GFLOP/s)")
+            f"per image ({_fmt(info.get('throughput_gflops'))} GFLOP/s)"
+            + (f"; times: {info['timing']}" if info.get("timing") else ""))
     lines = [head, "",
              "| Method | Train s/step | Test ms/img (backbone + method) | Train TFLOPs/step (fwd + bwd) | Params "
              "| Peak MB (train) | Test × zero-shot | Test × KR-NFT | TFLOPs × KR-NFT | Paper Tab. 7 (train / test / "
@@ -132,12 +133,21 @@ def render_scale(record: Mapping[str, Any], scale: str) -> str:
 
 
 def render_markdown(record: Mapping[str, Any]) -> str:
-    """Every scale's table, with the machine and commit they were measured on."""
+    """Every scale's table, with the machine and commit they were measured on (and a warning line when the
+    load average exceeded the cores while it was measured)."""
     m, g = record.get("machine", {}), record.get("git", {})
     load = m.get("load_avg")
+    src = f" ({m['threads_source']})" if m.get("threads_source") else ""
     head = (f"clipood efficiency ({record.get('created', '?')}; {m.get('cpu', '?')}, device {m.get('device', '?')}"
-            f"{', ' + m['gpu'] if m.get('gpu') else ''}, {m.get('torch_threads', '?')} torch threads"
+            f"{', ' + m['gpu'] if m.get('gpu') else ''}, {m.get('torch_threads', '?')} torch threads{src}"
             f"{', load ' + '/'.join(map(str, load)) if load else ''}; torch {m.get('torch', '?')}; "
             f"commit {str(g.get('commit', ''))[:10] or '?'}{' (dirty)' if g.get('dirty') else ''})")
+    parts = [head]
+    seen = m.get("load_seen") or []
+    if m.get("busy"):
+        parts.append(f"**Busy machine:** the 1-minute load average reached {max(seen):g} on {m.get('cpu_count', '?')} "
+                     f"cores while this ran (other processes competed for the CPU). Times are minima over "
+                     f"interleaved rounds (each table says on which clock), so ratios between methods hold better "
+                     f"than absolute times; measure again on an idle machine for absolute numbers.")
     scales = list(dict.fromkeys(r.get("scale") for r in record["rows"]))
-    return "\n\n".join([head] + [render_scale(record, s) for s in scales]) + "\n"
+    return "\n\n".join(parts + [render_scale(record, s) for s in scales]) + "\n"

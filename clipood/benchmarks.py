@@ -84,6 +84,8 @@ def setup_benchmark(cfg, accelerator) -> Benchmark:
         # the user's names (folders, classnames), before the model loads: names the text encoder could not tell
         # apart. Named suites keep their label sets as published (ImageNet-1k has two 'missile' classes)
         check_class_names(split.classnames, f"the ID classes of split {split.name}")
+    if cfg["model"] == "clipood-mini" and cfg["benchmark"] != "mini":
+        bench.notes.append(MINI_ELSEWHERE)
     bench.notes.append(convention_note(cfg["eval"]["convention"]))
     bench.backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
     if str(bench.backbone.identifier).split("|", 1)[-1].startswith("random"):
@@ -93,6 +95,11 @@ def setup_benchmark(cfg, accelerator) -> Benchmark:
                 f"meaningless.**")
         bench.notes = [n for n in bench.notes if "random weights" not in n] + [note]
     return bench
+
+
+MINI_ELSEWHERE = ("> **Warning: clipood-mini is the tiny CLIP of the embedded mini world (32-px rendered shapes, 98 "
+                  "words); on other images it sees little, and these numbers say little about a method. Use a real "
+                  "CLIP for your data (e.g. model=ViT-B-16 pretrained=openai).**")
 
 
 def _setup_data(cfg, accelerator) -> Benchmark:
@@ -166,6 +173,58 @@ def _setup_data(cfg, accelerator) -> Benchmark:
         groups = suite.groups if kind == "new_style" else s_.groups
         splits.append(EvalSplit(kind, {s_.name: s_.id}, ood, names(s_), s_.description, groups=groups))
     return Benchmark(backbone, splits, _corpus(cfg), None, None, notes)
+
+
+def mining_inputs(cfg, accelerator=None) -> tuple[list[str], Any]:
+    """The Base split's ID class names and the mining corpus, reading only what names the classes: a named
+    suite's label set (no dataset at all; a half-split suite scans its ID folder), a custom ``id_data``'s class
+    folders, the mini world (built with ``accelerator`` if needed: its corpus is its captions' words). For
+    ``clipood mine``."""
+    if cfg["benchmark"] == "mini":
+        bench = _setup_data(cfg, accelerator)
+        return list(bench.splits[0].classnames), bench.corpus
+    if cfg["benchmark"] == "custom":
+        from .datasets import build_dataset, spec_from_dict
+        from .folders import looks_like_wordnet_ids
+
+        if not cfg.get("id_data"):
+            raise ClipoodError("benchmark=custom needs id_data (a dataset spec) to name the ID classes")
+        names = list(build_dataset(spec_from_dict(cfg["id_data"]), root=cfg.get("data_root")).classnames)
+        if not names or looks_like_wordnet_ids(names):
+            raise ClipoodError("benchmark=custom: the ID dataset names no classes (or only unknown WordNet IDs); "
+                               "use one folder per class, or pass id_data.classnames=[name, ...]")
+        return names, _corpus(cfg)
+    from .suites import get_suite, suite_classnames
+
+    suite = get_suite(cfg["benchmark"], root=cfg.get("data_root") if not _has_label_set(cfg) else None,
+                      classes=cfg.get("classes"))
+    return suite_classnames(suite, cfg.get("data_root")), _corpus(cfg)
+
+
+def _has_label_set(cfg) -> bool:
+    from .suites import get_suite
+
+    return bool(get_suite(cfg["benchmark"]).label_set)
+
+
+def backbone_label(cfg) -> str:
+    """``ViT-B-16 (openai)``, ``clipood-mini (shipped weights)``: the backbone as results.md names it."""
+    pre = cfg.get("pretrained")
+    if pre:
+        return f"{cfg['model']} ({Path(str(pre)).name if os.sep in str(pre) else pre})"
+    return f"{cfg['model']} ({'shipped weights' if cfg['model'] == 'clipood-mini' else 'no pretrained weights'})"
+
+
+def data_label(cfg, split) -> str:
+    """What a split's images are, for its results.md heading: the mini world and its seed, the custom ID path,
+    or the suite's description."""
+    if cfg["benchmark"] == "mini":
+        return f"mini world seed {get(cfg, 'mini.seed')}: {split.description}"
+    if cfg["benchmark"] == "custom":
+        spec = cfg.get("id_data") or {}
+        where = spec.get("path") or spec.get("list_file") or spec.get("path_or_name") or "id_data"
+        return f"custom data: ID {where}, OOD {', '.join(split.ood_sets)}"
+    return f"{cfg['benchmark']}: {split.description}" if split.description else str(cfg["benchmark"])
 
 
 MINI_NEGATIVES = {"num": 40, "id_template": "a photo of a {}.", "noun_template": "a photo of a {}.",

@@ -202,19 +202,19 @@ def check_data(cfg) -> None:
     if missing:
         import os
 
-        from .specs import DATA_ROOT_ENV, data_root
+        from .specs import data_root, describe_root
 
         try:
             base = data_root(root)
-            where = f" under data root {base} (set by {'data_root=' if root else DATA_ROOT_ENV})"
-        except ClipoodError:  # only absolute paths here (relative ones already reported the missing root)
+            where = f" under {describe_root(root)}"
+        except ClipoodError:  # only absolute paths here (relative ones already reported the bad root)
             base, where = None, ""
         shown = [os.path.relpath(m, base) if base and Path(m).is_absolute() and Path(m).is_relative_to(base) else m
                  for m in missing]
-        hint = ("check the paths of id_data / ood_data / train_data (relative ones resolve against the data root)"
-                if bench == "custom" else
+        hint = ("check the paths of id_data / ood_data / train_data (relative ones resolve against the data root; "
+                "absolute paths work as they are)" if bench == "custom" else
                 "put the datasets in the layout described in clipood.suites (README 'Datasets') or fix the data root")
-        problems.insert(0, f"{len(missing)} path(s) missing{where}: {_listed(shown, 20)}; {hint}")
+        problems.insert(0, f"{len(missing)} path(s) missing{where}: {', '.join(shown)}; {hint}")
     problems = list(dict.fromkeys(problems))
     if len(problems) == 1:
         raise ClipoodError(f"data problem (found before loading the model): {problems[0]}")

@@ -33,7 +33,7 @@ from .folders import IMAGE_EXTENSIONS, scan_image_folder  # noqa: F401
 from .hf_data import hf_content_key, hf_raw, load_hf
 from .specs import (  # noqa: F401  (re-exported: the public names of this module before the split)
     DATA_ROOT_ENV, ROOT_HINT, HFDatasetSpec, ImageFolderSpec, ImageListSpec, Spec, as_ood_spec, data_root,
-    is_hf_disk_folder, resolve_spec, spec_from_dict, spec_name, spec_to_dict,
+    describe_root, is_hf_disk_folder, resolve_spec, spec_from_dict, spec_name, spec_to_dict,
 )
 
 logger = logging.getLogger(__name__)

@@ -195,11 +195,13 @@ def _start_log(accelerator, out: Path, step: int) -> Path:
 
 
 def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: str | os.PathLike, *,
-        resume: bool = True, progress: bool = True, signature: dict | None = None) -> TrainResult:
+        resume: bool = True, progress: bool = True, signature: dict | None = None,
+        desc: str = "train") -> TrainResult:
     """Train ``method`` (an adapter + loss terms) on ``data``; checkpoints go to ``output_dir/checkpoints``.
 
     With ``resume`` the latest checkpoint there is loaded and training continues where it stopped, producing
-    the same final weights as an uninterrupted run (bit-identical on CPU with one process).
+    the same final weights as an uninterrupted run (bit-identical on CPU with one process). ``desc`` labels the
+    progress bar (recipes: ``train <method>``).
     """
     import time
 
@@ -230,7 +232,7 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
     t0, before = time.time(), float(state.get("train_seconds", 0.0))  # training time of earlier sessions
     step = state["step"]
     start_step = step
-    bar = tqdm(total=total, initial=step, desc="train", disable=not (progress and accelerator.is_main_process),
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not (progress and accelerator.is_main_process),
                mininterval=1, dynamic_ncols=True)
     stopped = False
     with _StopFlag() as flag:
@@ -291,7 +293,8 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
         write_json(out / "training.json", {"steps": step, "train_seconds": round(result.seconds, 3),
                                            "this_session_seconds": round(time.time() - t0, 3),
                                            "this_session_steps": result.trained_now,
-                                           "resumed_from": result.resumed_from, "sessions": result.sessions})
+                                           "resumed_from": result.resumed_from, "sessions": result.sessions,
+                                           "torch_threads": torch.get_num_threads()})
     return result
 
 

@@ -135,7 +135,7 @@ def evaluate_split(method: str, logits_fn: LogitsFn, sf: SplitFeatures, *, score
     for id_name, f in sf.id_feats.items():
         id_scores, preds = _scores(logits_fn, f, sf, score, logit_scale, groups, temperature, **opts)
         raw[f"id/{id_name}"] = id_scores
-        acc = float((preds == f["labels"]).float().mean())
+        acc = int((preds == f["labels"]).sum()) / max(1, int(f["labels"].numel()))  # exact count ratio (float64)
         per_ood = {o: ood_metrics(id_scores, s, convention=convention) for o, s in ood_scores.items()}
         if single:
             for o, m in per_ood.items():

@@ -64,7 +64,7 @@ def scan_image_folder(spec: ImageFolderSpec) -> tuple[list[tuple[str, int]], lis
     path = Path(spec.path)
     if not path.is_dir():
         raise ClipoodError(
-            f"image folder not found: {path} (relative paths resolve against the data root; {ROOT_HINT})"
+            f"image folder not found: {path} ({ROOT_HINT})"
         )
     if is_hf_disk_folder(path):
         raise ClipoodError(f"{path} is a Hugging Face save_to_disk folder, not an image folder; use "

@@ -192,14 +192,18 @@ class TrainingTask(nn.Module):
         o = LossInputs(id_out, neg_out, batch, a.num_id, self.logit_scale, a.base_text_features, self.options)
         out: dict[str, torch.Tensor] = {}
         total = None
+        weights: dict[str, float] = {}
         for name, w in self.loss_weights.items():
             v = self.term(name, o)
             out[f"{name}_loss"] = v.detach()
             total = w * v if total is None else total + w * v
+            weights[f"{name}_loss"] = float(w)
         for name, (w, v) in self.extra_losses(o).items():
             out[f"{name}_loss"] = v.detach()
             total = w * v if total is None else total + w * v
+            weights[f"{name}_loss"] = float(w)
         out["loss"] = total
+        self.term_weights = weights  # the weight of each logged ``<term>_loss`` (the loss plot weights them)
         return out
 
 

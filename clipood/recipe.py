@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Any, Callable
 
@@ -28,17 +27,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def use_cpu_threads() -> None:
-    """Threads for CPU work: ``CLIPOOD_THREADS`` when set; under ``accelerate launch`` (which sets
-    OMP_NUM_THREADS=1) a CPU-only single-process run uses every core. Called when a run starts its work, so
-    that a config error exits before torch is even imported."""
-    import torch
+def use_cpu_threads(stage: str = "encode", *, heavy: bool = False) -> int:
+    """Threads for the next stage of a run (:mod:`clipood.threads`: ``train`` 1, ``encode`` the free cores,
+    ``CLIPOOD_THREADS`` fixes both). Called when a stage starts its work, so that a config error exits before
+    torch is even imported."""
+    from .threads import use
 
-    if os.environ.get("CLIPOOD_THREADS"):
-        torch.set_num_threads(int(os.environ["CLIPOOD_THREADS"]))
-    elif os.environ.get("OMP_NUM_THREADS") == "1" and not torch.cuda.is_available() \
-            and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    return use(stage, heavy=heavy)
 
 
 def unexpected_error_line(e: BaseException) -> str:

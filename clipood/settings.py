@@ -154,7 +154,8 @@ class RunSettings:
     model: str = opt("clipood-mini", "open_clip model name, clipood-mini (shipped) or local-dir:PATH")
     pretrained: Optional[str] = opt(None, "open_clip pretrained tag or a weights file (None = shipped)")
     benchmark: str = opt("mini", "mini (embedded world) | imagenet | ... (clipood.suites) | custom")
-    data_root: Optional[str] = opt(None, "root of real datasets (None = $CLIPOOD_DATA)")
+    data_root: Optional[str] = opt(None, "root that relative dataset paths resolve against (None = $CLIPOOD_DATA, "
+                                         "else the current folder)")
     cache_dir: Optional[str] = opt(None, "feature / crop / negatives cache (None = $CLIPOOD_CACHE or ~/.cache)")
     seed: int = opt(0, "seed of everything the run draws (shots, crops, adapter init, data order)")
     cpu: Optional[bool] = opt(None, "force the CPU (None = GPU when there is one)")

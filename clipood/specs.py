@@ -22,23 +22,43 @@ from typing import Any, ClassVar
 from .errors import ClipoodError, did_you_mean, unknown
 
 DATA_ROOT_ENV = "CLIPOOD_DATA"
-ROOT_HINT = f"set data_root= in the config or the {DATA_ROOT_ENV} environment variable"
+ROOT_HINT = (f"relative paths resolve against the data root: data_root= (config or command line), else "
+             f"${DATA_ROOT_ENV}, else the current folder; absolute paths work as they are")
 #: files that `datasets.Dataset.save_to_disk` / `DatasetDict.save_to_disk` write into their folder
 HF_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 
 # ----------------------------------------------------------------------------------------------- data root
 def data_root(config_value: str | os.PathLike | None = None) -> Path:
-    """The folder that relative dataset paths resolve against: ``config_value``, else ``$CLIPOOD_DATA``."""
-    if config_value not in (None, ""):
-        root, source = Path(config_value).expanduser(), "data_root"
-    elif os.environ.get(DATA_ROOT_ENV):
-        root, source = Path(os.environ[DATA_ROOT_ENV]).expanduser(), DATA_ROOT_ENV
+    """The folder that relative dataset paths resolve against: ``config_value``, else ``$CLIPOOD_DATA``, else the
+    current folder (so ``id_data.path=mydata/test`` means what a shell user expects)."""
+    source = data_root_source(config_value)
+    if source == "data_root":
+        root = Path(config_value).expanduser()
+    elif source == DATA_ROOT_ENV:
+        root = Path(os.environ[DATA_ROOT_ENV]).expanduser()
     else:
-        raise ClipoodError(f"no data root: {ROOT_HINT} (the folder that holds the datasets)")
+        return Path.cwd()
     if not root.is_dir():
         raise ClipoodError(f"data root {root} (from {source}) is not a folder; create it or fix {source}")
     return root
+
+
+def data_root_source(config_value: str | os.PathLike | None = None) -> str:
+    """Where the data root comes from: ``"data_root"``, ``"CLIPOOD_DATA"`` or ``"the current folder"``."""
+    if config_value not in (None, ""):
+        return "data_root"
+    if os.environ.get(DATA_ROOT_ENV):
+        return DATA_ROOT_ENV
+    return "the current folder"
+
+
+def describe_root(config_value: str | os.PathLike | None = None) -> str:
+    """``"data root /x (set by data_root=)"`` for messages; for the current folder, how to set another."""
+    source = data_root_source(config_value)
+    how = {"data_root": "set by data_root=", DATA_ROOT_ENV: f"set by {DATA_ROOT_ENV}"}.get(
+        source, f"the current folder: neither data_root= nor {DATA_ROOT_ENV} is set")
+    return f"data root {data_root(config_value)} ({how})"
 
 
 def _resolve(path: str | os.PathLike, root: str | os.PathLike | None) -> Path:
@@ -233,7 +253,7 @@ def resolve_spec(spec: Spec, root: str | os.PathLike | None = None) -> Spec:
     if not local.is_absolute():
         try:
             local = data_root(root) / local
-        except ClipoodError:  # no data root: a hub name
+        except ClipoodError:  # a data root that is no folder: a hub name
             return spec
     if is_hf_disk_folder(local):
         return dataclasses.replace(spec, path_or_name=str(local), from_disk=True)

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .datasets import (
-    DATA_ROOT_ENV, ImageFolderSpec, ImageListSpec, Spec, data_root, resolve_spec,
+    DATA_ROOT_ENV, ImageFolderSpec, ImageListSpec, Spec, data_root, describe_root, resolve_spec,
     spec_from_dict, spec_name,
 )
 from .errors import ClipoodError, unknown
@@ -227,7 +227,7 @@ def check_suite(suite: Suite | str, root: str | os.PathLike | None = None) -> No
     if isinstance(suite, str):
         suite = get_suite(suite)
     base = data_root(root if root is not None else suite.root)
-    source = "data_root=" if (root is not None or suite.root is not None) else DATA_ROOT_ENV
+    where = describe_root(root if root is not None else suite.root)
     missing: list[str] = []
     problems: list[str] = []
     for spec in [suite.id, *suite.ood.values()]:
@@ -245,7 +245,7 @@ def check_suite(suite: Suite | str, root: str | os.PathLike | None = None) -> No
         parts.append(f"{len(missing)} path(s) missing: {', '.join(shown)}")
     parts += problems
     raise ClipoodError(
-        f"suite '{suite.name}' is incomplete under data root {base} (set by {source}): {'; '.join(parts)}. "
+        f"suite '{suite.name}' is incomplete under {where}: {'; '.join(parts)}. "
         f"Put the datasets in the layout described in clipood.suites, or point data_root= / {DATA_ROOT_ENV} "
         "at the folder that holds them"
     )

@@ -1,5 +1,7 @@
-"""The ``clipood`` command line: ``clipood eval``, ``clipood mine``, ``clipood build-mini``, ``clipood adapters``,
-``clipood bench-report``.
+"""The ``clipood`` command line: ``clipood train`` / ``compare`` / ``ablation`` / ``zeroshot`` (the recipes of
+``recipes/``, installed: they work from any folder), ``clipood eval``, ``clipood mine``, ``clipood build-mini``,
+``clipood adapters``, ``clipood detect``, ``clipood bench-report``. ``python -m clipood_recipes <command>`` is the
+same, so ``accelerate launch -m clipood_recipes train ...`` launches a recipe from any folder too.
 
 Every subcommand takes ``--config FILE`` and ``key=value`` overrides like the recipes (``clipood eval
 mini.seed=2``); ``--help`` after a subcommand prints the values it would use. Errors are one line on stderr
@@ -12,13 +14,46 @@ import sys
 USAGE = """usage: clipood <command> [--config FILE] [key=value ...]
 
 commands:
-  eval        zero-shot OOD evaluation (MCM, NegLabel) → results.json, results.md, plots
+  train       train and evaluate an adapter (KR-NFT by default) = accelerate launch recipes/krnft.py
+  compare     the comparison table of methods = accelerate launch recipes/compare.py
+  ablation    the component ablation (Tab. 6) = accelerate launch recipes/ablation.py
+  zeroshot    zero-shot MCM + NegLabel = accelerate launch recipes/zeroshot.py
+  eval        zero-shot OOD evaluation (MCM, NegLabel) → results.json, results.md, plots (output outputs/eval)
   mine        mine NegLabel negatives for a benchmark's ID classes and write them to a text file
   build-mini  build (or reuse) the mini-world benchmark on disk and print its folder
   adapters    list the registered adapters and their options
   detect      score images with a saved detector (a trained run's output_dir or a detector folder)
   bench-report FILE.json  print the efficiency table (paper Tab. 7 layout) of a saved `pytest --benchmark` run
 """
+
+
+#: installed command → recipe script (``recipes/<name>.py``, shipped in the package as ``clipood_recipes/scripts``)
+RECIPES = {"train": "krnft", "compare": "compare", "ablation": "ablation", "zeroshot": "zeroshot"}
+
+
+def recipe_path(name: str):
+    """The file of recipe ``name`` (``krnft``, ``compare``, ...): the package's copy of ``recipes/``."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent / "scripts" / f"{name}.py"
+
+
+def _recipe(command: str):
+    def run(argv):
+        import runpy
+
+        from clipood.errors import ClipoodError
+
+        path = recipe_path(RECIPES[command])
+        if not path.is_file():
+            raise ClipoodError(f"recipe file {path} is missing: reinstall clipood (pip install -e .)")
+        from clipood.recipe import run as run_recipe
+
+        main = runpy.run_path(str(path), run_name="clipood_recipe")["main"]  # the module, not its __main__ block
+        run_recipe(lambda _: main(argv))  # exits as `python recipes/<name>.py` does (errors, interrupts)
+
+    run.__doc__ = f"Run recipes/{RECIPES[command]}.py (any folder: paths are relative to the current one)."
+    return run
 
 
 def _eval(argv):
@@ -33,8 +68,11 @@ def _eval(argv):
 
 
 def _mine(argv):
-    """Mine NegLabel negatives (Eq. 1) for the Base split's ID classes and write them to ``output``."""
-    from clipood.benchmarks import label_features, make_accelerator, setup_benchmark
+    """Mine NegLabel negatives (Eq. 1) for the Base split's ID classes and write them to ``output``. Only the
+    class names are read: a named suite's label set (``benchmark=imagenet`` needs no ImageNet on disk), the class
+    folders of ``id_data`` for ``benchmark=custom``, or the mini world."""
+    from clipood.backbone import load_clip
+    from clipood.benchmarks import label_features, make_accelerator, mining_inputs
     from clipood.recipe import setup_logging, use_cpu_threads
 
     from .configure import load_settings
@@ -44,12 +82,12 @@ def _mine(argv):
     use_cpu_threads()
     accelerator = make_accelerator(cfg)
     setup_logging(accelerator.is_main_process)
-    bench = setup_benchmark(cfg, accelerator)
-    split = bench.splits[0]
-    _, _, negs = label_features(bench.backbone, split.classnames, bench.corpus, cfg, accelerator)
+    names, corpus = mining_inputs(cfg, accelerator)
+    backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
+    _, _, negs = label_features(backbone, names, corpus, cfg, accelerator)
     if accelerator.is_main_process:
         negs.save(cfg["output"])
-        print(f"wrote {len(negs)} negatives for {len(split.classnames)} ID classes to {cfg['output']}")
+        print(f"wrote {len(negs)} negatives for {len(names)} ID classes to {cfg['output']}")
 
 
 def _build_mini(argv):
@@ -105,7 +143,7 @@ def _wants_help(argv, usage: str, doc: str | None) -> bool:
     return False
 
 
-COMMANDS = {"eval": _eval, "mine": _mine, "build-mini": _build_mini, "adapters": _adapters,
+COMMANDS = {**{c: _recipe(c) for c in RECIPES}, "eval": _eval, "mine": _mine, "build-mini": _build_mini, "adapters": _adapters,
             "bench-report": _bench_report, "detect": _detect}
 
 

@@ -15,7 +15,7 @@ from clipood.errors import ClipoodError
 
 from .settings import CompareSettings
 
-__all__ = ["CompareSettings", "plan_variants", "variant_dir"]
+__all__ = ["CompareSettings", "plan_variants", "variant_dir", "ZERO_SHOT"]
 
 
 def variant_dir(cfg: dict, name: str) -> str:
@@ -43,4 +43,12 @@ def plan_variants(cfg: dict) -> list[tuple[str, dict]]:
     unknown = sorted(set(cfg["stack_on"]) - set(names))
     if unknown:
         raise ClipoodError(f"stack_on names {', '.join(unknown)}, which are not variants")
+    det = cfg.get("detector")
+    if det is not None and det not in names and det != ZERO_SHOT:
+        raise ClipoodError(f"detector={det!r} is not a variant; choose one of: {', '.join(names)} or "
+                           f"{ZERO_SHOT!r}")
     return plan
+
+
+#: the row name of the setup's zero-shot method (the detector when no trained variant is chosen)
+ZERO_SHOT = "NegLabel (zero-shot)"

@@ -85,9 +85,10 @@ def finish(cfg: dict) -> dict:
         check_run_settings(cfg)
     if "adapter" in cfg:
         check_training(cfg)
-        if cfg.get("method_name") is None:
-            name = "KR-NFT" if cfg["adapter"]["name"] == "nft" else cfg["adapter"]["name"]
-            cfg["method_name"] = f"{cfg['base']}+{name}" if cfg.get("base") else name
+        if cfg.get("method_name") is None:  # the comparison's and the efficiency suite's names
+            from ._compat import import_adapters
+
+            cfg["method_name"] = import_adapters().display_name(cfg["adapter"]["name"], cfg.get("base"))
     return cfg
 
 

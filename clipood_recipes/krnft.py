@@ -7,19 +7,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from clipood.benchmarks import cache_root, make_accelerator, prepare_splits, setup_benchmark
+from clipood.benchmarks import (backbone_label, cache_root, data_label, make_accelerator, prepare_splits,
+                                setup_benchmark)
 from clipood.detectors import evaluate_detectors, zero_shot_detectors
 from clipood.engine import CropTrainData, fit
 from clipood.io import write_json
 from clipood.recipe import seed_everything, setup_logging, use_cpu_threads
 from clipood.run_checks import check_environment, check_locations
 from clipood.run_lock import claim_output_dir, release_output_dirs
-from clipood.report import plot_loss, summary_table, write_outputs
+from clipood.report import chance_warnings, plot_loss, split_heading, summary_table, write_outputs
 from clipood.train_data import build_crop_data
 
 from .configure import check_option_folders, train_config
 from .signature import check_resume, run_signature
-from .methods import adapter_detector, adapter_requires, build_training_task, save_trained_adapter
+from .methods import (adapter_detector, adapter_requires, build_training_task, save_trained_adapter,
+                      trains_text_encoder)
 
 log = logging.getLogger("clipood")
 
@@ -53,27 +55,42 @@ class ZeroShotRecipe:
         self.bench = setup_benchmark(cfg, self.accelerator)              # data checked, then the backbone
         self.splits = prepare_splits(self.bench, cfg, self.accelerator, self.local)  # labels, image features
         self.rows, self.raw = evaluate_detectors(zero_shot_detectors(cfg), self.splits, cfg)
-        self.notes = list(self.bench.notes)
+        self.notes = list(self.bench.notes) + chance_warnings(
+            self.rows, {sf.split.name: sf.num_id for sf in self.splits}, cfg["model"])
+
+    trained = False  #: whether the Base classes were trained on (the tables' headings say so)
+
+    def headings(self) -> dict[str, str]:
+        """results.md table headings: split, data, ID classes, backbone, metric convention."""
+        cfg = self.cfg
+        return {sf.split.name: split_heading(sf.split.name, data=data_label(cfg, sf.split), num_classes=sf.num_id,
+                                             backbone=backbone_label(cfg), convention=cfg["eval"]["convention"],
+                                             trained=self.trained) for sf in self.splits}
 
     #: the method whose detector folder ``save`` writes, and its adapter (None = zero-shot)
     detector_method = "NegLabel (zero-shot)"
     detector_adapter = None
+    detector_cfg = None  #: the config that trained it (a variant's; None = the recipe's)
 
     def save(self) -> None:
         if not self.accelerator.is_main_process:
             return
         from clipood.detector import has_random_weights
+        from clipood.threads import summary
+
+        self.notes.append(summary())
 
         from .detect import save_run_detector
 
         if has_random_weights(self.bench.backbone):
             self.notes.append(f"no detector folder: {self.cfg['model']} has random weights")
         else:
-            det_dir = save_run_detector(self.cfg, self.bench, self.splits, self.raw, self.detector_method,
+            det_cfg = {**(self.detector_cfg or self.cfg), "output_dir": self.cfg["output_dir"]}
+            det_dir = save_run_detector(det_cfg, self.bench, self.splits, self.raw, self.detector_method,
                                         self.detector_adapter)
             self.notes.append(f"detector ({self.detector_method}) saved in {det_dir}: clipood detect {det_dir} IMAGES")
         md = write_outputs(self.rows, self.raw, self.cfg["output_dir"], self.title, self.notes,
-                           plots=self.cfg["eval"]["plots"])
+                           plots=self.cfg["eval"]["plots"], headings=self.headings())
         write_json(Path(self.cfg["output_dir"]) / "config.json", self.cfg)
         print("\n".join(self.notes))
         print(summary_table(self.rows))
@@ -81,8 +98,11 @@ class ZeroShotRecipe:
         release_output_dirs()
 
 
+
 class KRNFTRecipe(ZeroShotRecipe):
     """Few-shot crops → adapter + loss terms (Eq. 10) → the Accelerate loop → evaluation on every split."""
+
+    trained = True
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)
@@ -104,20 +124,25 @@ class KRNFTRecipe(ZeroShotRecipe):
         cfg = cfg or self.cfg
         accelerator, out, tcfg = self.accelerator, Path(cfg["output_dir"]), train_config(cfg)
         local = "local_features" in adapter_requires(cfg)
+        use_cpu_threads("encode")                                        # crops: the image encoder
         crops = build_crop_data(self.bench, self.splits[0], cfg, accelerator, local,  # Q ID + Q neg crops, cached
                                 check_schedule=True)  # batch size and warm-up against the sample, before crops
         task = build_training_task(cfg, self.splits[0], self.bench, accelerator)  # adapter + weighted loss terms
         data = CropTrainData(crops, condition=tcfg.condition)
         self._start_trackers(cfg)
+        use_cpu_threads("train", heavy=trains_text_encoder(task.adapter))  # 1, or the encoders' policy
         result = fit(task, data, tcfg, accelerator, out, resume=bool(cfg["resume"]),
-                     progress=bool(cfg["progress"]), signature=run_signature(cfg))
+                     progress=bool(cfg["progress"]), signature=run_signature(cfg),
+                     desc=f"train {cfg['method_name']}")
         for tracker in accelerator.trackers if cfg.get("log_with") else ():
             tracker.finish()  # not accelerator.end_training(): that also ends a multi-process group before evaluation
         self.adapter = accelerator.unwrap_model(task).adapter.eval()
-        self.detector_method, self.detector_adapter = cfg["method_name"], self.adapter
+        self.detector_method, self.detector_adapter, self.detector_cfg = cfg["method_name"], self.adapter, cfg
         if accelerator.is_main_process:
             save_trained_adapter(self.adapter, out / "adapter")
-            plot_loss(_whole_log(out) or result.history, out / "loss.png")  # every session's steps, not this one's
+            plot_loss(_whole_log(out) or result.history, out / "loss.png",  # every session's steps
+                      weights=getattr(task, "term_weights", None),
+                      title=f"{cfg['method_name']} training loss ({result.steps} steps)")
         accelerator.wait_for_everyone()
         self.notes.append(training_note(cfg["method_name"], result))
         return self.adapter
@@ -125,6 +150,7 @@ class KRNFTRecipe(ZeroShotRecipe):
     def evaluate(self, cfg: dict | None = None) -> None:
         """Rows of the trained adapter on every split (its learned transform applied to each label set)."""
         cfg = cfg or self.cfg
+        use_cpu_threads("encode")
         detector, splits, notes = adapter_detector(cfg, self.adapter, self.splits, self.bench)
         rows, raw = evaluate_detectors([detector], splits, cfg)
         self.notes += notes

@@ -131,3 +131,9 @@ def adapter_detector(cfg: dict, adapter, splits, bench) -> tuple[Detector, list,
         return out.logits.cpu()
 
     return Detector(cfg["method_name"], logits_fn, score, temperature), usable, notes
+
+
+def trains_text_encoder(adapter) -> bool:
+    """True when the trainable part of ``adapter`` runs the text encoder in every step (prompt learners; a stack
+    trains its tuner only): such steps are encoder-sized and get the encoders' thread policy."""
+    return bool(getattr(getattr(adapter, "tuner", adapter), "uses_text_encoder", False))

@@ -38,8 +38,8 @@ class TrainRunSettings(RunSettings):
     output_dir: str = opt("outputs/krnft", "folder for results, plots, the adapter and checkpoints")
     preset: Optional[str] = opt("mini", "name of the complete setting this run starts from (recipes/configs)")
     eval: EvalSettings = section(EvalSettings, "evaluation", mcm=False)
-    method_name: Optional[str] = opt(None, "the tuned method's row name (None = KR-NFT for nft, else the "
-                                           "adapter's name)")
+    method_name: Optional[str] = opt(None, "the tuned method's row name (None = its table name: KR-NFT for nft, "
+                                           "CoOp for coop, LoCoOp+KR-NFT for nft on base=locoop)")
     adapter: AdapterSettings = section(AdapterSettings, "the adapter trained", options={"hidden_dim": 32})
     losses: LossWeights = section(LossWeights, "loss weights (Eq. 10)")
     cls_groups: int = opt(1, "L_cls over this many random groups of negatives (released code: 10)")
@@ -88,6 +88,7 @@ class CompareSettings(AblationSettings):
 
     output_dir: str = opt("outputs/compare", "folder of the combined table; variants train in sub-folders")
     stack_on: Dict[str, Any] = opt({}, "variant: the earlier variant whose trained adapter it stacks on")
+    detector: str = opt("KR-NFT", "the variant (or NegLabel (zero-shot)) saved as output_dir/detector/")
 
 
 RECIPE_SETTINGS: dict[str, type] = {"krnft": TrainRunSettings, "ablation": AblationSettings,

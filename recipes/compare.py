@@ -3,6 +3,7 @@ ConNegPT, LAPT, KR-NFT, LoCoOp + KR-NFT and LAPT + KR-NFT on base / new_class / 
 
     accelerate launch recipes/compare.py                      # = --config recipes/configs/compare_mini.yaml
     accelerate launch recipes/compare.py mini.seed=1 output_dir=outputs/compare-w1
+    clipood compare ...                                       # the same, installed: from any folder
 
 Each variant (``variants`` in the YAML) trains into ``output_dir/<variant>`` with the training recipe and reuses
 the same image-feature and crop caches; ``stack_on`` makes a variant train on an earlier one's trained adapter
@@ -18,7 +19,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def main(argv):
-    from clipood_recipes.compare import CompareSettings, plan_variants
+    from clipood_recipes.compare import ZERO_SHOT, CompareSettings, plan_variants
     from clipood_recipes.configure import compose_variant, load_settings
     from clipood_recipes.settings import TrainRunSettings
 
@@ -33,15 +34,22 @@ def main(argv):
     ready = {n: compose(n, o) for n, o in plan if "base_checkpoint" not in o}  # checked before any work
     for v in ready.values():
         check_resume(v)
-    recipe = KRNFTRecipe({k: v for k, v in cfg.items() if k != "stack_on"})
+    recipe = KRNFTRecipe({k: v for k, v in cfg.items() if k not in ("stack_on", "detector")})
     recipe.title = "Comparison (zero-shot NegLabel, prompt tuning, KR-NFT and stacking)"
     recipe.setup(also=tuple(ready.values()))   # once: benchmark, label features, image features, zero-shot rows
-    for name, overrides in plan:
+    trained = {}
+    for i, (name, overrides) in enumerate(plan, 1):
         v = ready.get(name) or compose(name, overrides)   # a stacked variant: its base has trained by now
+        if recipe.accelerator.is_main_process:
+            print(f"[{i}/{len(plan)}] {name}: training into {v['output_dir']}", flush=True)
         start = time.time()
-        recipe.train(v)
+        trained[name] = (recipe.train(v), v)
         recipe.evaluate(v)
         recipe.notes.append(f"{name}: trained and evaluated in {time.time() - start:.0f}s")
+    # output_dir/detector/ is the variant the settings name (not whichever trained last); each variant's trained
+    # adapter is in output_dir/<variant>/adapter
+    recipe.detector_method = cfg["detector"]
+    recipe.detector_adapter, recipe.detector_cfg = trained.get(cfg["detector"], (None, None))
     recipe.save()
 
 

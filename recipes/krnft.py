@@ -5,6 +5,7 @@
     accelerate launch recipes/krnft.py adapter.name=taskres           # any registered adapter, its own defaults
     accelerate launch recipes/krnft.py preset=paper data_root=/data   # = --config recipes/configs/krnft_paper.yaml
     accelerate launch --multi_gpu --num_processes 2 recipes/krnft.py cpu=true   # 2 CPU processes
+    clipood train ...                                                 # the same, installed: from any folder
 
 Steps: mine NegLabel negatives → encode evaluation images once (cached) → k-shot training images → P random
 crops each, ranked by similarity to "a photo of a <class>" → Q ID + Q negative crops encoded once (cached) →

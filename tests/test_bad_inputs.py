@@ -75,19 +75,20 @@ def tiny():
 
 
 # -------------------------------------------------------------------------------------- data root / folders
-def test_missing_data_root_names_both_ways_to_set_it(monkeypatch):
+def test_missing_folder_without_data_root_names_every_way_to_set_it(tmp_path, monkeypatch):
     from clipood.datasets import build_dataset
 
     monkeypatch.delenv("CLIPOOD_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(ClipoodError) as e:
         build_dataset({"path": "imagenet/val"})
-    user_error(e, "no data root", "data_root=", "CLIPOOD_DATA")
+    user_error(e, str(tmp_path / "imagenet" / "val"), "data_root=", "CLIPOOD_DATA", "current folder")
 
 
 def test_missing_data_root_cli_is_one_line(tmp_path):
     r = run_script(["-m", "clipood_recipes.cli", "eval", "model=clipood-tiny", "benchmark=imagenet", "progress=false",
                     f"output_dir={tmp_path / 'out'}"], env_extra={**isolated(tmp_path), "CLIPOOD_DATA": ""})
-    cli_error(r, "no data root", "CLIPOOD_DATA")
+    cli_error(r, "the current folder", "data_root=", "CLIPOOD_DATA")
     assert not (tmp_path / "out").exists()
 
 

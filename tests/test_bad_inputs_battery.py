@@ -115,7 +115,7 @@ CASES = [
     ("ID label below 0", Z, ["benchmark=custom", "id_data.type=imagelist", "id_data.list_file={t}/list.txt",
                              "id_data.root={t}/id", "ood_data.o.path={t}/ood"], {}, ["id_data", "label -1 in", "list.txt is below 0"]),
     ("data_root is a file", Z, ["benchmark=imagenet", "data_root={t}/a-file"], {}, ["data root", "a-file"]),
-    ("no data root", Z, ["benchmark=imagenet"], {"CLIPOOD_DATA": ""}, ["no data root", "CLIPOOD_DATA"]),
+    ("no data root", Z, ["benchmark=imagenet"], {"CLIPOOD_DATA": ""}, ["the current folder", "CLIPOOD_DATA"]),
     ("suite data missing", K, ["preset=paper", "data_root={t}/data"], {}, ["imagenet", "missing"]),
     ("classes empty", Z, ["benchmark=imagenet", "data_root={t}/data", "classes=[]"], {}, ["classes"]),
     ("init_adapter missing", K, ["init_adapter={t}/no-adapter"], {}, ["no-adapter"]),

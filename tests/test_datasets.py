@@ -36,8 +36,8 @@ def no_env_root(monkeypatch):
 # ------------------------------------------------------------------------------------------------ data root
 def test_data_root_order_and_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("CLIPOOD_DATA", raising=False)
-    with pytest.raises(ClipoodError, match="CLIPOOD_DATA"):
-        data_root()
+    monkeypatch.chdir(tmp_path)
+    assert data_root() == tmp_path  # neither data_root= nor CLIPOOD_DATA: the current folder, as a shell user means
     monkeypatch.setenv("CLIPOOD_DATA", str(tmp_path))
     assert data_root() == tmp_path
     other = tmp_path / "other"

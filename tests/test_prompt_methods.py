@@ -317,7 +317,7 @@ def test_recipe_settings_for_stacking_are_checked_before_work(tmp_path):
     with pytest.raises(ClipoodError, match="holds a trained 'lapt'"):
         cfg("base=locoop", f"base_checkpoint={tmp_path}")
     ok = cfg(f"base_checkpoint={tmp_path}")
-    assert ok["base"] == "lapt" and ok["method_name"] == "lapt+KR-NFT"
+    assert ok["base"] == "lapt" and ok["method_name"] == "LAPT+KR-NFT"
 
 
 # ---------------------------------------------------------------------------------- through the recipes
@@ -335,7 +335,7 @@ def test_recipe_trains_locoop_then_stacks_krnft_on_it(world):
     r = recipe_run(world, out, "base=locoop", f"base_checkpoint={first}")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())
-    assert ("locoop+KR-NFT", "new_class") in {(x["method"], x["split"]) for x in rows}
+    assert ("LoCoOp+KR-NFT", "new_class") in {(x["method"], x["split"]) for x in rows}
     saved = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert saved["adapter"] == "stacked" and saved["config"]["base"] == "locoop" and saved["config"]["tuner"] == "nft"
     assert (out / "adapter" / "base" / "adapter.safetensors").is_file()

@@ -205,7 +205,7 @@ def test_every_registered_adapter_trains_and_evaluates(name, world):
     out = world / f"run-{name}"
     r = recipe_run(world, out, f"adapter.name={name}")
     assert r.returncode == 0, r.stderr[-3000:]
-    rows, saved = _check_trained_and_evaluated(out, "KR-NFT" if name == "nft" else name)
+    rows, saved = _check_trained_and_evaluated(out, adapters.display_name(name))  # one naming everywhere
     assert saved["adapter"] == name
     config = json.loads((out / "config.json").read_text())
     spec = adapters.get_adapter_spec(name)

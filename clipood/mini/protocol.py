@@ -19,7 +19,7 @@ def mini_splits(world_dir: str | os.PathLike) -> list[EvalSplit]:
     styles = m["config"]["unseen_styles"]
     return [
         EvalSplit("base", {"base": ImageFolderSpec(str(w / "base" / "test"), name="base")}, ood("base_ood"), base,
-                  "Base classes, photo style (trained ID)"),
+                  "Base classes, photo style"),
         EvalSplit("new_class", {"new_class": ImageFolderSpec(str(w / "new_class" / "test"), name="new_class")},
                   ood("new_class_ood"), new, "unseen ID classes"),
         EvalSplit("new_style", {s: ImageFolderSpec(str(w / "new_style" / s), name=s) for s in styles},
