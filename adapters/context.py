@@ -8,7 +8,7 @@ A context carries everything any CLIP OOD method needs about its label set and i
 - ``neg_names`` + ``neg_templates``: the M negative labels and their templates (one template for all, or one
   per label: NegLabel uses a noun and an adjective template);
 - ``text_path`` + ``tokenizer``: the backbone's frozen text tower as explicit steps
-  (:class:`clipood.backbone.TextPath`) and its tokenizer, for prompt learners;
+  (:class:`clipood.clip.encoders.TextPath`) and its tokenizer, for prompt learners;
 - ``backbone``: the backbone's name, recorded in checkpoints.
 
 Feature tuners need only ``text_features``. The text path is a frozen callable outside the adapter's module
@@ -116,7 +116,7 @@ class AdapterContext:
                       id_templates: Sequence[str] | str = ("a photo of a {}.",),
                       neg_templates: Sequence[str] | str = ("a photo of a {}.",),
                       text_features: torch.Tensor | None = None) -> "AdapterContext":
-        """A full context for a :class:`clipood.backbone.Backbone`: its text path, tokenizer and name.
+        """A full context for a :class:`clipood.clip.backbone.Backbone`: its text path, tokenizer and name.
 
         ``text_features`` defaults to encoding the names with their templates (ID: template ensemble;
         negatives: one prompt each); pass the features you already have to avoid encoding twice.

@@ -106,7 +106,7 @@ class CoOp(SharedTextFeatures, Adapter):
 
     @property
     def cls_columns(self) -> str:
-        """Columns of the training cross-entropy (read by ``clipood.method``'s L_cls)."""
+        """Columns of the training cross-entropy (read by ``clipood.training.task``'s L_cls)."""
         return self.config.cls_columns
 
     # ------------------------------------------------------------------------------------ encoding

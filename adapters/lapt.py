@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipood.errors import ClipoodError
-from clipood.method import LossInputs, TrainingTask
+from clipood.training.task import LossInputs, TrainingTask
 
 from .context import AdapterContext
 from .contract import Adapter, AdapterConfig, AdapterOutput, check_choice, check_float, check_int, full_precision

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from clipood.errors import ClipoodError
-from clipood.method import LossInputs, TrainingTask
+from clipood.training.task import LossInputs, TrainingTask
 
 from .contract import AdapterOutput, check_float, check_int, full_precision
 from .coop import CoOp, CoOpConfig

@@ -36,7 +36,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from clipood.errors import ClipoodError
-from clipood.method import LossInputs, TrainingTask
+from clipood.training.task import LossInputs, TrainingTask
 
 from .context import AdapterContext
 from .contract import Adapter, AdapterConfig, AdapterOutput, check_bool, check_float, full_precision
@@ -103,7 +103,7 @@ class NegativePrompts(SharedTextFeatures, Adapter):
 
     @property
     def cls_columns(self) -> str:
-        """Columns of the training cross-entropy (read by ``clipood.method``'s L_cls)."""
+        """Columns of the training cross-entropy (read by ``clipood.training.task``'s L_cls)."""
         return self.config.cls_columns
 
     def init_from_base(self, base: Adapter) -> None:

@@ -17,7 +17,7 @@ checkpointing while gradients are needed, so memory grows with the chunk, not wi
 parameters and is never saved; the text path stays outside every module tree.
 
 :class:`SharedTextFeatures` lets a training step encode each context once: inside
-``adapter.text_feature_scope()`` (entered by ``clipood.method.TrainingTask`` around a whole step) every named
+``adapter.text_feature_scope()`` (entered by ``clipood.training.task.TrainingTask`` around a whole step) every named
 text-feature computation runs once and is reused by the ID crops, the negative crops and the method's own
 loss terms.
 """

@@ -81,8 +81,8 @@ def bench_row(request, bench_scale, bench_method):
 def _record() -> dict:
     from efficiency import now_iso
 
-    from clipood import bench
-    from clipood.bench_report import SCHEMA
+    from clipood.efficiency import measure as bench
+    from clipood.efficiency.record import SCHEMA
 
     device = next(iter(_SCALES.values())).device if _SCALES else None
     machine = bench.machine_info(device)
@@ -107,7 +107,7 @@ def _morder(method: str) -> tuple:
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not _ROWS:
         return
-    from clipood.bench_report import render_markdown, save_record
+    from clipood.efficiency.record import render_markdown, save_record
 
     record = _record()
     path = Path(config.getoption("--bench-json"))

@@ -36,8 +36,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from clipood import bench
-from clipood.method import TrainingTask
+from clipood.efficiency import measure as bench
+from clipood.training.task import TrainingTask
 from clipood.scores import mcm_score, neglabel_score
 
 BATCH_ID, BATCH_NEG = 16, 16       # crops per training step (same batch for every method)
@@ -345,7 +345,7 @@ def measure_method(sc: Scale, name: str) -> dict[str, Any]:
 
 
 def measure_methods(sc: Scale, names: list[str]) -> dict[str, dict[str, Any]]:
-    """The rows of ``names`` at ``sc``, timed in interleaved rounds (:class:`clipood.bench.InterleavedTimer`):
+    """The rows of ``names`` at ``sc``, timed in interleaved rounds (:class:`clipood.efficiency.measure.InterleavedTimer`):
     first every method's test part together with the image encoder (adapters in eval mode), then every
     training step (train mode). A burst of load from other processes then falls on every method alike, and
     each time is the minimum over the rounds (the least disturbed call; medians are kept in ``timing``). On a

@@ -1,14 +1,20 @@
-"""clipood: CLIP out-of-distribution detection methods behind one adapter interface."""
+"""clipood: CLIP out-of-distribution detection methods behind one adapter interface.
+
+The top-level names of the stable API (``clipood.load_clip``, ``clipood.Backbone``, ``clipood.Detector``) are
+resolved here, lazily, so that ``import clipood`` imports neither torch nor open_clip."""
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # ``clipood.load_clip`` (documented API) without importing torch / open_clip at ``import clipood``
-    if name in ("load_clip", "Backbone"):
-        from . import backbone
+    if name == "load_clip":
+        from .clip.backbone import load_clip
 
-        return getattr(backbone, name)
-    if name == "Detector":  # the deployable detector (clipood.detector); not clipood.detectors.Detector
+        return load_clip
+    if name == "Backbone":
+        from .clip.encoders import Backbone
+
+        return Backbone
+    if name == "Detector":  # the deployable detector folder (clipood.detector)
         from .detector import Detector
 
         return Detector

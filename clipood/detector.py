@@ -30,14 +30,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from .detector_folder import (  # noqa: F401  (re-exported: the folder layout)
+from .detector_folder import (
     ADAPTER_DIR, CALIBRATION_FILE, CHECKSUMS_FILE, FEATURES_FILE, FORMAT, FORMAT_VERSION, META_FILE,
     check_label_counts, recover_interrupted_save, resolve_detector_dir, sha256_file, verify_folder,
 )
 from .errors import ClipoodError
 from .io import load_safetensors, make_temp_dir, save_safetensors, write_json
 
-__all__ = ["Detector", "Detections", "FORMAT", "FORMAT_VERSION", "calibrate_threshold", "register_adapter_io",
+__all__ = ["Detector", "Detections", "calibrate_threshold", "register_adapter_io",
            "image_files", "has_random_weights", "ADAPTER_IO_GROUP"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -183,7 +183,7 @@ class Detector:
     @torch.no_grad()
     def score_features(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(score, predicted ID class) of encoded features; the scoring step evaluation uses."""
-        from .evaluate import score_cosines
+        from .evaluation.protocol import score_cosines
 
         return score_cosines(self.cosines(batch), self.num_id, self.score, self.logit_scale, self.groups,
                              self.temperature)
@@ -191,7 +191,7 @@ class Detector:
     def _preprocess(self, images: Sequence, skip: bool) -> tuple[list[torch.Tensor], list[int], list[str]]:
         """Preprocessed tensors of the readable images, their positions, and the unreadable ones (with ``skip``;
         otherwise the first unreadable image is a ClipoodError naming it)."""
-        from .datasets import _pil_rgb
+        from .datasets.dataset import _pil_rgb
 
         tensors, kept, skipped = [], [], []
         for i, im in enumerate(images):
@@ -319,7 +319,7 @@ class Detector:
         """Load a detector folder (a run's ``output_dir`` finds its ``detector/``), or a Hugging Face Hub
         repo id (``user/name``, downloaded through ``huggingface_hub``). Every file is checked against its
         sha256; unknown formats and non-finite weights are refused."""
-        from .backbone import load_clip
+        from .clip.backbone import load_clip
 
         directory = resolve_detector_dir(path)
         meta, calibration = verify_folder(directory)  # manifest, hashes, paths and every JSON file's schema

@@ -33,7 +33,7 @@ import torch
 
 from .errors import ClipoodError
 from .io import atomic_write, read_text_lines
-from .prompts import NEGLABEL_TEMPLATES
+from .labels.prompts import NEGLABEL_TEMPLATES
 
 __all__ = [
     "Corpus", "NegativeSet", "load_corpus", "load_word_file", "mine_negatives", "mine_or_load",

@@ -84,7 +84,7 @@ def neglabel_log_odds(logits: torch.Tensor, num_id: int) -> torch.Tensor:
 
 
 #: what grouping does with the last M mod G negatives: "drop" (NegLabel's and LAPT's code) | "spread"
-from .run_checks import GROUP_REMAINDERS  # noqa: E402 (the one list; config checks read it without torch)
+from .config.checks import GROUP_REMAINDERS  # noqa: E402 (the one list; config checks read it without torch)
 
 
 def negative_group_columns(m: int, groups: int, seed: int, remainder: str = "drop") -> list[torch.Tensor]:

@@ -35,7 +35,7 @@ for ImageNet-V2's numeric folders): a missing or unexpected class folder is an e
 ``classes`` (names or WordNet IDs) to `get_suite` (config key ``classes``).
 The OpenOOD v1.5 ``data/`` folder is used as is: ``data_root=<OpenOOD>/data benchmark=openood-imagenet``.
 
-Other layouts: write the specs yourself (`clipood.datasets.spec_from_dict` accepts YAML dicts).
+Other layouts: write the specs yourself (`clipood.datasets.dataset.spec_from_dict` accepts YAML dicts).
 """
 from __future__ import annotations
 
@@ -44,12 +44,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .datasets import (
+from .datasets.specs import (
     DATA_ROOT_ENV, ImageFolderSpec, ImageListSpec, Spec, data_root, describe_root, resolve_spec,
     spec_from_dict, spec_name,
 )
 from .errors import ClipoodError, unknown
-from .metrics import default_convention  # noqa: F401  (re-exported: the convention of a suite)
 
 
 @dataclass
@@ -178,7 +177,7 @@ def with_classes(spec: Spec, label_set: str | None, classes) -> Spec:
             suite_classnames_for(label_set, spec.classes)
         return spec
     suite_classnames_for(label_set, spec.classes)  # fails on an unknown or ambiguous class at once
-    from .prompts import get_label_set
+    from .labels.prompts import get_label_set
 
     ls = get_label_set(label_set)
     return dataclasses.replace(spec, classnames=list(ls.classnames), classes=[str(i) for i in ls.resolve(spec.classes)])
@@ -186,7 +185,7 @@ def with_classes(spec: Spec, label_set: str | None, classes) -> Spec:
 
 def suite_classnames_for(label_set: str, classes=None) -> list[str]:
     """The class names (prompts) of ``label_set``, or of its ``classes`` subset in list order."""
-    from .prompts import get_label_set
+    from .labels.prompts import get_label_set
 
     ls = get_label_set(label_set)
     if not classes:
@@ -204,7 +203,7 @@ def suite_classnames(suite: Suite, root: str | os.PathLike | None = None) -> lis
     ID dataset's own names (half-split suites)."""
     if suite.label_set:
         return suite_classnames_for(suite.label_set, getattr(suite.id, "classes", None))
-    from .datasets import build_dataset
+    from .datasets.dataset import build_dataset
 
     return list(build_dataset(suite.id, root=root).classnames)
 
@@ -222,7 +221,7 @@ def check_suite(suite: Suite | str, root: str | os.PathLike | None = None) -> No
 
     Raises ONE `ClipoodError` naming every missing path and the data root it looked in; returns None if all
     is there. Image folders are not scanned here (`build_dataset` validates their contents, and
-    `clipood.data_checks.check_data` runs both for every split of a run before the model loads).
+    `clipood.datasets.checks.check_data` runs both for every split of a run before the model loads).
     """
     if isinstance(suite, str):
         suite = get_suite(suite)
@@ -252,7 +251,7 @@ def check_suite(suite: Suite | str, root: str | os.PathLike | None = None) -> No
 
 
 def _missing_listed(spec: ImageListSpec, base: Path) -> list[str]:
-    from .datasets import _read_json_list, _read_text_list
+    from .datasets.dataset import _read_json_list, _read_text_list
 
     list_file = base / spec.list_file
     if list_file.suffix.lower() == ".json":

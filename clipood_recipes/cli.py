@@ -47,7 +47,7 @@ def _recipe(command: str):
         path = recipe_path(RECIPES[command])
         if not path.is_file():
             raise ClipoodError(f"recipe file {path} is missing: reinstall clipood (pip install -e .)")
-        from clipood.recipe import run as run_recipe
+        from clipood.runtime.recipe import run as run_recipe
 
         main = runpy.run_path(str(path), run_name="clipood_recipe")["main"]  # the module, not its __main__ block
         run_recipe(lambda _: main(argv))  # exits as `python recipes/<name>.py` does (errors, interrupts)
@@ -71,9 +71,9 @@ def _mine(argv):
     """Mine NegLabel negatives (Eq. 1) for the Base split's ID classes and write them to ``output``. Only the
     class names are read: a named suite's label set (``benchmark=imagenet`` needs no ImageNet on disk), the class
     folders of ``id_data`` for ``benchmark=custom``, or the mini world."""
-    from clipood.backbone import load_clip
-    from clipood.benchmarks import label_features, make_accelerator, mining_inputs
-    from clipood.recipe import setup_logging, use_cpu_threads
+    from clipood.clip.backbone import load_clip
+    from clipood.evaluation.benchmark import label_features, make_accelerator, mining_inputs
+    from clipood.runtime.recipe import setup_logging, use_cpu_threads
 
     from .configure import load_settings
     from .settings import MineSettings
@@ -124,7 +124,7 @@ def _detect(argv):
 
 def _bench_report(argv):
     """Render the efficiency record that ``pytest --benchmark`` wrote (``--bench-json``) as Markdown again."""
-    from clipood.bench_report import load_record, render_markdown
+    from clipood.efficiency.record import load_record, render_markdown
     from clipood.errors import ClipoodError
 
     if _wants_help(argv, "clipood bench-report FILE.json", _bench_report.__doc__):
@@ -159,16 +159,16 @@ def main(argv=None) -> None:
             raise unknown("command", argv[0], COMMANDS)
         COMMANDS[argv[0]](argv[1:])
     except ClipoodError as e:
-        from clipood.run_lock import release_output_dirs
+        from clipood.runtime.run_lock import release_output_dirs
 
         release_output_dirs(failed=True)
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except Exception as e:  # noqa: BLE001 - one line, the lock released (as recipes: clipood.recipe.run)
+    except Exception as e:  # noqa: BLE001 - one line, the lock released (as recipes: clipood.runtime.recipe.run)
         import os
 
-        from clipood.recipe import unexpected_error_line
-        from clipood.run_lock import release_output_dirs
+        from clipood.runtime.recipe import unexpected_error_line
+        from clipood.runtime.run_lock import release_output_dirs
 
         release_output_dirs(failed=True)
         if os.environ.get("CLIPOOD_TRACEBACK"):

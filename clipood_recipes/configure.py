@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from clipood.benchmarks import check_run_settings, resolve_defaults
-from clipood.config import compose, describe, load_yaml, parse_overrides, split_config_arg, to_dict
+from clipood.config.checks import check_run_settings
+from clipood.evaluation.benchmark import resolve_defaults
+from clipood.config.compose import compose, describe, load_yaml, parse_overrides, split_config_arg, to_dict
 from clipood.errors import ClipoodError, unknown
 
 __all__ = ["load_settings", "presets", "compose_settings", "check_training", "train_config", "compose_variant"]
@@ -106,8 +107,8 @@ def _fields(schema: type) -> set[str]:
 
 
 def train_config(cfg: dict):
-    """The ``train`` section as a checked :class:`clipood.engine.TrainConfig` (seed: the run's, unless set)."""
-    from clipood.engine import TrainConfig
+    """The ``train`` section as a checked :class:`clipood.training.loop.TrainConfig` (seed: the run's, unless set)."""
+    from clipood.config.settings import TrainConfig
 
     t = dict(cfg["train"])
     if t.get("seed") is None:
@@ -117,8 +118,8 @@ def train_config(cfg: dict):
 
 def check_training(cfg: dict) -> None:
     """Loss weights, optimisation, crops, shots, groups and the adapter's options (completed in place)."""
-    from clipood.method import check_loss_weights
-    from clipood.train_data import crop_config
+    from clipood.training.task import check_loss_weights
+    from clipood.crops.train_data import crop_config
 
     from ._compat import import_adapters
 
@@ -214,7 +215,7 @@ def load_settings(schema: type, argv: Sequence[str] | None = None, *, configs_di
         if names:
             print(f"\nPresets (preset=NAME, files in {Path(configs_dir).name}/): {', '.join(names)}")
         raise SystemExit(0)
-    from clipood.run_checks import check_environment, check_locations
+    from clipood.config.checks import check_environment, check_locations
 
     check_environment()  # CLIPOOD_* and thread variables, before torch reads them
     if "negatives" in cfg and ("output_dir" in cfg or "output" in cfg):  # a run: its folders, before any work

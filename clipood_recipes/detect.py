@@ -24,7 +24,8 @@ DEFAULT_ID_RECALL = 0.95
 def save_run_detector(cfg: dict, bench, splits, raw: dict, method: str, adapter=None, *,
                       id_recall: float = DEFAULT_ID_RECALL) -> Path:
     """Write ``<output_dir>/detector`` for ``method`` (a trained ``adapter``, or zero-shot when None)."""
-    from clipood.datasets import build_dataset, spec_to_dict
+    from clipood.datasets.dataset import build_dataset
+    from clipood.datasets.specs import spec_to_dict
     from clipood.detector import Detector
 
     from ._compat import import_adapters
@@ -114,7 +115,7 @@ def detect_main(argv: list[str]) -> None:
                                f"files it would overwrite; write it elsewhere")
     import torch
 
-    from clipood.recipe import setup_logging, use_cpu_threads
+    from clipood.runtime.recipe import setup_logging, use_cpu_threads
 
     from ._compat import import_adapters
 

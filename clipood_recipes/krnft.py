@@ -7,16 +7,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from clipood.benchmarks import (backbone_label, cache_root, data_label, make_accelerator, prepare_splits,
-                                setup_benchmark)
-from clipood.detectors import evaluate_detectors, zero_shot_detectors
-from clipood.engine import CropTrainData, fit
+from clipood.config.checks import cache_root
+from clipood.evaluation.benchmark import backbone_label, data_label, make_accelerator, prepare_splits, setup_benchmark
+from clipood.evaluation.runner import evaluate_detectors, zero_shot_detectors
+from clipood.training.loop import CropTrainData, fit
 from clipood.io import write_json
-from clipood.recipe import seed_everything, setup_logging, use_cpu_threads
-from clipood.run_checks import check_environment, check_locations
-from clipood.run_lock import claim_output_dir, release_output_dirs
-from clipood.report import chance_warnings, plot_loss, split_heading, summary_table, write_outputs
-from clipood.train_data import build_crop_data
+from clipood.runtime.recipe import seed_everything, setup_logging, use_cpu_threads
+from clipood.config.checks import check_environment, check_locations
+from clipood.runtime.run_lock import claim_output_dir, release_output_dirs
+from clipood.evaluation.report import chance_warnings, plot_loss, split_heading, summary_table, write_outputs
+from clipood.crops.train_data import build_crop_data
 
 from .configure import check_option_folders, train_config
 from .signature import check_resume, run_signature
@@ -76,7 +76,7 @@ class ZeroShotRecipe:
         if not self.accelerator.is_main_process:
             return
         from clipood.detector import has_random_weights
-        from clipood.threads import summary
+        from clipood.runtime.threads import summary
 
         self.notes.append(summary())
 
@@ -168,8 +168,8 @@ class KRNFTRecipe(ZeroShotRecipe):
         if cfg.get("log_with"):
             import json
 
-            from clipood.config import flat_leaves
-            from clipood.trackers import BUILTIN_TRACKERS, make_tracker
+            from clipood.config.compose import flat_leaves
+            from clipood.training.trackers import BUILTIN_TRACKERS, make_tracker
 
             name = cfg["method_name"].replace(" ", "_")
             if cfg["log_with"] in BUILTIN_TRACKERS:

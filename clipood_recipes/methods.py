@@ -6,9 +6,9 @@ import logging
 
 import torch
 
-from clipood.detectors import Detector
+from clipood.evaluation.runner import ScoredMethod
 from clipood.errors import ClipoodError
-from clipood.method import TrainingTask
+from clipood.training.task import TrainingTask
 
 from ._compat import import_adapters
 
@@ -57,7 +57,7 @@ def label_context(cfg: dict, sf, bench, device=None):
 
 def _fitting(tokenizer):
     """Prompt learners tokenise "<context> <name>.": refused, not cut, when it does not fit the text encoder."""
-    from clipood.prompts import FittingTokenizer
+    from clipood.labels.prompts import FittingTokenizer
 
     return None if tokenizer is None else FittingTokenizer(
         tokenizer, "a prompt learner's prompt (adapter.options.ctx_init or n_ctx, then the label name)",
@@ -102,7 +102,7 @@ def save_trained_adapter(adapter, directory) -> None:
     import_adapters().save_adapter(adapter, directory, include_base=True)
 
 
-def adapter_detector(cfg: dict, adapter, splits, bench) -> tuple[Detector, list, list[str]]:
+def adapter_detector(cfg: dict, adapter, splits, bench) -> tuple[ScoredMethod, list, list[str]]:
     """The trained adapter scored on its tuned features (NegLabel by default, paper §3.5), the splits it can
     be evaluated on, and a note for each split it cannot move to (weights tied to the training labels) —
     those are left out of the tables, never scored with frozen features in its name. MCM's temperature 1 on
@@ -130,7 +130,7 @@ def adapter_detector(cfg: dict, adapter, splits, bench) -> tuple[Detector, list,
             return out.logits.cpu(), local.cpu()
         return out.logits.cpu()
 
-    return Detector(cfg["method_name"], logits_fn, score, temperature), usable, notes
+    return ScoredMethod(cfg["method_name"], logits_fn, score, temperature), usable, notes
 
 
 def trains_text_encoder(adapter) -> bool:

@@ -1,4 +1,4 @@
-"""Typed schemas of the recipes: the shared run settings (:mod:`clipood.settings`) plus the training sections
+"""Typed schemas of the recipes: the shared run settings (:mod:`clipood.config.settings`) plus the training sections
 (adapter, loss weights, shots, crops, optimisation). Defaults are the default run's (the mini world);
 ``recipes/configs/<recipe>_<preset>.yaml`` carry every value of each reported setting."""
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from clipood.settings import TrainConfig
-from clipood.settings import CropSettings, EvalSettings, RunSettings, opt, section
+from clipood.config.settings import TrainConfig
+from clipood.config.settings import CropSettings, EvalSettings, RunSettings, opt, section
 
 __all__ = ["AdapterSettings", "LossWeights", "TrainRunSettings", "AblationSettings", "ZeroShotSettings",
            "MineSettings", "BuildMiniSettings", "CompareSettings", "RECIPE_SETTINGS"]

@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from clipood.config import get
+from clipood.config.compose import get
 
 __all__ = ["NOT_WEIGHTS", "SIGNATURE_VERSION", "weight_keys", "run_signature", "check_resume",
            "check_output_dir_apart"]
@@ -82,7 +82,7 @@ def _content(path: Any) -> dict | None:
     """``{"sha256": ...}`` of an adapter folder (a run folder's ``adapter/``), or None when it is not set."""
     if not path:
         return None
-    from clipood.checkpoints import folder_digest
+    from clipood.training.checkpoints import folder_digest
 
     from .stacking import base_folder
 
@@ -105,7 +105,7 @@ def run_signature(cfg: dict, schema: type | None = None) -> dict:
 def check_resume(cfg: dict, output_dir: str | None = None) -> None:
     """Fail at once (before any model or data is loaded) when ``output_dir`` holds another run's checkpoints,
     or would overwrite the folder a run stacks on or starts from."""
-    from clipood.engine import check_resumable
+    from clipood.training.checkpoints import check_resumable
 
     check_output_dir_apart(cfg, output_dir)
     if cfg["resume"]:

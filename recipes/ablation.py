@@ -10,7 +10,7 @@ Base / New FPR95 and their harmonic mean.
 import re
 from pathlib import Path
 
-from clipood.recipe import run
+from clipood.runtime.recipe import run
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

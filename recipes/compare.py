@@ -13,7 +13,7 @@ summary: AUROC / FPR95 / ID accuracy per split and the Base / New harmonic mean 
 import time
 from pathlib import Path
 
-from clipood.recipe import run
+from clipood.runtime.recipe import run
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

@@ -17,7 +17,7 @@ Presets (``preset=NAME``, complete files in recipes/configs/krnft_NAME.yaml): ``
 """
 from pathlib import Path
 
-from clipood.recipe import run
+from clipood.runtime.recipe import run
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

@@ -9,7 +9,7 @@ Writes results.json, results.md (tables like the paper's Tab. 1-3) and score-his
 """
 from pathlib import Path
 
-from clipood.recipe import run
+from clipood.runtime.recipe import run
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

@@ -17,7 +17,7 @@ import torch
 def _encode(bb, spec, batch_size=256):
     from torch.utils.data import DataLoader
 
-    from clipood.datasets import build_dataset
+    from clipood.datasets.dataset import build_dataset
 
     ds = build_dataset(spec, transform=bb.preprocess)
     gs, ls, ys = [], [], []

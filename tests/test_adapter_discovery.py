@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import adapters
 from adapters import registry
 from clipood.errors import ClipoodError
-from clipood.method import TrainingTask
+from clipood.training.task import TrainingTask
 
 PLUGIN = textwrap.dedent('''
     """A third-party feature adapter: c'_i = L2(c_i + s), one learnable shift s shared by all rows."""

@@ -35,7 +35,7 @@ def text():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from clipood.backbone import load_clip
+    from clipood.clip.backbone import load_clip
 
     return load_clip("clipood-tiny")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import clipood
-from clipood.backbone import load_clip
+from clipood.clip.backbone import load_clip
 from clipood.errors import ClipoodError
 
 
@@ -65,7 +65,7 @@ def test_local_safetensors_and_pt_and_local_dir(tmp_path, tiny):
         assert f in b.identifier
     d = tmp_path / "dir"
     d.mkdir()
-    cfg = json.loads((clipood.backbone._CONFIG_DIR / "clipood-tiny.json").read_text())
+    cfg = json.loads((clipood.clip.backbone._CONFIG_DIR / "clipood-tiny.json").read_text())
     (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
     save_file(sd, str(d / "open_clip_model.safetensors"))
     b = load_clip(f"local-dir:{d}")
@@ -86,7 +86,7 @@ def test_download_that_never_starts_times_out(monkeypatch):
     """Without HF_HUB_OFFLINE a dead network must not hang for 45 s: the wait is bounded."""
     import open_clip
 
-    from clipood import backbone
+    from clipood.clip import backbone
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(backbone, "_hf_cached_file", lambda cfg: None)
@@ -120,7 +120,7 @@ def test_text_path_on_custom_text_tower(tmp_path, text_extra):
     """CustomTextCLIP (model.text = TextTransformer), causal/argmax and bidirectional/last-token variants."""
     import open_clip
 
-    cfg = json.loads((clipood.backbone._CONFIG_DIR / "clipood-tiny.json").read_text())
+    cfg = json.loads((clipood.clip.backbone._CONFIG_DIR / "clipood-tiny.json").read_text())
     cfg = {**cfg, "custom_text": True, "text_cfg": {**cfg["text_cfg"], **text_extra}}
     name = f"ct-{len(text_extra)}"
     (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
@@ -129,5 +129,5 @@ def test_text_path_on_custom_text_tower(tmp_path, text_extra):
     model = open_clip.create_model(name).eval()
     assert type(model).__name__ == "CustomTextCLIP"
     tok = open_clip.get_tokenizer("clipood-tiny")(["a photo of a cat.", "x y z"])
-    tp = clipood.backbone.TextPath(model)
+    tp = clipood.clip.encoders.TextPath(model)
     assert torch.allclose(model.encode_text(tok), tp.encode_embeddings(tp.embed(tok), tok), atol=1e-6)

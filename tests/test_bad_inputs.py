@@ -68,7 +68,7 @@ def _settings(args=()):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from clipood.backbone import load_clip
+    from clipood.clip.backbone import load_clip
 
     torch.manual_seed(0)
     return load_clip("clipood-tiny")
@@ -76,7 +76,7 @@ def tiny():
 
 # -------------------------------------------------------------------------------------- data root / folders
 def test_missing_folder_without_data_root_names_every_way_to_set_it(tmp_path, monkeypatch):
-    from clipood.datasets import build_dataset
+    from clipood.datasets.dataset import build_dataset
 
     monkeypatch.delenv("CLIPOOD_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -93,7 +93,7 @@ def test_missing_data_root_cli_is_one_line(tmp_path):
 
 
 def test_missing_dataset_folder_names_the_resolved_path(tmp_path):
-    from clipood.datasets import build_dataset
+    from clipood.datasets.dataset import build_dataset
 
     with pytest.raises(ClipoodError) as e:
         build_dataset({"path": "imagenet/val"}, root=tmp_path)
@@ -104,7 +104,7 @@ def test_missing_dataset_folder_names_the_resolved_path(tmp_path):
 
 
 def test_class_folder_without_images(tmp_path):
-    from clipood.datasets import build_dataset
+    from clipood.datasets.dataset import build_dataset
 
     make_image_folder(tmp_path / "id", {"red": RGB["red"]}, n=2, size=16)
     (tmp_path / "id" / "blue").mkdir()
@@ -116,7 +116,7 @@ def test_class_folder_without_images(tmp_path):
 
 # ------------------------------------------------------------------------------------------ corrupt images
 def test_truncated_image_fails_naming_the_file(tmp_path):
-    from clipood.datasets import build_dataset
+    from clipood.datasets.dataset import build_dataset
 
     make_image_folder(tmp_path / "id", RGB, n=3, size=32)
     bad = truncate(tmp_path / "id" / "green" / "green_1.png")
@@ -129,13 +129,13 @@ def test_truncated_image_fails_naming_the_file(tmp_path):
 
 
 def test_corrupt_image_skip_mode_warns_and_counts(tmp_path, caplog):
-    from clipood.datasets import build_dataset
+    from clipood.datasets.dataset import build_dataset
 
     make_image_folder(tmp_path / "id", RGB, n=3, size=32)
     bad1 = truncate(tmp_path / "id" / "red" / "red_0.png")
     bad2 = tmp_path / "id" / "green" / "green_9.png"
     bad2.write_bytes(b"this is not a png")
-    with caplog.at_level(logging.WARNING, logger="clipood.datasets"):
+    with caplog.at_level(logging.WARNING, logger="clipood.datasets.dataset"):
         ds = build_dataset(str(tmp_path / "id"), on_corrupt="skip")
     assert ds.skipped == 2 and len(ds) == 5  # 6 good PNGs + 1 garbage file, 2 unreadable
     assert sorted(ds.skipped_items) == sorted([str(bad1), str(bad2)])
@@ -159,7 +159,7 @@ def test_corrupt_image_in_cli_eval_is_one_line(tmp_path):
 
 # ------------------------------------------------------------------------------------ lists and label files
 def test_image_list_line_that_does_not_parse_names_file_and_line(tmp_path):
-    from clipood.datasets import build_dataset
+    from clipood.datasets.dataset import build_dataset
 
     make_image_folder(tmp_path / "imgs", {"a": RGB["red"]}, n=2, size=16)
     lst = tmp_path / "test.txt"
@@ -174,7 +174,7 @@ def test_image_list_line_that_does_not_parse_names_file_and_line(tmp_path):
     ("cat\n\ndog\n", [":2:", "blank line", "remove it"]),
 ])
 def test_label_file_with_duplicates_or_blank_lines(tmp_path, text, needles):
-    from clipood.prompts import load_label_file
+    from clipood.labels.prompts import load_label_file
 
     f = tmp_path / "labels.txt"
     f.write_text(text)
@@ -269,7 +269,7 @@ def test_training_config_is_checked_up_front(args, needles):
 
 
 def test_unknown_open_clip_model_suggests_the_closest():
-    from clipood.backbone import load_clip
+    from clipood.clip.backbone import load_clip
 
     with pytest.raises(ClipoodError) as e:
         load_clip("ViT-B-61")
@@ -279,7 +279,7 @@ def test_unknown_open_clip_model_suggests_the_closest():
 # ------------------------------------------------------------------------------------ out-of-range values
 def test_negative_lambda_is_rejected_by_method():
     import adapters
-    from clipood.method import Method
+    from clipood.training.task import Method
 
     nft = adapters.NFT(torch.randn(5, 8), 2, hidden_dim=4)
     with pytest.raises(ClipoodError) as e:
@@ -294,7 +294,7 @@ def test_negative_lambda_is_rejected_by_method():
 
 
 def test_more_selected_crops_than_half_the_crops():
-    from clipood.crops import CropConfig
+    from clipood.crops.sampling import CropConfig
 
     with pytest.raises(ClipoodError) as e:
         CropConfig(num_crops=32, num_selected=17)
@@ -302,7 +302,7 @@ def test_more_selected_crops_than_half_the_crops():
 
 
 def test_more_shots_than_images():
-    from clipood.fewshot import sample_few_shot
+    from clipood.datasets.fewshot import sample_few_shot
 
     with pytest.raises(ClipoodError) as e:
         sample_few_shot([0, 0, 0, 0, 1, 1], 4, classnames=["cat", "dog"])
@@ -319,7 +319,7 @@ def test_more_shots_than_images():
     ({"weight_decay": "1e-4x"}, ["train.weight_decay", ">= 0", "'1e-4x'"]),
 ])
 def test_train_config_out_of_range(kwargs, needles):
-    from clipood.engine import TrainConfig
+    from clipood.config.settings import TrainConfig
 
     with pytest.raises(ClipoodError) as e:
         TrainConfig(**kwargs)
@@ -328,7 +328,7 @@ def test_train_config_out_of_range(kwargs, needles):
 
 def test_scientific_notation_on_the_command_line_is_a_number():
     """YAML 1.1 reads ``1e-5`` as a string; the config turns it into the float the user meant."""
-    from clipood.engine import TrainConfig
+    from clipood.config.settings import TrainConfig
 
     cfg = _settings(["train.lr=1e-5", "train.weight_decay=5E-4"])
     assert (cfg["train"]["lr"], cfg["train"]["weight_decay"]) == (1e-5, 5e-4)
@@ -338,7 +338,7 @@ def test_scientific_notation_on_the_command_line_is_a_number():
 # ---------------------------------------------------------------------------------------- pretrained weights
 def test_unreachable_pretrained_weights_fail_fast_with_the_fix(monkeypatch):
     import clipood
-    from clipood import backbone
+    from clipood.clip import backbone
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(backbone, "_hf_cached_file", lambda cfg: None)  # as on a machine that never cached them
@@ -360,7 +360,7 @@ class _Payload:
 
 
 def test_pickle_checkpoint_is_refused_without_running_it(tmp_path):
-    from clipood.backbone import load_clip
+    from clipood.clip.backbone import load_clip
 
     marker = tmp_path / "pwned"
     path = tmp_path / "model.pt"
@@ -372,7 +372,7 @@ def test_pickle_checkpoint_is_refused_without_running_it(tmp_path):
 
 
 def test_state_dict_of_the_wrong_shapes(tmp_path, tiny):
-    from clipood.backbone import load_clip
+    from clipood.clip.backbone import load_clip
 
     sd = {k: v.clone() for k, v in tiny.model.state_dict().items()}
     sd["positional_embedding"] = torch.zeros(78, sd["positional_embedding"].shape[1])
@@ -406,8 +406,8 @@ def test_garbage_safetensors_names_the_file(tmp_path):
 
 
 def test_garbage_feature_cache_is_rebuilt(tmp_path, tiny, caplog):
-    from clipood.datasets import build_dataset
-    from clipood.features import extract_features
+    from clipood.datasets.dataset import build_dataset
+    from clipood.clip.image_features import extract_features
     from clipood.io import load_safetensors
 
     make_image_folder(tmp_path / "id", RGB, n=2, size=32)

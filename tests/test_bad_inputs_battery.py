@@ -165,9 +165,9 @@ def test_bad_input(case, world, tmp_path, monkeypatch, capsys):
 
 def run_case(case, world: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """Drive one case through its entry point and check the battery's contract (the module docstring)."""
-    import clipood.backbone
+    import clipood.clip.backbone
     import clipood.mini.build
-    from clipood.recipe import run
+    from clipood.runtime.recipe import run
 
     name, entry, argv, env, needles = case
     out = tmp_path / "out"
@@ -175,7 +175,7 @@ def run_case(case, world: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     for k, v in {"CLIPOOD_THREADS": "1", "CLIPOOD_CACHE": str(tmp_path / "cache"),
                  "CLIPOOD_DATA": str(tmp_path / "data"), **env}.items():
         monkeypatch.setenv(k, _fill(v, world, out))
-    monkeypatch.setattr(clipood.backbone, "load_clip", _expensive)
+    monkeypatch.setattr(clipood.clip.backbone, "load_clip", _expensive)
     monkeypatch.setattr(clipood.mini.build, "build_world", _expensive)
     holder = None
     if name == "output_dir of a running run":  # another process holds the run lock of that folder
@@ -227,7 +227,7 @@ def _recipe_main(entry: str):
 
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
-    from clipood.run_lock import LOCK_NAME
+    from clipood.runtime.run_lock import LOCK_NAME
 
     folder.mkdir(exist_ok=True)
     code = ("import sys; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "

@@ -67,7 +67,7 @@ def test_unwritable_cache_warns_once_goes_on_in_memory_and_logs_stay_quiet(tmp_p
 
 # ------------------------------------------------------------------------------------------------ temp files
 def test_temp_files_of_killed_writers_are_cleaned_on_the_next_run(tmp_path):
-    from clipood.run_lock import claim_output_dir, release_output_dirs
+    from clipood.runtime.run_lock import claim_output_dir, release_output_dirs
 
     out, cache = tmp_path / "out", tmp_path / "cache"
     (cache / "features").mkdir(parents=True)
@@ -112,10 +112,10 @@ def test_temp_files_of_killed_writers_are_cleaned_on_the_next_run(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ one run per folder
 def test_one_run_per_output_dir(tmp_path):
-    from clipood.run_lock import claim_output_dir, release_output_dirs
+    from clipood.runtime.run_lock import claim_output_dir, release_output_dirs
 
     out = tmp_path / "out"
-    code = ("import sys; from clipood.run_lock import claim_output_dir; claim_output_dir(sys.argv[1]); "
+    code = ("import sys; from clipood.runtime.run_lock import claim_output_dir; claim_output_dir(sys.argv[1]); "
             "print('claimed', flush=True); sys.stdin.read()")
     first = subprocess.Popen([sys.executable, "-c", code, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -138,8 +138,10 @@ def test_one_run_per_output_dir(tmp_path):
 def test_training_time_survives_a_resume(tmp_path):
     from test_reliability_training import fake_crops, make_method
 
-    from clipood.benchmarks import make_accelerator
-    from clipood.engine import CropTrainData, TrainConfig, fit, latest_checkpoint
+    from clipood.evaluation.benchmark import make_accelerator
+    from clipood.config.settings import TrainConfig
+    from clipood.training.checkpoints import latest_checkpoint
+    from clipood.training.loop import CropTrainData, fit
 
     acc = make_accelerator({"cpu": True})
     cache, C = fake_crops()
@@ -163,7 +165,7 @@ def test_training_time_survives_a_resume(tmp_path):
 
 
 def test_warm_up_longer_than_the_run_is_refused_before_crops():
-    from clipood.engine import check_schedule
+    from clipood.training.loop import check_schedule
 
     # by hand: 10 images in batches of 4 -> [4, 4, 2] = 3 steps an epoch; 2 processes keep the even last batch
     assert check_schedule({"batch_size": 4, "epochs": 2, "max_steps": 0, "warmup_steps": 6}, 10) == 6
@@ -180,7 +182,7 @@ def test_warm_up_longer_than_the_run_is_refused_before_crops():
 def test_hub_without_network_fails_fast_with_one_line(monkeypatch, capfd):
     import open_clip  # noqa: F401  (imported before the clock starts: the call is timed, not the import)
 
-    import clipood.backbone as backbone
+    import clipood.clip.backbone as backbone
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens, refused at once
@@ -198,7 +200,7 @@ def test_hub_without_network_fails_fast_with_one_line(monkeypatch, capfd):
 def test_hub_probe_gives_up_on_a_silent_network(monkeypatch):
     import socket
 
-    from clipood.backbone import hub_unreachable
+    from clipood.clip.backbone import hub_unreachable
 
     monkeypatch.delenv("HTTPS_PROXY", raising=False)
     monkeypatch.delenv("https_proxy", raising=False)
@@ -216,7 +218,7 @@ def test_hub_probe_gives_up_on_a_silent_network(monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ WordNet IDs
 def test_wordnet_id_folders_get_imagenet_names(tmp_path):
-    from clipood.datasets import build_dataset
+    from clipood.datasets.dataset import build_dataset
 
     # ImageNet-1k classes 0 and 1 (by hand): n01440764 tench, n01443537 goldfish
     make_image_folder(tmp_path / "d", {"n01443537": (0, 200, 0), "n01440764": (200, 0, 0)}, n=1, size=16)

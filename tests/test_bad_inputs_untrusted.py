@@ -263,7 +263,7 @@ def test_the_battery_has_at_least_140_cases_in_all():
 def test_hf_string_labels_become_class_names_and_bom_lists_read(world, tmp_path):
     """Weak outcomes turned into the right result: an HF label column of names, and image lists saved as UTF-8
     with a byte-order mark or as UTF-16 (Windows tools) are read, labels as written."""
-    from clipood.datasets import build_dataset
+    from clipood.datasets.dataset import build_dataset
 
     ds = build_dataset({"type": "hf", "path_or_name": str(world / "hf-names"), "from_disk": True})
     assert ds.classnames == ["cat", "dog"] and ds.labels == [0, 1]
@@ -313,7 +313,7 @@ def test_an_unexpected_exception_is_one_line_and_leaves_no_lock(existing, tmp_pa
     exception is one line (exit 1: a bug or an unchecked input, not a bad setting), the lock is released and
     removed, and a folder the run created is removed again."""
     import clipood_recipes.krnft
-    from clipood.recipe import run
+    from clipood.runtime.recipe import run
 
     def planted(cfg):
         raise RuntimeError("planted failure\nsecond line")
@@ -341,7 +341,7 @@ def test_an_unexpected_exception_is_one_line_and_leaves_no_lock(existing, tmp_pa
 
 def test_the_config_check_knows_every_score():
     """run_checks names the scores without importing torch; they must be clipood.scores' own."""
-    from clipood.run_checks import SCORE_NAMES
+    from clipood.config.checks import SCORE_NAMES
     from clipood.scores import SCORES
 
     assert tuple(SCORES) == SCORE_NAMES

@@ -1,10 +1,10 @@
-"""clipood.bench: the FLOP counter against hand counts on a tiny transformer (CPU attention included), the
+"""clipood.efficiency.measure: the FLOP counter against hand counts on a tiny transformer (CPU attention included), the
 forward/backward split, fake-tensor counting, parameter counts and the peak-memory tracker. No timing asserts."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipood import bench
+from clipood.efficiency import measure as bench
 
 B, L, W, H, FF = 2, 7, 16, 2, 64          # batch, tokens, width, heads, MLP width
 T = B * L                                 # tokens in the batch

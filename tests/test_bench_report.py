@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from clipood.bench_report import SCHEMA, load_record, render_markdown, save_record
+from clipood.efficiency.record import SCHEMA, load_record, render_markdown, save_record
 from clipood.errors import ClipoodError
 
 

@@ -7,7 +7,7 @@ import sys
 from helpers import ROOT
 
 from clipood.io import load_safetensors
-from clipood.run_lock import LOCK_NAME
+from clipood.runtime.run_lock import LOCK_NAME
 
 SMALL = ["mini.train_per_class=4", "mini.test_per_class=6", "mini.ood_per_set=10", "mini.style_per_class=3",
          "mini.seed=5", "progress=false", "eval.mcm=false"]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import adapters
 from adapters import AdapterContext, CoOp, build_adapter, load_adapter, save_adapter
-from clipood.backbone import load_clip
+from clipood.clip.backbone import load_clip
 from clipood.errors import ClipoodError
 from helpers import open_clip_features, phrase_embeddings
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from clipood.backbone import load_clip
-from clipood.crops import (CropCache, CropConfig, build_crop_cache, crop_cache_path, make_crops, preprocess_params,
-                           select_crops)
-from clipood.datasets import ImageFolderSpec, build_dataset
+from clipood.clip.backbone import load_clip
+from clipood.crops.cache import CropCache, build_crop_cache, crop_cache_path
+from clipood.crops.sampling import CropConfig, make_crops, preprocess_params, select_crops
+from clipood.datasets.dataset import build_dataset
+from clipood.datasets.specs import ImageFolderSpec
 from clipood.errors import ClipoodError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipood.datasets import (
-    HFDatasetSpec, ImageFolderSpec, ImageListSpec, build_dataset, data_root, spec_from_dict, spec_to_dict,
+from clipood.datasets.dataset import build_dataset
+from clipood.datasets.specs import (
+    HFDatasetSpec, ImageFolderSpec, ImageListSpec, data_root, spec_from_dict, spec_to_dict,
 )
 from clipood.errors import ClipoodError
 from clipood.suites import check_suite, get_suite, half_split, list_suites
@@ -124,7 +125,7 @@ def test_corrupt_images_error_mode(corrupt_folder):
 
 
 def test_corrupt_images_skip_mode(corrupt_folder, caplog):
-    with caplog.at_level(logging.WARNING, logger="clipood.datasets"):
+    with caplog.at_level(logging.WARNING, logger="clipood.datasets.dataset"):
         ds = build_dataset(ImageFolderSpec(str(corrupt_folder)), on_corrupt="skip")
     assert ds.skipped == 2 and len(ds) == 4
     assert sorted(Path(p).name for p in ds.skipped_items) == ["garbage.png", "truncated.png"]

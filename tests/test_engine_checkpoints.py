@@ -1,7 +1,7 @@
 """Checkpoint folders: a half-written or half-deleted one is never taken for the latest."""
 import torch
 
-from clipood.engine import latest_checkpoint, load_checkpoint, save_checkpoint
+from clipood.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 def _save(root, step, value):

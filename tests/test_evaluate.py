@@ -3,8 +3,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from clipood.evaluate import EvalSplit, SplitFeatures, zero_shot_logits
-from clipood.detectors import Detector, evaluate_detectors
+from clipood.evaluation.protocol import EvalSplit, SplitFeatures, zero_shot_logits
+from clipood.evaluation.runner import ScoredMethod, evaluate_detectors
 
 CFG = {"eval": {"logit_scale": 100.0, "groups": 1, "convention": "hendrycks"}}
 
@@ -34,7 +34,7 @@ def _auroc_by_hand(sf, id_name, ood_name):
 def test_rows_for_single_and_multi_dataset_splits():
     base = _sf("base", "base", 0)
     c10, c100 = _sf("new_class", "cifar10", 10), _sf("new_class", "cifar100", 20)
-    rows, raw = evaluate_detectors([Detector("zs", zero_shot_logits)], [base, c10, c100], CFG)
+    rows, raw = evaluate_detectors([ScoredMethod("zs", zero_shot_logits)], [base, c10, c100], CFG)
     by = {(r["split"], r["dataset"]): r for r in rows}
     # one ID set: a row per OOD set plus the average of those rows
     assert abs(by[("base", "o1")]["auroc"] - _auroc_by_hand(base, "base", "o1")) < 1e-12
@@ -54,7 +54,7 @@ def test_rows_for_single_and_multi_dataset_splits():
 
 
 def test_configured_score_gets_a_zero_shot_row_and_scores_as_formula():
-    from clipood.detectors import zero_shot_detectors
+    from clipood.evaluation.runner import zero_shot_detectors
 
     cfg = {"eval": {"score": "energy", "mcm": False, "logit_scale": 100.0, "groups": 1, "convention": "hendrycks"}}
     ms = zero_shot_detectors(cfg)

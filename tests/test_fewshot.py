@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from clipood.errors import ClipoodError
-from clipood.fewshot import sample_few_shot, shots_per_class
+from clipood.datasets.fewshot import sample_few_shot, shots_per_class
 
 # 3 classes, interleaved and unequal: class 0 has 10 images, class 1 has 7, class 2 has 5
 LABELS = [i % 3 for i in range(15)] + [0] * 5 + [1] * 2

@@ -21,7 +21,7 @@ CONFIGS = ROOT / "recipes" / "configs"
 
 
 def test_16_bit_grayscale_png_is_scaled_not_clipped(tmp_path):
-    from clipood.datasets import build_dataset
+    from clipood.datasets.dataset import build_dataset
 
     a = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472: a full 16-bit ramp
     (tmp_path / "c").mkdir()
@@ -37,8 +37,8 @@ def test_16_bit_grayscale_png_is_scaled_not_clipped(tmp_path):
 
 
 def test_random_weights_are_said_in_the_results_for_any_model(tmp_path, monkeypatch):
-    import clipood.backbone
-    from clipood.benchmarks import setup_benchmark
+    import clipood.clip.backbone
+    from clipood.evaluation.benchmark import setup_benchmark
     from clipood_recipes.configure import compose_settings
     from clipood_recipes.settings import ZeroShotSettings
 
@@ -47,7 +47,7 @@ def test_random_weights_are_said_in_the_results_for_any_model(tmp_path, monkeypa
     cfg = compose_settings(ZeroShotSettings, ["model=ViT-B-32", "benchmark=custom", f"id_data.path={tmp_path / 'id'}",
                                               f"ood_data.o.path={tmp_path / 'ood'}"])
     fake = SimpleNamespace(identifier="ViT-B-32|random:0123456789abcdef")
-    monkeypatch.setattr(clipood.backbone, "load_clip", lambda *a, **k: fake)
+    monkeypatch.setattr(clipood.clip.backbone, "load_clip", lambda *a, **k: fake)
     bench = setup_benchmark(cfg, SimpleNamespace(device="cpu", is_main_process=True))
     assert any("ViT-B-32 has random weights" in n for n in bench.notes), bench.notes
     fake.identifier = "ViT-B-32|openai"
@@ -59,7 +59,7 @@ def test_local_dir_without_weights_is_refused(tmp_path):
 
     d = tmp_path / "dir"
     d.mkdir()
-    cfg = json.loads((Path(__import__("clipood.backbone").backbone._CONFIG_DIR) / "clipood-tiny.json").read_text())
+    cfg = json.loads((Path(__import__("clipood.clip.backbone").backbone._CONFIG_DIR) / "clipood-tiny.json").read_text())
     (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
     for kwargs in ({"model_name": f"local-dir:{d}"}, {"model_name": "clipood-tiny", "pretrained": f"local-dir:{d}"}):
         with pytest.raises(ClipoodError, match=r"holds no weights.*open_clip_model.safetensors"):
@@ -75,7 +75,7 @@ def test_pretrained_local_dir_loads_into_the_named_model(tmp_path):
     tiny = load_clip("clipood-tiny")
     d = tmp_path / "dir"
     d.mkdir()
-    cfg = json.loads((Path(__import__("clipood.backbone").backbone._CONFIG_DIR) / "clipood-tiny.json").read_text())
+    cfg = json.loads((Path(__import__("clipood.clip.backbone").backbone._CONFIG_DIR) / "clipood-tiny.json").read_text())
     (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
     save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(d / "open_clip_model.safetensors"))
     x = torch.randn(2, 3, 64, 64)

@@ -8,13 +8,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from clipood.backbone import load_clip
-from clipood.crops import CropCache, CropConfig, build_crop_cache, crop_cache_path, make_crops, preprocess_params
-from clipood.datasets import ImageFolderSpec, build_dataset
-from clipood.engine import CropTrainData
+from clipood.clip.backbone import load_clip
+from clipood.crops.cache import CropCache, build_crop_cache, crop_cache_path
+from clipood.crops.sampling import CropConfig, make_crops, preprocess_params
+from clipood.datasets.dataset import build_dataset
+from clipood.datasets.specs import ImageFolderSpec
+from clipood.training.loop import CropTrainData
 from clipood.errors import ClipoodError
-from clipood.evaluate import EvalSplit, SplitFeatures, evaluate_split, feature_batches
-from clipood.method import TrainingTask
+from clipood.evaluation.protocol import EvalSplit, SplitFeatures, evaluate_split, feature_batches
+from clipood.training.task import TrainingTask
 from test_crops import _ThreadAccelerator  # Accelerate stand-in with ranks as threads
 
 CFG = CropConfig(num_crops=6, num_selected=2, seed=0)

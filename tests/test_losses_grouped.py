@@ -90,7 +90,7 @@ def test_krnft_loss_and_training_task_pass_ood_groups(logits):
     out = krnft_loss(logits, labels, logits, N, None, ood_groups=10)
     assert out["ood_loss"].item() == pytest.approx(hand_grouped_eq8(logits.numpy(), N, 10, 0), abs=1e-10)
 
-    from clipood.method import TrainingTask
+    from clipood.training.task import TrainingTask
 
     class Fixed(torch.nn.Module):  # an adapter that returns given cosines (logit_scale 1 below)
         requires = frozenset({"image_features"})

@@ -133,7 +133,7 @@ def test_patterns_are_distinct_and_deterministic():
 def test_tower_has_4x4_local_features_whose_mean_is_the_global_feature():
     """clipood-mini's image tower ends in a 4×4 map; each cell goes through the tower's linear head, so the
     unnormalised global feature is the mean of the 16 local ones (the head is linear, pooling is the mean)."""
-    from clipood.backbone import load_clip
+    from clipood.clip.backbone import load_clip
 
     bb = load_clip("clipood-mini")
     x = torch.randn(3, 3, 32, 32)
@@ -186,7 +186,8 @@ def _zero_shot_acc(model_bb, shapes, n=12, seed=11):
 def test_shipped_weights_beat_chance_by_a_clear_margin():
     import open_clip
 
-    from clipood.backbone import Backbone, load_clip
+    from clipood.clip.backbone import load_clip
+    from clipood.clip.encoders import Backbone
 
     bb = load_clip("clipood-mini")
     shapes = assign_shapes(0)["base"]
@@ -219,7 +220,7 @@ def test_pretraining_script_is_deterministic(tmp_path):
     b = load_file(str(tmp_path / "b" / "clipood-mini.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # and the shipped weights are not these three-step weights (the test compares real training output)
-    from clipood.backbone import SHIPPED_WEIGHTS
+    from clipood.clip.backbone import SHIPPED_WEIGHTS
 
     shipped = load_file(str(SHIPPED_WEIGHTS["clipood-mini"]))
     assert not all(torch.equal(shipped[k], a[k]) for k in a)

@@ -51,7 +51,7 @@ def test_detector_folder_without_a_required_file_is_refused_at_load(mini, tmp_pa
 def test_per_operator_breakdown_holds_forward_and_backward():
     """``by_op`` is the forward + backward total per operator: on a 2-layer MLP, by hand, mm/addmm hold both
     passes (forward 2·m·k·n per linear; backward: weight gradients of both, input gradient of the second)."""
-    from clipood import bench
+    from clipood.efficiency import measure as bench
 
     b, i, h, o = 3, 5, 7, 2
     torch.manual_seed(0)
@@ -66,7 +66,7 @@ def test_per_operator_breakdown_holds_forward_and_backward():
 
 
 def test_per_operator_breakdown_counts_attention_backward():
-    from clipood import bench
+    from clipood.efficiency import measure as bench
 
     bsz, heads, length, e = 2, 2, 5, 4
     q, k, v = (torch.randn(bsz, heads, length, e, requires_grad=True) for _ in range(3))
@@ -87,7 +87,7 @@ def two_class_train(tmp_path):
 
 
 def test_train_classes_exact_needs_every_id_class_and_subset_does_not(two_class_train):
-    from clipood.data_checks import training_dataset
+    from clipood.datasets.checks import training_dataset
 
     spec = {"path": str(two_class_train)}
     with pytest.raises(ClipoodError, match="no images of 1 ID class.*bird"):
@@ -102,7 +102,7 @@ def test_training_samples_are_relabelled_to_the_id_order(two_class_train):
     """Labels are ID indices by name: a cat image is ID class 2 ("cat" in dog, bird, cat), not folder 0."""
     from pathlib import Path
 
-    from clipood.data_checks import training_dataset
+    from clipood.datasets.checks import training_dataset
 
     for names, mode in ((ID_ORDER, "subset"), (["dog", "cat"], "exact")):
         ds = training_dataset({"path": str(two_class_train)}, names, mode=mode)
@@ -113,7 +113,7 @@ def test_training_samples_are_relabelled_to_the_id_order(two_class_train):
 
 
 def test_up_front_check_reads_the_train_classes_mode(tmp_path, two_class_train):
-    from clipood.data_checks import check_data
+    from clipood.datasets.checks import check_data
 
     make_image_folder(tmp_path / "id", {n: (10 * i, 0, 0) for i, n in enumerate(ID_ORDER)}, n=1, size=12)
     make_image_folder(tmp_path / "ood", {"x": (0, 0, 200)}, n=1, size=12, pseudo=True)
@@ -133,8 +133,8 @@ NEG_SETTINGS = {"num": 1, "fraction": 0.15, "quantile": 0.95, "id_template": "a 
 def test_two_backbones_never_share_cached_label_features(tmp_path):
     """With a one-word corpus both backbones mine the same negative; each still gets its own text features
     (what it encodes itself), and the cache holds one feature file per backbone."""
-    from clipood.backbone import load_clip
-    from clipood.label_features import label_text_features
+    from clipood.clip.backbone import load_clip
+    from clipood.labels.label_features import label_text_features
     from clipood.negatives import Corpus
 
     names, corpus = ["cat", "dog"], Corpus(nouns=["stone"], adjectives=[])
@@ -179,7 +179,7 @@ class _Encoder:
 
 @pytest.mark.parametrize("first", [False, True])
 def test_image_features_with_and_without_patches_never_share_a_cache_file(tmp_path, first):
-    from clipood.features import extract_features
+    from clipood.clip.image_features import extract_features
 
     x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
     ds, enc = _Vectors(x), _Encoder()
@@ -194,8 +194,8 @@ def test_image_features_with_and_without_patches_never_share_a_cache_file(tmp_pa
 
 
 def test_crop_caches_with_and_without_patches_have_other_paths(tmp_path):
-    from clipood.crops import CropConfig
-    from clipood.crop_cache import crop_cache_path
+    from clipood.crops.sampling import CropConfig
+    from clipood.crops.cache import crop_cache_path
 
     args = (_Encoder(), _Vectors(torch.ones(3, 4)), [0, 1], CropConfig(num_crops=2, num_selected=1), ["a", "b"],
             tmp_path)
@@ -204,7 +204,7 @@ def test_crop_caches_with_and_without_patches_have_other_paths(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ engine
 def _train_data(n: int):
-    from clipood.engine import CropTrainData
+    from clipood.training.loop import CropTrainData
 
     img = torch.arange(n)
     return CropTrainData(SimpleNamespace(image_labels=torch.zeros(n, dtype=torch.long), id_image=img, neg_image=img))
@@ -219,7 +219,7 @@ def _train_data(n: int):
     (7, 6, 1, [6, 1]),       # a short batch of one image, 1 process: kept
 ])
 def test_epoch_keeps_a_short_last_batch_that_splits_over_the_processes(n, bs, world, sizes):
-    from clipood.engine import check_schedule
+    from clipood.training.loop import check_schedule
 
     data = _train_data(n)
     batches = data.epoch_batches(epoch=0, seed=3, batch_size=bs, world=world)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import adapters
-from clipood.method import TrainingTask
+from clipood.training.task import TrainingTask
 from helpers import open_clip_features, perturb, phrase_embeddings, unit
 
 ID_NAMES = ["cat", "dog", "tree", "car", "boat", "bird", "house", "stone", "lamp"]   # N = 9: round(9/5) != 9//5
@@ -23,7 +23,7 @@ SCALE = 100.0
 
 @pytest.fixture(scope="module")
 def tiny():
-    from clipood.backbone import load_clip
+    from clipood.clip.backbone import load_clip
 
     torch.manual_seed(2025)
     return load_clip("clipood-tiny")

@@ -247,7 +247,7 @@ def test_shipped_lists():
 
 
 def test_imagenet_against_full_shipped_list():
-    from clipood.prompts import get_label_set
+    from clipood.labels.prompts import get_label_set
 
     table = torch.nn.functional.normalize(torch.randn(4096, 32, generator=torch.Generator().manual_seed(0)), dim=1)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipood import threads
+from clipood.runtime import threads
 from clipood.errors import ClipoodError
 
 
@@ -76,7 +76,7 @@ def test_trains_text_encoder_only_for_prompt_steps():
 
 # ------------------------------------------------------------------------------------------------ timing
 def test_interleaved_timer_rounds_order_minimum_and_min_total(monkeypatch):
-    from clipood import bench
+    from clipood.efficiency import measure as bench
 
     clock = {"t": 0.0}
     monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["t"])
@@ -108,8 +108,8 @@ def test_interleaved_timer_rounds_order_minimum_and_min_total(monkeypatch):
 
 
 def test_busy_machine_line_in_the_efficiency_table():
-    from clipood.bench import busy_machine
-    from clipood.bench_report import render_markdown
+    from clipood.efficiency.measure import busy_machine
+    from clipood.efficiency.record import render_markdown
 
     assert busy_machine([1.5, 2.7], cores=2) and not busy_machine([1.5, 1.9], cores=2)
     rec = {"machine": {"cpu": "x", "cpu_count": 2, "torch_threads": 1, "threads_source": "suite default",
@@ -122,7 +122,7 @@ def test_busy_machine_line_in_the_efficiency_table():
 
 # ------------------------------------------------------------------------------------------------ outputs
 def test_results_json_values_keep_every_real_digit_and_drop_float_noise():
-    from clipood.report import rounded_rows
+    from clipood.evaluation.report import rounded_rows
 
     rows = rounded_rows([{"method": "m", "auroc": 0.9889439999999999, "id_acc": 0.8360000252723694,
                           "fpr95": 1 / 3, "tiny": 2.5e-9, "n": 7, "zero": 0.0}])
@@ -133,7 +133,7 @@ def test_results_json_values_keep_every_real_digit_and_drop_float_noise():
 @pytest.mark.parametrize("k, acc, warned", [(10, 0.15, True), (10, 0.25, False), (4, 0.45, True), (4, 0.55, False),
                                             (2, 0.70, True), (2, 0.80, False)])
 def test_near_chance_zero_shot_accuracy_is_warned(k, acc, warned):
-    from clipood.report import chance_warnings
+    from clipood.evaluation.report import chance_warnings
 
     rows = [{"method": "NegLabel (zero-shot)", "split": "base", "dataset": "average", "id_acc": acc},
             {"method": "KR-NFT", "split": "base", "dataset": "average", "id_acc": 0.99}]   # trained rows don't count
@@ -144,7 +144,7 @@ def test_near_chance_zero_shot_accuracy_is_warned(k, acc, warned):
 
 
 def test_table_headings_name_split_data_classes_backbone_convention():
-    from clipood.report import split_heading
+    from clipood.evaluation.report import split_heading
 
     h = split_heading("base", data="custom data: ID mydata/test", num_classes=4, backbone="ViT-B-16 (openai)",
                       convention="hendrycks", trained=False)
@@ -167,7 +167,7 @@ def figures(monkeypatch):
 
 
 def test_loss_plot_shows_weighted_terms_and_their_total_on_a_linear_axis(figures, tmp_path):
-    from clipood.report import plot_loss
+    from clipood.evaluation.report import plot_loss
 
     history = [{"step": s, "cls_loss": 0.5 + s, "ood_loss": -2.0 * s, "loss": 0.5 + s + 0.3 * -2.0 * s}
                for s in (1, 2, 3)]
@@ -182,7 +182,7 @@ def test_loss_plot_shows_weighted_terms_and_their_total_on_a_linear_axis(figures
 
 
 def test_histograms_of_many_methods_are_a_grid_with_labelled_axes(figures, tmp_path):
-    from clipood.report import plot_histograms
+    from clipood.evaluation.report import plot_histograms
 
     rng = np.random.default_rng(0)
     raw = {f"m{i}": {"id/x": rng.normal(1, 1, 20), "ood/y": rng.normal(-1, 1, 20)} for i in range(5)}
@@ -200,7 +200,7 @@ def test_histograms_of_many_methods_are_a_grid_with_labelled_axes(figures, tmp_p
 def test_mine_needs_only_the_label_set(tmp_path, monkeypatch):
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-    from clipood.benchmarks import mining_inputs
+    from clipood.evaluation.benchmark import mining_inputs
     from clipood_recipes.configure import load_settings
     from clipood_recipes.settings import MineSettings
 
@@ -215,7 +215,7 @@ def test_mine_needs_only_the_label_set(tmp_path, monkeypatch):
 def test_custom_mining_reads_only_the_id_class_folders(tmp_path, monkeypatch):
     from helpers import make_image_folder
 
-    from clipood.benchmarks import mining_inputs
+    from clipood.evaluation.benchmark import mining_inputs
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CLIPOOD_DATA", raising=False)
@@ -228,7 +228,7 @@ def test_custom_mining_reads_only_the_id_class_folders(tmp_path, monkeypatch):
 
 
 def test_missing_paths_message_lists_every_path(tmp_path):
-    from clipood.data_checks import check_data
+    from clipood.datasets.checks import check_data
 
     (tmp_path / "id" / "a").mkdir(parents=True)
     cfg = {"benchmark": "custom", "data_root": str(tmp_path), "id_data": {"path": "id"},

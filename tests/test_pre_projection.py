@@ -1,13 +1,13 @@
-"""Pre-projection image features and the projection (clipood.pre_projection), against each tower's own forward:
+"""Pre-projection image features and the projection (clipood.clip.pre_projection), against each tower's own forward:
 ``projection(pre_projection_features(x))`` must be ``encode_image(x)``."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from clipood.backbone import load_clip
+from clipood.clip.backbone import load_clip
 from clipood.errors import ClipoodError
 from clipood.posthoc import LinearHead, react
-from clipood.pre_projection import image_encoder, image_projection, pre_projection_features
+from clipood.clip.pre_projection import image_encoder, image_projection, pre_projection_features
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ NEW_NAMES = ["boat", "yellow house", "bird"]
 @pytest.fixture(scope="module")
 def tiny():
     """The random-weight tiny CLIP, seeded: a fresh process rebuilds the same weights (reload test)."""
-    from clipood.backbone import load_clip
+    from clipood.clip.backbone import load_clip
 
     torch.manual_seed(1234)
     return load_clip("clipood-tiny")
@@ -216,7 +216,7 @@ def test_lapt_task_trains_both_contexts_on_negative_label_images(context):
 # ---------------------------------------------------------------------------------------------- stacking
 def _train_steps(adapter, steps=3, local=False, seed=0):
     task = adapters.get_adapter_class(adapter.name).task_cls if getattr(adapter, "task_cls", None) else None
-    from clipood.method import TrainingTask
+    from clipood.training.task import TrainingTask
 
     task = (task or TrainingTask)(adapter, {"cls": 1.0, "ood": 0.3, "kr": 1.0}, logit_scale=100.0)
     opt = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=0.05)
@@ -235,7 +235,7 @@ def _train_steps(adapter, steps=3, local=False, seed=0):
 RELOAD = """
 import sys, torch
 import adapters
-from clipood.backbone import load_clip
+from clipood.clip.backbone import load_clip
 torch.manual_seed(1234)  # the same random tiny CLIP as the test's fixture
 a = adapters.load_adapter(sys.argv[1], backbone=load_clip("clipood-tiny"))
 v = torch.load(sys.argv[2])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import adapters
 from adapters.negpt import NegPromptTask, multilabel_soft_margin, prompt_distance_loss, prompt_spread_loss
 from clipood.errors import ClipoodError
-from clipood.method import TrainingTask
+from clipood.training.task import TrainingTask
 from helpers import perturb as _perturb, unit
 
 ID_NAMES = ["cat", "small red car", "tree", "dog"]
@@ -21,7 +21,7 @@ NEGPROMPT = {"msm_weight": 1.0, "np_weight": 0.1, "nn_weight": 0.05}
 
 @pytest.fixture(scope="module")
 def context():
-    from clipood.backbone import load_clip
+    from clipood.clip.backbone import load_clip
 
     torch.manual_seed(1234)
     return adapters.AdapterContext.from_backbone(load_clip("clipood-tiny"), ID_NAMES, NEG_NAMES)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import adapters
-from clipood.method import TrainingTask
+from clipood.training.task import TrainingTask
 from helpers import unit
 
 ID = ["cat", "small red car", "tree", "dog"]
@@ -15,7 +15,7 @@ NEG = ["stone", "river", "cloud"]
 
 @pytest.fixture(scope="module")
 def context():
-    from clipood.backbone import load_clip
+    from clipood.clip.backbone import load_clip
 
     torch.manual_seed(0)
     return adapters.AdapterContext.from_backbone(load_clip("clipood-tiny"), ID, NEG)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from clipood.errors import ClipoodError
-from clipood.prompts import (
+from clipood.labels.prompts import (
     CIFAR100_CLASSNAMES,
     TEMPLATES,
     LabelSet,
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_import_does_not_load_open_clip():
-    code = "import sys, clipood.prompts; assert 'open_clip' not in sys.modules and 'torch' not in sys.modules"
+    code = "import sys, clipood.labels.prompts; assert 'open_clip' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT)})
 
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from clipood.datasets import HFDatasetSpec, ImageFolderSpec, build_dataset, spec_from_dict
+from clipood.datasets.dataset import build_dataset
+from clipood.datasets.specs import HFDatasetSpec, ImageFolderSpec, spec_from_dict
 from clipood.errors import ClipoodError
-from clipood.features import dataset_fingerprint, extract_features
-from clipood.prompts import get_label_set
+from clipood.clip.image_features import dataset_fingerprint, extract_features
+from clipood.labels.prompts import get_label_set
 
 IMAGENET = get_label_set("imagenet")
 
@@ -159,7 +160,7 @@ def test_numeric_folders_map_by_index(tmp_path):
 @pytest.fixture
 def no_model(monkeypatch):
     """Make loading a backbone fail loudly and record that it was attempted."""
-    import clipood.backbone
+    import clipood.clip.backbone
 
     calls = []
 
@@ -167,7 +168,7 @@ def no_model(monkeypatch):
         calls.append(a)
         raise AssertionError("a model was loaded before the data check")
 
-    monkeypatch.setattr(clipood.backbone, "load_clip", boom)
+    monkeypatch.setattr(clipood.clip.backbone, "load_clip", boom)
     return calls
 
 
@@ -232,7 +233,7 @@ def test_mismatched_training_classes_fail_before_the_model(tmp_path, no_model):
 def test_unlabelled_hf_ood_set_is_accepted(tmp_path):
     import datasets
 
-    from clipood.data_checks import check_data
+    from clipood.datasets.checks import check_data
 
     colour_folder(tmp_path / "id", ["cat", "dog"])
     ims = [Image.fromarray(np.full((6, 6, 3), v, dtype=np.uint8)) for v in (1, 2)]
@@ -243,9 +244,10 @@ def test_unlabelled_hf_ood_set_is_accepted(tmp_path):
 
 
 def test_training_on_a_wordnet_tree_ranks_crops_with_class_names(tmp_path):
-    from clipood.backbone import load_clip
-    from clipood.crops import CropConfig, build_crop_cache
-    from clipood.data_checks import training_dataset
+    from clipood.clip.backbone import load_clip
+    from clipood.crops.cache import build_crop_cache
+    from clipood.crops.sampling import CropConfig
+    from clipood.datasets.checks import training_dataset
 
     imagenet_tree(tmp_path / "train", [0, 1, 2], per_class=1)
     names = [IMAGENET.classnames[i] for i in (0, 1, 2)]
@@ -264,7 +266,7 @@ def test_training_on_a_wordnet_tree_ranks_crops_with_class_names(tmp_path):
 
 # ------------------------------------------------------------------------------------------ second run
 def test_second_run_encodes_nothing(tmp_path, monkeypatch):
-    from clipood.backbone import Backbone
+    from clipood.clip.encoders import Backbone
 
     colour_folder(tmp_path / "id", ["cat", "dog"], n=3)
     colour_folder(tmp_path / "train", ["dog", "cat"], n=3)
@@ -350,10 +352,10 @@ def test_openood_imagenet_reports_near_far_and_convention(tmp_path):
 def test_imagenet_suite_subset_and_shipped_training_layout(tmp_path):
     """The shipped ImageNet config (train_data: imagenet/train with WordNet-ID folders) on a 3-class subset:
     evaluation labels, prompts and crop-ranking prompts all come from the class names."""
-    from clipood.backbone import load_clip
-    from clipood.data_checks import check_data
-    from clipood.datasets import build_dataset
-    from clipood.train_data import build_crop_data
+    from clipood.clip.backbone import load_clip
+    from clipood.datasets.checks import check_data
+    from clipood.datasets.dataset import build_dataset
+    from clipood.crops.train_data import build_crop_data
     from clipood_recipes.configure import compose_settings
     from clipood_recipes.settings import TrainRunSettings
     from clipood.suites import get_suite, suite_classnames
@@ -396,7 +398,7 @@ def test_imagenet_suite_subset_and_shipped_training_layout(tmp_path):
 
 
 def test_openood_subset_selects_listed_labels(tmp_path):
-    from clipood.datasets import build_dataset
+    from clipood.datasets.dataset import build_dataset
     from clipood.suites import get_suite, suite_classnames
 
     data = openood_tree(tmp_path / "data")

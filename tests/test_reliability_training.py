@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from clipood import method as method_mod
-from clipood.crops import CropCache
-from clipood.engine import CropTrainData, NonFiniteLoss, TrainConfig, fit, latest_checkpoint, load_checkpoint
+from clipood.training import task as method_mod
+from clipood.crops.cache import CropCache
+from clipood.config.settings import TrainConfig
+from clipood.training.checkpoints import latest_checkpoint, load_checkpoint
+from clipood.training.loop import CropTrainData, NonFiniteLoss, fit
 from clipood.errors import ClipoodError
 from helpers import ROOT, run_script
 
@@ -59,7 +61,7 @@ def make_method(text_features, init_seed: int = 0):
 
 @pytest.fixture(scope="module")
 def accelerator():
-    from clipood.benchmarks import make_accelerator
+    from clipood.evaluation.benchmark import make_accelerator
 
     return make_accelerator({"cpu": True})
 
@@ -128,7 +130,7 @@ def test_signal_mid_run_then_resume_is_bit_identical(tmp_path, accelerator, monk
 def test_crash_while_checkpointing_then_resume(tmp_path, accelerator, monkeypatch):
     """A process that dies after logging step 5 but before its checkpoint is complete (what SIGKILL or a power
     cut does) resumes from step 4: the replayed step 5 must not appear twice in train_log.jsonl."""
-    import clipood.engine as engine
+    import clipood.training.loop as engine
 
     cache, C = fake_crops()
     cfg = TrainConfig(epochs=4, batch_size=4, lr=5e-2, checkpoint_every=1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
-from clipood.config import get
+from clipood.config.compose import get
 from clipood.errors import ClipoodError
 
 CONFIGS = ROOT / "recipes" / "configs"
@@ -95,7 +95,7 @@ def test_a_changed_weight_key_refuses_the_resume(key, base_cfg, tmp_path):
 
 @pytest.mark.parametrize("key", FREE_KEYS)
 def test_a_key_that_does_not_decide_the_weights_resumes(key, base_cfg, tmp_path):
-    from clipood.engine import check_resumable
+    from clipood.training.checkpoints import check_resumable
     from clipood_recipes.signature import run_signature
 
     out = tmp_path / "run"
@@ -133,7 +133,7 @@ def test_eval_logit_scale_changes_the_signature(base_cfg, tmp_path):
 def test_a_retrained_folder_refuses_and_a_moved_one_resumes(key, base_cfg, tmp_path):
     """Bad outcome: the signature held base_checkpoint as a path, so a retrained base resumed a tuner trained
     on the old one. Now the folder counts by content: retrained → refused, moved (same bytes) → resumed."""
-    from clipood.engine import check_resumable
+    from clipood.training.checkpoints import check_resumable
     from clipood_recipes.signature import check_resume, run_signature
 
     src = _adapter_folder(tmp_path / "base-run" / "adapter", b"old weights")

@@ -77,9 +77,9 @@ def pipeline_cfg(mini, cache, *extra):
 
 def counted_pipeline(cfg, monkeypatch):
     """setup_benchmark → prepare_splits → build_crop_data, as the recipe runs them, counting image encodes."""
-    from clipood.benchmarks import make_accelerator, prepare_splits, setup_benchmark
-    from clipood.recipe import seed_everything
-    from clipood.train_data import build_crop_data
+    from clipood.evaluation.benchmark import make_accelerator, prepare_splits, setup_benchmark
+    from clipood.runtime.recipe import seed_everything
+    from clipood.crops.train_data import build_crop_data
 
     acc = make_accelerator(cfg)
     seed_everything(cfg["seed"])  # clipood-tiny's random weights come from the global RNG, as in the recipe

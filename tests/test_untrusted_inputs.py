@@ -52,7 +52,7 @@ def test_several_config_files_are_layered_in_order(tmp_path):
 @pytest.mark.parametrize("text, needle", [
     ("a: &x 1\nb: *x\n", "line 1"), ("a: 1\nb: 2\na: 3\n", "line 3"), ("a:\n  b: 1\n  b: 1\n", "line 3")])
 def test_strict_yaml_refuses_aliases_and_duplicates_with_the_line(text, needle, tmp_path):
-    from clipood.config import load_yaml
+    from clipood.config.compose import load_yaml
 
     p = tmp_path / "c.yaml"
     p.write_text(text)
@@ -65,7 +65,7 @@ def test_the_alias_bomb_is_refused_before_it_expands(tmp_path, monkeypatch):
     the composer stops at the first anchor (construct_object is never reached)."""
     import yaml
 
-    from clipood.config import load_yaml
+    from clipood.config.compose import load_yaml
 
     levels = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"] + [
         f"{c}: &{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi")]
@@ -126,7 +126,7 @@ def mini():
 def test_names_cut_at_the_context_would_be_identical_and_are_refused(mini):
     """Bad outcome: two class names cut at the context length gave bit-identical rows. The check refuses them
     before any text is encoded."""
-    from clipood.label_features import label_text_features
+    from clipood.labels.label_features import label_text_features
     from clipood.negatives import Corpus
 
     common = "very " * 16
@@ -140,7 +140,7 @@ def test_names_cut_at_the_context_would_be_identical_and_are_refused(mini):
 
 
 def test_corpus_words_that_do_not_fit_are_left_out_of_mining(mini, caplog):
-    from clipood.label_features import _fitting_names
+    from clipood.labels.label_features import _fitting_names
     from clipood.negatives import Corpus
 
     settings = {"id_template": "a photo of a {}.", "noun_template": "a photo of a {}.", "adj_template": "a {} texture."}
@@ -180,7 +180,7 @@ class _Negs:
 def test_links_in_a_class_folder_count_every_image_once(tmp_path):
     """Bad outcome: a symlink loop in a class folder counted one class 41 times. Links are still followed (a
     folder of images kept elsewhere), but never back into the class folder or above it, and once each."""
-    from clipood.datasets import build_dataset
+    from clipood.datasets.dataset import build_dataset
 
     make_image_folder(tmp_path / "data", {"cat": (200, 0, 0), "dog": (0, 200, 0)}, n=2, size=16)
     make_image_folder(tmp_path / "elsewhere", {"more": (90, 0, 0)}, n=1, size=16)
@@ -248,7 +248,7 @@ def test_exif_orientation_is_applied(tmp_path):
     """Weak outcome: EXIF orientation was ignored (a phone photo stored sideways was encoded sideways)."""
     from PIL import Image
 
-    from clipood.datasets import _pil_rgb
+    from clipood.datasets.dataset import _pil_rgb
 
     im = Image.new("RGB", (40, 20), (0, 0, 0))
     im.paste((255, 0, 0), (0, 0, 10, 20))  # red on the left of the stored pixels

@@ -31,11 +31,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from clipood.benchmarks import make_accelerator
-from clipood.crops import CropCache
-from clipood.detectors import Detector, evaluate_detectors, zero_shot_detectors
-from clipood.engine import CropTrainData, fit, latest_checkpoint
-from clipood.evaluate import EvalSplit, SplitFeatures
+from clipood.evaluation.benchmark import make_accelerator
+from clipood.crops.cache import CropCache
+from clipood.evaluation.runner import ScoredMethod, evaluate_detectors, zero_shot_detectors
+from clipood.training.checkpoints import latest_checkpoint
+from clipood.training.loop import CropTrainData, fit
+from clipood.evaluation.protocol import EvalSplit, SplitFeatures
 from clipood_recipes.configure import compose_settings, train_config
 from clipood_recipes.methods import training_task
 from clipood_recipes.settings import TrainRunSettings
@@ -171,9 +172,9 @@ def split_features(text_features, num_id, id_features, id_labels, ood: dict[str,
 
 def frozen_method(score: str, temperature: float, name: str = "frozen"):
     """Frozen CLIP cosines scored with ``score`` at ``temperature`` (an evaluation method spec)."""
-    from clipood.evaluate import zero_shot_logits
+    from clipood.evaluation.protocol import zero_shot_logits
 
-    return Detector(name, zero_shot_logits, score, temperature)
+    return ScoredMethod(name, zero_shot_logits, score, temperature)
 
 
 def zero_shot_methods(cfg: dict):
@@ -188,7 +189,7 @@ def eval_raw_scores(methods, sf: SplitFeatures, cfg: dict) -> dict[str, dict[str
 def train_and_score(cfg: dict, sf: SplitFeatures, crops: CropCache, out_dir: Path, monkeypatch):
     """The recipe's train → save → evaluate step (``cfg`` from :func:`recipe_config`) on a given crop cache
     instead of crops cut from images. Returns (trained adapter, raw scores of the tuned method)."""
-    from clipood.benchmarks import Benchmark
+    from clipood.evaluation.benchmark import Benchmark
     from clipood_recipes import krnft
 
     cfg = {**cfg, "progress": False, "resume": False, "output_dir": str(out_dir)}

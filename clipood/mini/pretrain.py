@@ -109,7 +109,7 @@ def main(argv=None) -> None:
 
     import open_clip
 
-    from ..backbone import register_model_configs
+    from ..clip.backbone import register_model_configs
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..datasets import ImageFolderSpec
-from ..evaluate import EvalSplit
+from ..datasets.specs import ImageFolderSpec
+from ..evaluation.protocol import EvalSplit
 from .build import load_manifest
 
 

@@ -8,7 +8,7 @@ stages dilated (``output_stride=8``), so a 32-px image ends in a 4×4×256 map. 
 feature is the mean of the (unnormalised) local ones.
 
 The architecture is registered with timm under :data:`TOWER_NAME` by :func:`register_tower` (idempotent);
-``clipood.backbone.register_model_configs`` calls it before any ``clipood-mini`` model is built.
+``clipood.clip.backbone.register_model_configs`` calls it before any ``clipood-mini`` model is built.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 -S), DICE, and GradNorm (the gradient norm of that last layer, in closed form).
 
 ``features`` are (B, F): a network's penultimate features. On CLIP these are the image tower's features before
-the final projection (:func:`clipood.pre_projection.pre_projection_features`), mapped to logits by a
+the final projection (:func:`clipood.clip.pre_projection.pre_projection_features`), mapped to logits by a
 :class:`~clipood.posthoc.heads.ProjectedHead` (or its ``linearised()`` ``LinearHead`` where a linear last layer is
 needed). Returns (B,) with higher = more ID, float64 for float64 input and float32 otherwise.
 """

@@ -7,7 +7,7 @@ CLIP has no trained linear layer; its "classifier" is the text features. Two hea
   (B×D), ``W = s·T̂`` (K×D, T̂ the unit text features, s the logit scale), ``b = 0``: exactly CLIP's scaled
   cosine logits. Any trained linear probe is a ``LinearHead`` too.
 * :class:`ProjectedHead` ``z = s · L2(h Pᵀ + p) · T̂ᵀ``: CLIP's own path from the image tower's features
-  *before* the final projection (``h``, B×F; :func:`clipood.pre_projection.image_projection` gives ``P``, ``p``).
+  *before* the final projection (``h``, B×F; :func:`clipood.clip.pre_projection.image_projection` gives ``P``, ``p``).
   It is not linear in ``h`` (the normalisation); :meth:`ProjectedHead.linearised` drops the normalisation and
   gives the ``LinearHead`` ``W = s·T̂·P``, ``b = s·T̂·p`` for the scores that need a linear layer (GradNorm,
   DICE, ViM) on the penultimate space.

@@ -2,7 +2,7 @@
 
 The one score that needs pixels: it back-propagates to the (normalised) input image, so it reads images, not
 the feature cache. ``encoder`` maps preprocessed pixels (B×3×H×W) to features with autograd enabled (for CLIP:
-:func:`clipood.pre_projection.image_encoder`), ``head`` maps features to logits (e.g.
+:func:`clipood.clip.pre_projection.image_encoder`), ``head`` maps features to logits (e.g.
 ``LinearHead.from_text_features(text_features, 100)``). Nothing here updates or stores a parameter gradient.
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ def odin(pixels: torch.Tensor, encoder: Callable[[torch.Tensor], torch.Tensor], 
 
     ``input_std``: the std the pixels were normalised with. OpenOOD reads its dataset's (ImageNet's
     (0.229, 0.224, 0.225) for its ResNets; 0.5 when unknown); for CLIP the right one is CLIP's own
-    (:data:`CLIP_STD`, the default here; ``clipood.pre_projection.normalization_std(backbone)`` reads a
+    (:data:`CLIP_STD`, the default here; ``clipood.clip.pre_projection.normalization_std(backbone)`` reads a
     backbone's). Returns (B,) in the pixels' float dtype (float32 or float64).
     """
     x_adv = odin_perturbation(pixels, encoder, head, temperature=temperature, noise=noise, input_std=input_std)

@@ -29,7 +29,7 @@ STATS_VERSION = 1
 
 def fit_key(kind: str, params: Mapping[str, Any], source: str) -> str:
     """Cache key of statistics not yet fitted: ``kind`` (e.g. ``"gaussian"``), its fit parameters (JSON-able) and
-    ``source``, a content key of the ID features (e.g. ``clipood.features.cache_key`` of backbone + dataset)."""
+    ``source``, a content key of the ID features (e.g. ``clipood.clip.image_features.cache_key`` of backbone + dataset)."""
     blob = json.dumps({"kind": kind, "params": dict(params), "source": str(source), "v": STATS_VERSION},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -58,7 +58,7 @@ def unit(*shape, seed: int = 0) -> torch.Tensor:
 
 def tiny_clip(seed: int = 1234):
     """The random-weight ``clipood-tiny`` CLIP (a ViT), seeded."""
-    from clipood.backbone import load_clip
+    from clipood.clip.backbone import load_clip
 
     torch.manual_seed(seed)
     return load_clip("clipood-tiny")

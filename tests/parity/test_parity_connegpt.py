@@ -43,7 +43,7 @@ def test_connegpt_meta_net_has_the_default_linear_init(clip):
 def test_connegpt_imagenet_preset_warms_up_like_cocoop():
     """Dassl ``ConstantWarmupScheduler`` with CoCoOp's config: lr 1e-5 through the first epoch (batch 1: 4,000
     steps on 4-shot ImageNet), then 0.002 with cosine decay; SGD momentum 0.9, weight decay 5e-4."""
-    from clipood.engine import lr_factor
+    from clipood.training.loop import lr_factor
     from clipood_recipes.configure import compose_settings, train_config
     from clipood_recipes.settings import TrainRunSettings
     from helpers import ROOT

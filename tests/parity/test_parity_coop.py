@@ -11,7 +11,7 @@ import torch
 
 import adapters
 from _reference import TOL, clip, cross_entropy64, prompt_features, report, unit  # noqa: F401 (clip: fixture)
-from clipood.method import TrainingTask
+from clipood.training.task import TrainingTask
 
 ID = ["cat", "small red car", "tree", "dog"]
 NEG = ["stone", "river", "cloud", "sand", "wave"]

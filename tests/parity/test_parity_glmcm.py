@@ -61,7 +61,7 @@ def _tiny_resnet_backbone():
     import open_clip
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-    from clipood.encoders import Backbone
+    from clipood.clip.encoders import Backbone
 
     torch.manual_seed(0)
     m = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=(1, 1, 1, 1), width=8, image_size=64),
@@ -106,7 +106,7 @@ def _release_glmcm(global_cos, local_cos, lam, t=1.0):
 def test_glmcm_lambda_local(lam):
     """GL-MCM ``get_ood_scores_clip`` with ``--lambda_local`` (0.5 in ``scripts/eval_imagenet.sh``), T = 1 on
     cosines — through ``compute_score`` and through the evaluation wiring (``eval.lambda_local``)."""
-    from clipood.evaluate import EvalSplit, SplitFeatures, evaluate_split, zero_shot_local_logits
+    from clipood.evaluation.protocol import EvalSplit, SplitFeatures, evaluate_split, zero_shot_local_logits
     from clipood.scores import compute_score
 
     g = torch.Generator().manual_seed(3)

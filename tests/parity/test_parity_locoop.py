@@ -11,7 +11,7 @@ import torch
 
 import adapters
 from _reference import TOL, clip, cross_entropy64, prompt_features, report, unit  # noqa: F401 (clip: fixture)
-from clipood.method import TrainingTask
+from clipood.training.task import TrainingTask
 
 ID = ["cat", "small red car", "tree", "dog", "bird"]
 NEG = ["stone", "river", "cloud"]
@@ -62,7 +62,7 @@ def test_locoop_preset_holds_the_warmup_rate_for_one_epoch():
     """Dassl ``ConstantWarmupScheduler`` (``configs/trainers/LoCoOp/vit_b16_ep50.yaml``: WARMUP_EPOCH 1,
     WARMUP_TYPE constant, WARMUP_CONS_LR 1e-5, LR 0.002): the first epoch (4,000 images / 32 = 125 steps) runs at
     1e-5, the next step at the full 0.002."""
-    from clipood.engine import lr_factor
+    from clipood.training.loop import lr_factor
     from clipood_recipes.configure import compose_settings, train_config
     from clipood_recipes.settings import TrainRunSettings
     from helpers import ROOT

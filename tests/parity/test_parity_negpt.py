@@ -35,7 +35,7 @@ def test_negpt_prompts_have_no_full_stop(clip):
 def test_negpt_imagenet_preset_uses_negprompts_optimiser():
     """``osr_nega_prompt.py`` L269-270 + ``core/train_clip.py`` ``train_nega_clip`` (``scheduler.step()`` per
     batch): the learning rate of 300 steps equals torch's ``CosineAnnealingLR(SGD(lr=0.1), T_max=50)``."""
-    from clipood.engine import make_optimizer, make_scheduler
+    from clipood.training.loop import make_optimizer, make_scheduler
     from clipood_recipes.configure import compose_settings, train_config
     from clipood_recipes.settings import TrainRunSettings
     from helpers import ROOT

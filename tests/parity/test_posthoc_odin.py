@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from parity_check import check
 
-from clipood.backbone import load_clip
+from clipood.clip.backbone import load_clip
 from clipood.errors import ClipoodError
 from clipood.posthoc import CLIP_STD, LinearHead, odin, odin_gradient, odin_perturbation
-from clipood.pre_projection import image_encoder, normalization_std
+from clipood.clip.pre_projection import image_encoder, normalization_std
 
 T = 1000.0
 

@@ -1,0 +1,278 @@
+"""The benchmark a run evaluates on, and what every run prepares before any method: the accelerator, the
+backbone, the evaluation splits (embedded mini world, a named suite, or custom datasets), the frozen label
+features of each split (ID names then mined NegLabel negatives, Eq. 1) and the cached image features."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config.compose import get
+from ..errors import ClipoodError
+from ..config.checks import cache_root, check_environment, check_locations, check_run_settings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .protocol import EvalSplit, SplitFeatures
+
+log = logging.getLogger("clipood")
+
+__all__ = ["Benchmark", "make_accelerator", "resolve_defaults", "setup_benchmark", "label_features",
+           "prepare_splits"]
+
+
+def make_accelerator(cfg):
+    """An Accelerator on the GPU when there is one, else on the CPU (``cpu=True`` also enables multi-process
+    CPU runs under ``accelerate launch --multi_gpu --num_processes N``)."""
+    import torch
+    from accelerate import Accelerator
+
+    cpu = get(cfg, "cpu")
+    if cpu is None:
+        cpu = not torch.cuda.is_available()
+    from ..training.trackers import BUILTIN_TRACKERS
+
+    log_with = cfg.get("log_with")
+    kwargs = {"log_with": log_with, "project_dir": cfg.get("output_dir")} if log_with else {}
+    if log_with in BUILTIN_TRACKERS:  # clipood's own (log_with=jsonl): the recipe adds the instance per run
+        kwargs = {"project_dir": cfg.get("output_dir")}
+    try:
+        return Accelerator(cpu=bool(cpu), **kwargs)
+    except (ValueError, ImportError) as e:
+        raise ClipoodError(f"log_with={log_with!r} is not available ({e}); install that tracker, use the "
+                           f"built-in log_with=jsonl, or drop log_with") from None
+
+
+@dataclass
+class Benchmark:
+    backbone: Any
+    splits: list[EvalSplit]
+    corpus: Any
+    train_spec: Any = None
+    world_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    #: mined negatives per ID label set (``tuple(classnames)``), filled by :func:`prepare_splits`
+    negatives: dict = field(default_factory=dict)
+
+
+def setup_benchmark(cfg, accelerator) -> Benchmark:
+    """The benchmark named by ``cfg['benchmark']`` (``mini`` = the embedded default) and the backbone. Data are
+    checked first (a missing file is reported before minutes of weight loading)."""
+    from ..clip.backbone import load_clip
+    from ..datasets.checks import check_data
+    from .report import convention_note
+
+    check_environment()
+    check_run_settings(cfg)
+    check_locations(cfg)  # output_dir writable, the cache a folder (an unwritable cache warns once)
+    resolve_defaults(cfg)
+    check_data(cfg)  # every data problem of every split, before any model work
+    bench = _setup_data(cfg, accelerator)
+    from ..labels.prompts import check_class_names
+
+    for split in bench.splits if cfg["benchmark"] == "custom" else ():
+        # the user's names (folders, classnames), before the model loads: names the text encoder could not tell
+        # apart. Named suites keep their label sets as published (ImageNet-1k has two 'missile' classes)
+        check_class_names(split.classnames, f"the ID classes of split {split.name}")
+    if cfg["model"] == "clipood-mini" and cfg["benchmark"] != "mini":
+        bench.notes.append(MINI_ELSEWHERE)
+    bench.notes.append(convention_note(cfg["eval"]["convention"]))
+    bench.backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
+    if str(bench.backbone.identifier).split("|", 1)[-1].startswith("random"):
+        # any model without pretrained weights (not only clipood-tiny): said in results.md and the printed
+        # summary (not in the log: an error line after it must stay the only line on stderr)
+        note = (f"> **{cfg['model']} has random weights (no pretrained tag or weights file): these numbers are "
+                f"meaningless.**")
+        bench.notes = [n for n in bench.notes if "random weights" not in n] + [note]
+    return bench
+
+
+MINI_ELSEWHERE = ("> **Warning: clipood-mini is the tiny CLIP of the embedded mini world (32-px rendered shapes, 98 "
+                  "words); on other images it sees little, and these numbers say little about a method. Use a real "
+                  "CLIP for your data (e.g. model=ViT-B-16 pretrained=openai).**")
+
+
+def _setup_data(cfg, accelerator) -> Benchmark:
+    from .protocol import EvalSplit
+
+    backbone = None  # loaded by setup_benchmark once the data are known to be there
+    notes = []
+    if cfg["model"] == "clipood-tiny":
+        notes.append("> **clipood-tiny has random weights: these numbers are meaningless (smoke test only).**")
+    if cfg["benchmark"] == "mini":
+        from ..mini.build import MiniWorldConfig, build_world
+        from ..mini.protocol import mini_corpus, mini_splits, mini_train_spec
+
+        m = cfg["mini"]
+        mcfg = MiniWorldConfig(seed=int(m["seed"]), train_per_class=int(m["train_per_class"]),
+                               test_per_class=int(m["test_per_class"]), ood_per_set=int(m["ood_per_set"]),
+                               style_per_class=int(m["style_per_class"]))
+        with accelerator.main_process_first():
+            world = build_world(mcfg, root=get(cfg, "mini.root"), progress=accelerator.is_main_process and cfg["progress"])
+        corpus = mini_corpus(world) if not get(cfg, "negatives.corpus") else _corpus(cfg)
+        notes.append(f"Mini world seed {mcfg.seed} ({world.name}).")
+        return Benchmark(backbone, mini_splits(world), corpus, mini_train_spec(world), world, notes)
+    from ..suites import check_suite, get_suite
+
+    if cfg["benchmark"] == "custom":
+        # any dataset specs: id_data (one spec) and ood_data (name → spec), e.g. generated ImageFolders
+        from ..datasets.dataset import build_dataset
+        from ..datasets.specs import spec_from_dict
+
+        if not cfg.get("id_data") or not cfg.get("ood_data"):
+            raise ClipoodError("benchmark=custom needs id_data (a dataset spec) and ood_data (name: spec, ...)")
+        id_spec = spec_from_dict(cfg["id_data"])
+        names = build_dataset(id_spec, root=cfg.get("data_root")).classnames
+        from ..datasets.folders import looks_like_wordnet_ids
+
+        if looks_like_wordnet_ids(names):  # IDs the ImageNet-1k list does not know (known ones are named already)
+            raise ClipoodError(f"benchmark=custom: the ID class folders are WordNet IDs ({', '.join(names[:3])}"
+                               f"{', ...' if len(names) > 3 else ''}) that the shipped ImageNet list does not name; "
+                               f"pass the class names in folder order as id_data.classnames=[name, ...]")
+        if not names:
+            raise ClipoodError("benchmark=custom: the ID dataset has no class names (use an ImageFolder with one "
+                               "folder per class, or set classnames in id_data)")
+        from ..datasets.specs import as_ood_spec
+
+        ood = {k: as_ood_spec(spec_from_dict(v)) for k, v in cfg["ood_data"].items()}
+        split = EvalSplit("base", {"id": id_spec}, ood, list(names), "custom datasets")
+        return Benchmark(backbone, [split], _corpus(cfg), None, None, notes)
+
+    root = cfg.get("data_root")
+    suite = get_suite(cfg["benchmark"], root=root, classes=cfg.get("classes"))
+    extra = [("new_class", n) for n in cfg.get("new_class_suites") or []]
+    extra += [("new_style", n) for n in cfg.get("new_style_suites") or []]
+    suites = [("base", suite)] + [(k, get_suite(n, root=root)) for k, n in extra]
+    problems = []
+    for _, s_ in suites:  # report every missing file of every suite at once
+        try:
+            check_suite(s_, root)
+        except ClipoodError as e:
+            problems.append(str(e))
+    if problems:
+        raise ClipoodError(" | ".join(problems))
+
+    def names(s_):
+        from ..suites import suite_classnames
+
+        return suite_classnames(s_, root)
+
+    splits = []
+    for kind, s_ in suites:
+        # unseen styles keep the Base OOD sets (paper §4.1); unseen classes bring their own
+        ood = suite.ood if kind == "new_style" else s_.ood
+        groups = suite.groups if kind == "new_style" else s_.groups
+        splits.append(EvalSplit(kind, {s_.name: s_.id}, ood, names(s_), s_.description, groups=groups))
+    return Benchmark(backbone, splits, _corpus(cfg), None, None, notes)
+
+
+def mining_inputs(cfg, accelerator=None) -> tuple[list[str], Any]:
+    """The Base split's ID class names and the mining corpus, reading only what names the classes: a named
+    suite's label set (no dataset at all; a half-split suite scans its ID folder), a custom ``id_data``'s class
+    folders, the mini world (built with ``accelerator`` if needed: its corpus is its captions' words). For
+    ``clipood mine``."""
+    if cfg["benchmark"] == "mini":
+        bench = _setup_data(cfg, accelerator)
+        return list(bench.splits[0].classnames), bench.corpus
+    if cfg["benchmark"] == "custom":
+        from ..datasets.dataset import build_dataset
+        from ..datasets.specs import spec_from_dict
+        from ..datasets.folders import looks_like_wordnet_ids
+
+        if not cfg.get("id_data"):
+            raise ClipoodError("benchmark=custom needs id_data (a dataset spec) to name the ID classes")
+        names = list(build_dataset(spec_from_dict(cfg["id_data"]), root=cfg.get("data_root")).classnames)
+        if not names or looks_like_wordnet_ids(names):
+            raise ClipoodError("benchmark=custom: the ID dataset names no classes (or only unknown WordNet IDs); "
+                               "use one folder per class, or pass id_data.classnames=[name, ...]")
+        return names, _corpus(cfg)
+    from ..suites import get_suite, suite_classnames
+
+    suite = get_suite(cfg["benchmark"], root=cfg.get("data_root") if not _has_label_set(cfg) else None,
+                      classes=cfg.get("classes"))
+    return suite_classnames(suite, cfg.get("data_root")), _corpus(cfg)
+
+
+def _has_label_set(cfg) -> bool:
+    from ..suites import get_suite
+
+    return bool(get_suite(cfg["benchmark"]).label_set)
+
+
+def backbone_label(cfg) -> str:
+    """``ViT-B-16 (openai)``, ``clipood-mini (shipped weights)``: the backbone as results.md names it."""
+    pre = cfg.get("pretrained")
+    if pre:
+        return f"{cfg['model']} ({Path(str(pre)).name if os.sep in str(pre) else pre})"
+    return f"{cfg['model']} ({'shipped weights' if cfg['model'] == 'clipood-mini' else 'no pretrained weights'})"
+
+
+def data_label(cfg, split) -> str:
+    """What a split's images are, for its results.md heading: the mini world and its seed, the custom ID path,
+    or the suite's description."""
+    if cfg["benchmark"] == "mini":
+        return f"mini world seed {get(cfg, 'mini.seed')}: {split.description}"
+    if cfg["benchmark"] == "custom":
+        spec = cfg.get("id_data") or {}
+        where = spec.get("path") or spec.get("list_file") or spec.get("path_or_name") or "id_data"
+        return f"custom data: ID {where}, OOD {', '.join(split.ood_sets)}"
+    return f"{cfg['benchmark']}: {split.description}" if split.description else str(cfg["benchmark"])
+
+
+MINI_NEGATIVES = {"num": 40, "id_template": "a photo of a {}.", "noun_template": "a photo of a {}.",
+                  "adj_template": "a {} texture."}
+NEGLABEL_NEGATIVES = {"num": None, "id_template": "the nice {}.", "noun_template": "the nice {}.",
+                      "adj_template": "This is a {} photo."}
+
+
+def resolve_defaults(cfg) -> dict:
+    """Resolve ``None`` settings to the benchmark's defaults (in place; returns ``cfg``): the negative-label
+    settings, and the metric convention (openood for the ``openood-*`` suites, else hendrycks)."""
+    from ..metrics import default_convention  # not via clipood.suites: no torch before the config is checked
+
+    if cfg["eval"].get("convention") is None:
+        cfg["eval"]["convention"] = default_convention(cfg["benchmark"])
+    src = MINI_NEGATIVES if cfg["benchmark"] == "mini" else NEGLABEL_NEGATIVES
+    for k, v in src.items():
+        if cfg["negatives"].get(k) is None:
+            cfg["negatives"][k] = v
+    return cfg
+
+
+def _corpus(cfg):
+    from ..negatives import load_corpus, load_word_file
+
+    path = get(cfg, "negatives.corpus")
+    return load_word_file(path) if path else load_corpus()
+
+
+def label_features(backbone, classnames, corpus, cfg, accelerator=None):
+    """Frozen text features C (K×D) of the ID names then the mined negatives, and the NegativeSet; mined and
+    encoded once per backbone, corpus and settings (cached; see `clipood.labels.label_features`)."""
+    from ..labels.label_features import label_text_features
+
+    return label_text_features(backbone, classnames, corpus, cfg["negatives"], cache_root(cfg),
+                               accelerator=accelerator, progress=bool(cfg.get("progress")))
+
+
+def prepare_splits(bench: Benchmark, cfg, accelerator, local: bool = False) -> list[SplitFeatures]:
+    """Label features + cached image features for every split of the benchmark (with ``local``, patch
+    features too, for a method whose adapter requires ``local_features``)."""
+    from .protocol import prepare_split
+
+    out = []
+    labels = {}  # splits with the same ID classes (Base and unseen styles) share their label features
+    for split in bench.splits:
+        key = tuple(split.classnames)
+        if key not in labels:
+            labels[key] = label_features(bench.backbone, split.classnames, bench.corpus, cfg, accelerator)
+        C, num_id, negs = labels[key]
+        bench.negatives[key] = negs
+        sf = prepare_split(split, bench.backbone, C, num_id, negatives=negs.words,
+                           batch_size=cfg["eval"]["batch_size"], accelerator=accelerator,
+                           cache_dir=cache_root(cfg) / "features", progress=bool(cfg.get("progress")),
+                           root=cfg.get("data_root"), local=local)
+        out.append(sf)
+    return out
