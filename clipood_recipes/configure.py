@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from clipood.config.checks import check_run_settings
-from clipood.evaluation.benchmark import resolve_defaults
 from clipood.config.compose import compose, describe, load_yaml, parse_overrides, split_config_arg, to_dict
 from clipood.errors import ClipoodError, unknown
+from clipood.evaluation.benchmark import resolve_defaults
 
 __all__ = ["load_settings", "presets", "compose_settings", "check_training", "train_config", "compose_variant"]
 

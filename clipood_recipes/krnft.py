@@ -7,16 +7,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from clipood.config.checks import cache_root
+from clipood.config.checks import cache_root, check_environment, check_locations
+from clipood.crops.train_data import build_crop_data
 from clipood.evaluation.benchmark import backbone_label, data_label, make_accelerator, prepare_splits, setup_benchmark
+from clipood.evaluation.report import chance_warnings, plot_loss, split_heading, summary_table, write_outputs
 from clipood.evaluation.runner import evaluate_detectors, zero_shot_detectors
-from clipood.training.loop import CropTrainData, fit
 from clipood.io import write_json
 from clipood.runtime.recipe import seed_everything, setup_logging, use_cpu_threads
-from clipood.config.checks import check_environment, check_locations
 from clipood.runtime.run_lock import claim_output_dir, release_output_dirs
-from clipood.evaluation.report import chance_warnings, plot_loss, split_heading, summary_table, write_outputs
-from clipood.crops.train_data import build_crop_data
+from clipood.training.loop import CropTrainData, fit
 
 from .configure import check_option_folders, train_config
 from .signature import check_resume, run_signature

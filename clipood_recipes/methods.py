@@ -6,8 +6,8 @@ import logging
 
 import torch
 
-from clipood.evaluation.runner import ScoredMethod
 from clipood.errors import ClipoodError
+from clipood.evaluation.runner import ScoredMethod
 from clipood.training.task import TrainingTask
 
 from ._compat import import_adapters

@@ -59,7 +59,7 @@ def test_local_dir_without_weights_is_refused(tmp_path):
 
     d = tmp_path / "dir"
     d.mkdir()
-    cfg = json.loads((Path(__import__("clipood.clip.backbone").backbone._CONFIG_DIR) / "clipood-tiny.json").read_text())
+    cfg = json.loads((Path(__import__("clipood.clip.backbone").clip.backbone._CONFIG_DIR) / "clipood-tiny.json").read_text())
     (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
     for kwargs in ({"model_name": f"local-dir:{d}"}, {"model_name": "clipood-tiny", "pretrained": f"local-dir:{d}"}):
         with pytest.raises(ClipoodError, match=r"holds no weights.*open_clip_model.safetensors"):
@@ -75,7 +75,7 @@ def test_pretrained_local_dir_loads_into_the_named_model(tmp_path):
     tiny = load_clip("clipood-tiny")
     d = tmp_path / "dir"
     d.mkdir()
-    cfg = json.loads((Path(__import__("clipood.clip.backbone").backbone._CONFIG_DIR) / "clipood-tiny.json").read_text())
+    cfg = json.loads((Path(__import__("clipood.clip.backbone").clip.backbone._CONFIG_DIR) / "clipood-tiny.json").read_text())
     (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
     save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(d / "open_clip_model.safetensors"))
     x = torch.randn(2, 3, 64, 64)

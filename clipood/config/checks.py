@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .compose import get
 from ..errors import ClipoodError, unknown
+from .compose import get
 
 log = logging.getLogger("clipood")
 

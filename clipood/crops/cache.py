@@ -13,10 +13,10 @@ from typing import Sequence
 
 import torch
 
-from .sampling import CropConfig, make_crops, preprocess_params, select_crops
-from ..errors import ClipoodError
 from ..clip.image_features import cache_key, dataset_fingerprint
+from ..errors import ClipoodError
 from ..io import cache_write, load_safetensors, save_safetensors
+from .sampling import CropConfig, make_crops, preprocess_params, select_crops
 
 log = logging.getLogger("clipood")
 _FORMAT = "clipood-crops-v1"

@@ -3,8 +3,8 @@ and Q least class-like crops of each image encoded once and cached (paper §3.4)
 from __future__ import annotations
 
 from ..config.checks import cache_root
-from ..evaluation.benchmark import Benchmark
 from ..errors import ClipoodError
+from ..evaluation.benchmark import Benchmark
 from ..evaluation.protocol import SplitFeatures
 
 __all__ = ["build_crop_data"]

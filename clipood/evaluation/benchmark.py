@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config.checks import cache_root, check_environment, check_locations, check_run_settings
 from ..config.compose import get
 from ..errors import ClipoodError
-from ..config.checks import cache_root, check_environment, check_locations, check_run_settings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
