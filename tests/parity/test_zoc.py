@@ -114,8 +114,10 @@ def test_score_is_one_minus_the_releases_candidate_mass():
     seen_f = rng.normal(size=(len(SEEN), 8))
     seen_f /= np.linalg.norm(seen_f, axis=1, keepdims=True)
     vocab_f = rng.normal(size=(len(VOCAB), 8))
+    vocab_f[:4] = img + 0.05 * rng.normal(size=(4, 8))  # words close to each image: candidates that compete
     vocab_f /= np.linalg.norm(vocab_f, axis=1, keepdims=True)
     mask = rng.random((4, len(VOCAB))) < 0.4
+    mask[np.arange(1, 4), np.arange(1, 4)] = True
     mask[0] = False  # an image with no candidate: all mass on the seen labels
     ref = []
     for b in range(4):
@@ -126,7 +128,7 @@ def test_score_is_one_minus_the_releases_candidate_mass():
         ref.append(1.0 - np.sum(p[len(SEEN):]))  # ood_prob_sum = Σ zeroshot_probs[len(seen):]
     got = zoc_score(torch.tensor(100.0 * img @ seen_f.T), torch.tensor(100.0 * img @ vocab_f.T), torch.tensor(mask))
     check("zoc_score", got, np.array(ref), tol=1e-12)
-    assert float(got[0]) == 1.0
+    assert float(got[0]) == 1.0 and float(got[1:].max()) < 0.9  # the candidates take mass: not a degenerate fixture
 
 
 def test_seen_labels_are_never_candidates():
