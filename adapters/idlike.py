@@ -1,4 +1,4 @@
-"""ID-like prompt learning (Bai et al., CVPR 2024) — crop selection, loss terms, test score and the ``idlike`` adapter.
+"""ID-like prompt learning (Bai et al., CVPR 2024): crop selection, loss terms, test score, the ``idlike`` adapter.
 
 The authors' repository
 (ycfate/ID-like) holds only a README; the paper defines the method. The defaults below agree with a public copy
@@ -57,10 +57,11 @@ from clipood.training.task import LossInputs, TrainingTask
 from .context import AdapterContext
 from .contract import AdapterConfig, AdapterOutput, check_choice, check_float, check_int, full_precision
 from .coop import CoOp, CoOpConfig
-from .prompting import PromptBank, cached_encoding
+from .prompting import PromptBank
 from .registry import register_adapter
 
-__all__ = ["IDLike", "IDLikeConfig", "IDLikeTask", "IDLIKE_DEFAULTS", "idlike_diversity_loss", "idlike_loss", "idlike_out_loss", "idlike_score",
+__all__ = ["IDLike", "IDLikeConfig", "IDLikeTask", "IDLIKE_DEFAULTS", "idlike_diversity_loss", "idlike_loss",
+           "idlike_out_loss", "idlike_score",
            "idlike_select_crops", "ood_prompt_context"]
 
 #: the paper's ImageNet-1k setting (4-shot), as the authors' training script sets it
@@ -192,7 +193,7 @@ class IDLike(CoOp):
     def ood_text_features(self) -> torch.Tensor:
         """M×D unit features of the OOD prompts (one encoding per training step; cached while no gradient is
         needed and the parameters are unchanged)."""
-        return cached_encoding(self, "idlike_ood", (self.ood_ctx, self.ood_words), lambda: self.ood_bank.encode(
+        return self.cached_features("idlike_ood", [self.ood_ctx, self.ood_words], lambda: self.ood_bank.encode(
             ood_prompt_context(self.ood_ctx, self.ood_words)).to(self.base_text_features.device))
 
     def tuned_text_features(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
@@ -209,8 +210,8 @@ class IDLike(CoOp):
 
     def _relabel(self, context: AdapterContext) -> "IDLike":
         if context.num_neg != self.num_neg:
-            raise ClipoodError(f"adapter 'idlike' has {self.num_neg} OOD prompts in its negative columns; the new label "
-                               f"set has {context.num_neg} negatives: use negatives.num={self.num_neg}")
+            raise ClipoodError(f"adapter 'idlike' has {self.num_neg} OOD prompts in its negative columns; the new "
+                               f"label set has {context.num_neg} negatives: use negatives.num={self.num_neg}")
         return super()._relabel(context)
 
 

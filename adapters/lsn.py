@@ -46,7 +46,6 @@ from clipood.training.task import LossInputs, TrainingTask
 from .context import AdapterContext
 from .contract import AdapterConfig, AdapterOutput, check_bool, check_choice, check_float, check_int, full_precision
 from .coop import CoOp, CoOpConfig
-from .prompting import cached_encoding
 from .registry import register_adapter
 
 __all__ = ["LSN", "LSNConfig", "LSNTask", "LSN_DEFAULTS", "NEG_RULES", "NEG_REDUCES", "lsn_loss",
@@ -112,7 +111,7 @@ def lsn_negative_loss(neg_logits: torch.Tensor, labels: torch.Tensor, rule: str 
 
 def lsn_orthogonality_loss(neg_features: torch.Tensor, power: int = 1, *, absolute: bool = False,
                            detach_others: bool = True) -> torch.Tensor:
-    """L_orth = Σ_k mean_i mean_{l ≠ k} f(cos(t̄_{i,k}, t̄_{i,l})) with f = identity (release), |·|^power otherwise;
+    """L_orth = Σ_k mean_i mean_{l ≠ k} f(cos(t̄_{i,k}, t̄_{i,l})), f = identity (release), else |·|^power;
     with ``detach_others`` the l-th set enters as a constant in set k's term (N×K×D features; 0 when K = 1)."""
     if neg_features.ndim != 3:
         raise ClipoodError(f"negative prompt features must be N×K×D, got {tuple(neg_features.shape)}")
@@ -199,7 +198,8 @@ class LSNConfig(CoOpConfig):
         check_choice("neg_rule", self.neg_rule, NEG_RULES)
         check_choice("neg_reduce", self.neg_reduce, NEG_REDUCES)
         if self.class_specific:
-            raise ClipoodError("class_specific=true: LSN's positive prompt is shared (its negatives are class-specific)")
+            raise ClipoodError("class_specific=true: LSN's positive prompt is shared (its negatives are "
+                               "class-specific)")
 
 
 class LSN(CoOp):
@@ -221,7 +221,7 @@ class LSN(CoOp):
         def enc():
             dev = self.base_text_features.device
             return torch.stack([self.id_bank.encode(c).to(dev) for c in self.neg_ctx], dim=1)
-        return cached_encoding(self, "lsn_neg", (self.neg_ctx,), enc)
+        return self.cached_features("lsn_neg", [self.neg_ctx], enc)
 
     def forward_batch(self, batch: Mapping[str, Any]) -> AdapterOutput:
         v = self.image_features(batch)
@@ -235,11 +235,9 @@ class LSN(CoOp):
                                               cfg.score_neg_temperature, cfg.neg_reduce).float())
         return out
 
-    def _relabel(self, context: AdapterContext) -> "LSN":
+    def id_tied_weights(self) -> str:
         """The negative prompts belong to the training classes: only the same ID labels (other negatives) move."""
-        if not self.context.same_id_labels(context):
-            raise self.label_tied_error(context, "class-specific negative prompts (LSN)")
-        return super()._relabel(context)
+        return "class-specific negative prompts (LSN)"
 
 
 class LSNTask(TrainingTask):

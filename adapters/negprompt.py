@@ -55,14 +55,13 @@ from clipood.errors import ClipoodError
 from clipood.training.task import LossInputs, TrainingTask
 
 from .context import AdapterContext
-from .contract import Adapter, AdapterConfig, AdapterOutput, check_bool, check_choice, check_float, check_int
-from .contract import full_precision
-from .coop import check_prompt_options
+from .contract import Adapter, AdapterConfig, AdapterOutput, check_choice, check_float, check_int, full_precision
 from .negpt import multilabel_soft_margin, prompt_distance_loss, prompt_spread_loss
-from .prompting import PromptBank, SharedTextFeatures, cached_encoding, check_frozen_text_path, context_length
+from .prompt_learner import LabelPromptConfig, PromptLearner
 from .registry import register_adapter
 
-__all__ = ["NegPrompt", "NegPromptConfig", "NegPromptReleaseTask", "NEGPROMPT_DEFAULTS", "NEGPROMPT_SCORES", "negative_context_init", "negprompt_score",
+__all__ = ["NegPrompt", "NegPromptConfig", "NegPromptReleaseTask", "NEGPROMPT_DEFAULTS", "NEGPROMPT_SCORES",
+           "negative_context_init", "negprompt_score",
            "negprompt_stage2_loss", "negprompt_targets", "negprompt_text_features", "release_layout",
            "split_release_layout"]
 
@@ -173,15 +172,8 @@ def negprompt_text_features(bank, positive_ctx: torch.Tensor,
 
 # ------------------------------------------------------------------------------------------------ adapter
 @dataclass
-class NegPromptConfig(AdapterConfig):
-    ctx_init: str = field(default="a photo of a", metadata={
-        "help": "phrase whose token embeddings start the negative contexts alone (stacked: CoOp's context)"})
-    n_ctx: int = field(default=4, metadata={"help": "context length when ctx_init is ''"})
-    ctx_count: str = field(default="words", metadata={
-        "help": "context vectors of ctx_init: 'words' (one per word, the release's \\w+ count) | 'tokens'"})
+class NegPromptConfig(LabelPromptConfig):
     full_stop: bool = field(default=False, metadata={"help": "'.' after each name (the release writes none)"})
-    chunk_size: int = field(default=256, metadata={"help": "prompts encoded per text-encoder call"})
-    cls_columns: str = field(default="id", metadata={"help": "columns of L_cls (the release's CE: 'id')"})
     n_neg: int = field(default=2, metadata={"help": "NEGA_CTX: shared negative contexts, each on every ID name (2)"})
     msm_weight: float = field(default=1.0, metadata={"help": "weight of the multi-label soft margin (release: 1)"})
     np_weight: float = field(default=0.1, metadata={"help": "weight of L_np (release: 0.1)"})
@@ -192,38 +184,24 @@ class NegPromptConfig(AdapterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_prompt_options(self)
-        check_bool("full_stop", self.full_stop)
         check_int("n_neg", self.n_neg, minimum=1)
         for k in ("msm_weight", "np_weight", "nn_weight", "init_noise"):
             check_float(k, getattr(self, k), minimum=0)
         check_choice("score", self.score, NEGPROMPT_SCORES)
 
 
-class NegPrompt(SharedTextFeatures, Adapter):
+class NegPrompt(PromptLearner):
     """``NegPrompt(context, n_neg=2)``: n learned negative contexts (``neg_ctx``) over every ID name, positives =
     the context's frozen ID rows; trains with :class:`NegPromptReleaseTask`."""
 
     config_cls = NegPromptConfig
-    uses_text_encoder = True
 
     def __init__(self, context: AdapterContext | torch.Tensor, num_id: int | None = None,
                  config: AdapterConfig | Mapping | None = None, **overrides: Any) -> None:
         super().__init__(context, num_id, config, **overrides)
-        ctx = self.context
-        ctx.require_text_path(self.name or "negprompt")
-        check_frozen_text_path(ctx.text_path, f"adapter '{self.name or 'negprompt'}'")
-        cfg = self.config
-        phrase = " ".join(cfg.ctx_init.split())
-        n_ctx = context_length(ctx.text_path, ctx.tokenizer, phrase, cfg.ctx_count) if phrase else cfg.n_ctx
-        self.bank = PromptBank(ctx.text_path, ctx.tokenizer, ctx.id_names, n_ctx, phrase or None, cfg.chunk_size,
-                               end="." if cfg.full_stop else "")
-        start = self.bank.init_ctx.clone() if phrase else 0.02 * torch.randn(n_ctx, ctx.text_path.width)
-        self.neg_ctx = nn.Parameter(negative_context_init(start, cfg.n_neg, cfg.init_noise))
-
-    @property
-    def cls_columns(self) -> str:
-        return self.config.cls_columns
+        self.bank = self.prompt_bank(self.context.id_names)
+        start = self.initial_context(self.bank)
+        self.neg_ctx = nn.Parameter(negative_context_init(start, self.config.n_neg, self.config.init_noise))
 
     def init_from_base(self, base: Adapter) -> None:
         """Stage 2: every negative context starts at the trained positive (CoOp) context + U(±init_noise)."""
@@ -235,7 +213,7 @@ class NegPrompt(SharedTextFeatures, Adapter):
 
     def negative_text_features(self) -> torch.Tensor:
         """N×n×D unit features of the negative prompts (one encoding per step; cached while unchanged)."""
-        return cached_encoding(self, "negprompt_neg", (self.neg_ctx,), lambda: torch.stack(
+        return self.cached_features("negprompt_neg", [self.neg_ctx], lambda: torch.stack(
             [self.bank.encode(q).to(self.base_text_features.device) for q in self.neg_ctx], dim=1))
 
     def tuned_text_features(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
@@ -254,7 +232,8 @@ class NegPrompt(SharedTextFeatures, Adapter):
 
 class NegPromptReleaseTask(TrainingTask):
     """The configured terms (``losses.cls`` = the release's 1e-8·CE over the positives) plus the stage-2 terms:
-    msm_weight·L_msm over the N(1+n) prompts + np_weight·L_np + nn_weight·L_nn. Trains through a stack on ``coop``."""
+    msm_weight·L_msm over the N(1+n) prompts + np_weight·L_np + nn_weight·L_nn. Trains through a stack on
+    ``coop``."""
 
     trains_stacked = True
 

@@ -109,21 +109,6 @@ class SharedTextFeatures:
         return scope[key]
 
 
-def cached_encoding(module, key: str, params, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """``module._shared(key, compute)`` (once per training step), cached on ``module`` between calls while no
-    gradient is needed and ``params`` are unchanged (same versions, storage and device); ``train()`` of a
-    prompt learner drops nothing here, the parameters' versions do (an optimiser step re-encodes)."""
-    grad = torch.is_grad_enabled() and any(p.requires_grad for p in params)
-    stamp = tuple((p._version, p.data_ptr(), p.device) for p in params)
-    caches = module.__dict__.setdefault("_encoding_caches", {})
-    hit = caches.get(key)
-    if not grad and hit is not None and hit[0] == stamp:
-        return hit[1]
-    feats = module._shared(key, compute)
-    caches[key] = None if grad else (stamp, feats)
-    return feats
-
-
 class PromptBank(nn.Module):
     """Frozen prompt pieces of ``names`` around ``n_ctx`` context slots (see the module docstring).
 

@@ -181,7 +181,7 @@ def test_negprompt_task_is_the_released_stage_two_loss(context):
 def test_negprompt_stacked_on_coop_starts_at_its_context_and_scores_with_its_positives(context):
     coop = perturb(build_adapter("coop", context)).eval()
     s = stack(coop, "negprompt")
-    assert float((s.tuner.neg_ctx - coop.ctx[None]).detach().abs().max()) <= 1e-5
+    assert float((s.tuner.neg_ctx - coop.ctx[None]).detach().abs().max()) <= 1.1e-5  # U(±1e-5), float32 rounding
     v = unit(torch.randn(4, context.dim, generator=torch.Generator().manual_seed(5)))
     with torch.no_grad():
         out = s(v)
