@@ -206,3 +206,43 @@ def test_adapter_score_passes_through_evaluation_and_is_refused_for_adapters_wit
     with pytest.raises(ClipoodError, match="eval.score=adapter needs an adapter with its own test score") as e:
         own_scores(coop, coop(torch.randn(2, context.dim)))
     assert "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------------- presets
+def test_imagenet_presets_hold_the_released_values():
+    """Values written out from the releases (SCT's train.sh / CoOp's config, ID-like's script, LSN's
+    main_feature_100_upload.py, NegPrompt's train_test_ood.py), not read back from the code."""
+    from clipood_recipes.configure import compose_settings
+    from clipood_recipes.settings import TrainRunSettings
+    from helpers import ROOT
+
+    def cfg(name):
+        return compose_settings(TrainRunSettings, [f"preset={name}"], configs_dir=ROOT / "recipes" / "configs",
+                                recipe="krnft")
+
+    def train(c, *keys):
+        return tuple(c["train"][k] for k in keys)
+
+    sct = cfg("sct_imagenet")
+    o = sct["adapter"]["options"]
+    assert (sct["adapter"]["name"], o["n_ctx"], o["ctx_init"], o["top_k"], o["entropy_weight"],
+            o["detach_confidence"], sct["eval"]["score"]) == ("sct", 16, "", 200, 0.25, False, "glmcm")
+    assert train(sct, "optimizer", "lr", "epochs", "batch_size", "warmup_lr") == ("sgd", 0.002, 25, 32, 1e-5)
+    idl = cfg("idlike_imagenet")
+    o = idl["adapter"]["options"]
+    assert (idl["negatives"]["num"], o["n_ctx"], o["ood_n_ctx"], o["div_weight"], idl["losses"]["ood"],
+            idl["losses"]["cls"], o["cls_columns"]) == (100, 16, 16, 0.2, 0.3, 1.0, "all")
+    assert (idl["crops"]["num_crops"], idl["crops"]["num_selected"], idl["shots"]) == (256, 32, 4)
+    assert train(idl, "optimizer", "lr", "epochs", "batch_size") == ("adamw", 0.005, 3, 1)
+    lsn = cfg("lsn_imagenet")
+    o = lsn["adapter"]["options"]
+    assert (o["n_ctx"], o["n_neg_prompts"], o["neg_temperature"], o["orth_weight"], o["score_neg_temperature"],
+            o["on_probs"], lsn["eval"]["score"]) == (16, 3, 5.0, 1.0, 5.0, True, "adapter")
+    assert train(lsn, "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs") == \
+        ("sgd", 0.001, 0.9, 0.0005, 8, 50)
+    neg = cfg("negprompt_imagenet")
+    o = neg["adapter"]["options"]
+    assert (o["n_neg"], o["msm_weight"], o["np_weight"], o["nn_weight"], o["full_stop"], neg["losses"]["cls"],
+            neg["eval"]["score"]) == (2, 1.0, 0.1, 0.05, False, 1e-8, "adapter")
+    assert train(neg, "optimizer", "lr", "momentum", "batch_size", "cosine_period", "epochs") == \
+        ("sgd", 0.1, 0.0, 64, 50, 15)
