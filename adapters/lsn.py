@@ -125,8 +125,8 @@ def lsn_orthogonality_loss(neg_features: torch.Tensor, power: int = 1, *, absolu
     gram = torch.einsum("nkd,nld->nkl", t, other)                               # row k: set k against set l
     if absolute or power != 1:
         gram = gram.abs().pow(power)
-    off = ~torch.eye(k, dtype=torch.bool, device=gram.device)
-    return gram[:, off].reshape(-1, k, k - 1).mean(dim=(0, 2)).sum()
+    off = 1.0 - torch.eye(k, dtype=gram.dtype, device=gram.device)             # no boolean indexing: static shapes
+    return ((gram * off).sum(2) / (k - 1)).mean(0).sum()
 
 
 def lsn_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, labels: torch.Tensor, neg_features: torch.Tensor,
@@ -188,6 +188,8 @@ class LSNConfig(CoOpConfig):
         super().__post_init__()
         check_int("n_neg_prompts", self.n_neg_prompts, minimum=1)
         check_int("orth_power", self.orth_power, minimum=1)
+        if self.orth_power > 2:
+            raise ClipoodError(f"orth_power must be 1 (the release) or 2, got {self.orth_power}")
         for k in ("neg_temperature", "score_neg_temperature"):
             check_float(k, getattr(self, k))
             _temperature(getattr(self, k), k)

@@ -264,12 +264,13 @@ def _fake_friendly():
     """Fake tensors have no values: give the two value-dependent steps of the methods a shape-only twin.
 
     ``torch.unique(rows, dim=0)`` (ConNegPT: encode each distinct condition once) → every row distinct, which is
-    exact for this suite's random conditions; LoCoOp's "any OOD patch?" branch → always taken (its entropy is
-    element-wise work, which FLOP counts do not include).
+    exact for this suite's random conditions; LoCoOp's and SCT's "any OOD patch?" branch → always taken (their
+    entropies are element-wise work, which FLOP counts do not include).
     """
     import adapters.locoop as locoop
+    import adapters.sct as sct
 
-    real_unique, real_entropy = torch.unique, locoop.locoop_entropy_loss
+    real_unique, real_entropy, real_sct = torch.unique, locoop.locoop_entropy_loss, sct.sct_entropy_loss
 
     def unique(x, *args, dim=None, return_inverse=False, **kwargs):
         if dim == 0 and return_inverse:
@@ -280,11 +281,15 @@ def _fake_friendly():
         mask = locoop.ood_patch_mask(scaled.detach(), labels, top_k).float()
         return -(locoop.patch_entropy(scaled) * mask).sum() / mask.numel()
 
-    torch.unique, locoop.locoop_entropy_loss = unique, entropy
+    def sct_entropy(scaled, labels, top_k, confidence, eps=1e-7, log_eps=1e-5):  # SCT's weighted twin
+        mask = locoop.ood_patch_mask(scaled.detach(), labels, top_k).float()
+        return -(locoop.patch_entropy(scaled, log_eps) * (eps + confidence)[:, None] * mask).sum() / mask.numel()
+
+    torch.unique, locoop.locoop_entropy_loss, sct.sct_entropy_loss = unique, entropy, sct_entropy
     try:
         yield
     finally:
-        torch.unique, locoop.locoop_entropy_loss = real_unique, real_entropy
+        torch.unique, locoop.locoop_entropy_loss, sct.sct_entropy_loss = real_unique, real_entropy, real_sct
 
 
 @contextlib.contextmanager
