@@ -27,6 +27,7 @@ from .coop import CoOp, CoOpConfig
 from .lapt import LAPT, LAPTConfig
 from .locoop import LoCoOp, LoCoOpConfig
 from .negpt import NegPT, NegPTConfig
+from .prompt_learner import LabelPromptConfig, PromptConfig, PromptLearner
 from .stacked import Stacked, StackedConfig, stack
 from .feature_tuning import FT, NFT, CoFT, CoFTConfig, FeatureTuning, FeatureTuningConfig, FTConfig, NFTConfig
 from .taskres import TaskRes, TaskResConfig
@@ -52,5 +53,6 @@ __all__ = [
     "register_adapter", "save_adapter",
     "CoOp", "CoOpConfig", "FeatureTuning", "FeatureTuningConfig", "FT", "FTConfig", "CoFT", "CoFTConfig", "NFT",
     "NFTConfig", "TaskRes", "TaskResConfig", "LoCoOp", "LoCoOpConfig", "NegPT", "NegPTConfig", "ConNegPT",
-    "ConNegPTConfig", "LAPT", "LAPTConfig", "Stacked", "StackedConfig", "stack",
+    "ConNegPTConfig", "LAPT", "LAPTConfig", "Stacked", "StackedConfig", "stack", "PromptLearner", "PromptConfig",
+    "LabelPromptConfig",
 ]

@@ -31,95 +31,39 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from clipood.errors import ClipoodError
-
 from .context import AdapterContext
-from .contract import Adapter, AdapterConfig, AdapterOutput, check_bool, check_choice, check_int, full_precision
-from .prompting import CTX_COUNTS, PromptBank, SharedTextFeatures, check_frozen_text_path, context_length
+from .contract import AdapterConfig, AdapterOutput, check_bool, full_precision
+from .prompt_learner import LabelPromptConfig, PromptLearner
 from .registry import register_adapter
-
-CLS_COLUMNS = ("id", "all")
-
-
-def check_prompt_options(cfg: AdapterConfig) -> None:
-    """Checks shared by the prompt learners' configs (ctx_init, n_ctx, ctx_count, chunk_size, cls_columns)."""
-    if not isinstance(cfg.ctx_init, str) or "{}" in cfg.ctx_init:
-        raise ClipoodError(f"ctx_init must be a plain phrase such as 'a photo of a', got {cfg.ctx_init!r}")
-    check_int("n_ctx", cfg.n_ctx, minimum=1)
-    check_int("chunk_size", cfg.chunk_size, minimum=1)
-    check_choice("ctx_count", cfg.ctx_count, CTX_COUNTS)
-    if hasattr(cfg, "cls_columns"):
-        check_choice("cls_columns", cfg.cls_columns, CLS_COLUMNS)
 
 
 @dataclass
-class CoOpConfig(AdapterConfig):
-    ctx_init: str = field(default="a photo of a", metadata={
-        "help": "phrase whose token embeddings initialise the context; '' = random N(0, 0.02) with n_ctx vectors"})
-    n_ctx: int = field(default=4, metadata={
-        "help": "number of context vectors when ctx_init is '' (random N(0, 0.02) init; CoOp: 16)"})
-    ctx_count: str = field(default="words", metadata={
-        "help": "context vectors of ctx_init: 'words' (one per word, the released code) | 'tokens' (one per token)"})
-    full_stop: bool = field(default=True, metadata={
-        "help": "end each prompt with '.' after the name (CoOp; NegPrompt's stage-1 prompts have none)"})
+class CoOpConfig(LabelPromptConfig):
     class_specific: bool = field(default=False, metadata={
         "help": "one context per ID class (N×n×W, CoOp's CSC) instead of one shared context (n×W)"})
-    chunk_size: int = field(default=256, metadata={
-        "help": "labels encoded per text-encoder call (activation checkpointing per chunk while training)"})
-    cls_columns: str = field(default="id", metadata={
-        "help": "columns of the training cross-entropy: 'id' (the N ID labels, the released code) | 'all' "
-                "(ID + frozen negatives, KR-NFT's L_cls)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_prompt_options(self)
-        check_bool("full_stop", self.full_stop)
         check_bool("class_specific", self.class_specific)
 
 
-class CoOp(SharedTextFeatures, Adapter):
+class CoOp(PromptLearner):
     """``CoOp(context, ctx_init="a photo of a", class_specific=False)``; ``context`` needs names and a text path
     (``AdapterContext.from_backbone``). Parameter: ``ctx`` (n×W shared, N×n×W class-specific)."""
 
     config_cls = CoOpConfig
-    uses_text_encoder = True
 
     def __init__(self, context: AdapterContext | torch.Tensor, num_id: int | None = None,
                  config: AdapterConfig | Mapping | None = None, **overrides: Any) -> None:
         super().__init__(context, num_id, config, **overrides)
-        ctx = self.context
-        ctx.require_text_path(self.name or "coop")
-        check_frozen_text_path(ctx.text_path, self.name or "coop")
-        cfg = self.config
-        tp = ctx.text_path
-        phrase = " ".join(cfg.ctx_init.split())
-        n_ctx = context_length(tp, ctx.tokenizer, phrase, cfg.ctx_count) if phrase else cfg.n_ctx
-        self.id_bank = PromptBank(tp, ctx.tokenizer, ctx.id_names, n_ctx, phrase or None, cfg.chunk_size,
-                                  end="." if cfg.full_stop else "")
-        self.n_ctx = n_ctx
-        # global RNG: seeded like every other adapter's init
-        init = self.id_bank.init_ctx.clone() if phrase else 0.02 * torch.randn(n_ctx, tp.width)
-        if cfg.class_specific:
-            init = init[None].repeat(self.num_id, 1, 1)
-        self.ctx = nn.Parameter(init.float())
-        self._eval_cache: tuple[Any, torch.Tensor] | None = None
-
-    @property
-    def cls_columns(self) -> str:
-        """Columns of the training cross-entropy (read by ``clipood.training.task``'s L_cls)."""
-        return self.config.cls_columns
+        self.id_bank = self.prompt_bank(self.context.id_names)
+        self.ctx = nn.Parameter(self.initial_context(self.id_bank, self.num_id if self.config.class_specific else None))
 
     # ------------------------------------------------------------------------------------ encoding
     def id_text_features(self) -> torch.Tensor:
         """The N learned ID text features t_i (unit rows, N×D), encoded in chunks (once per training step)."""
-        key = (self.ctx._version, self.ctx.data_ptr(), self.ctx.device)
-        grad = torch.is_grad_enabled() and self.ctx.requires_grad
-        if not grad and self._eval_cache is not None and self._eval_cache[0] == key:
-            return self._eval_cache[1]
-        feats = self._shared("id", lambda: self.id_bank.encode(self.ctx).to(self.base_text_features.device))
-        if not grad:
-            self._eval_cache = (key, feats)
-        return feats
+        return self.cached_features("id", [self.ctx],
+                                    lambda: self.id_bank.encode(self.ctx).to(self.base_text_features.device))
 
     def tuned_text_features(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """K×D: the learned ID features, then the frozen negative rows (``image_features`` is ignored)."""
@@ -135,16 +79,9 @@ class CoOp(SharedTextFeatures, Adapter):
     def forward_batch(self, batch: Mapping[str, Any]) -> AdapterOutput:
         return self._output(self.image_features(batch), self.id_text_features())
 
-    # ---------------------------------------------------------------------------------- relabelling
-    def _relabel(self, context: AdapterContext) -> "CoOp":
-        """A shared context re-encodes the new names; a class-specific one belongs to the training classes."""
-        if self.config.class_specific and not self.context.same_id_labels(context):
-            raise self.label_tied_error(context, "one context per class (class_specific=True)")
-        return super()._relabel(context)
-
-    def train(self, mode: bool = True) -> "CoOp":
-        self._eval_cache = None
-        return super().train(mode)
+    def id_tied_weights(self) -> str | None:
+        """A class-specific context belongs to the training classes; a shared one re-encodes any names."""
+        return "one context per class (class_specific=True)" if self.config.class_specific else None
 
 
 register_adapter("coop", CoOpConfig, CoOp)

@@ -1,6 +1,6 @@
-"""ID-like prompt learning (Bai et al., CVPR 2024) — crop selection, loss terms and test score.
+"""ID-like prompt learning (Bai et al., CVPR 2024): crop selection, loss terms, test score, the ``idlike`` adapter.
 
-Part A of the seed-methods issue: pure functions, no adapter registered yet. The authors' repository
+The authors' repository
 (ycfate/ID-like) holds only a README; the paper defines the method. The defaults below agree with a public copy
 of the authors' training script (``eval_ood_detection.py`` argparse, ``config.py``, ``utils/id_like.py``,
 ``utils/id_like_loss.py``; it carries no licence, so nothing of it is reused — it is read for the values).
@@ -30,18 +30,38 @@ copy keeps commented out. Both push the outliers onto the OOD prompts. L_div is
 **Score**: the ID probability mass over all N + M prompts, S = Σ_{i ≤ N} softmax(z / T)_i (``rule="sum"``, the
 copy's ``get_result``: Σ_OOD p − 1, negated by its metric code; T = 1 on s·cos); ``rule="max"`` is the MCM form
 max_{i ≤ N} softmax(z / T)_i over the same N + M columns.
+
+**In clipood** (``idlike`` adapter): the M OOD prompts fill the M negative columns of the contract (M = the
+run's ``negatives.num``; the mined negatives' names are not used, their frozen rows only give ``base_cos``); the ID
+crops and the outlier crops are the crop cache's Q most and Q least label-like crops; L_in is ``losses.cls`` over
+all N + M columns (``cls_columns: all``), L_out is ``losses.ood`` (``out_rule="id_mass"``: clipood's L_ood, the
+same formula) and L_div is added by :class:`IDLikeTask` at ``div_weight``; the test score is ``eval.score=neglabel``
+(the ID mass over all prompts, ungrouped). The ID context and the OOD prompts are class-agnostic, so a trained
+adapter moves to other ID labels with the same number of negative columns.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from clipood.crops.sampling import select_crops
 from clipood.errors import ClipoodError
 from clipood.losses import ood_loss
 from clipood.scores import neglabel_score
+from clipood.training.task import LossInputs, TrainingTask
 
-__all__ = ["IDLIKE_DEFAULTS", "idlike_diversity_loss", "idlike_loss", "idlike_out_loss", "idlike_score",
+from .context import AdapterContext
+from .contract import AdapterConfig, AdapterOutput, check_choice, check_float, check_int, full_precision
+from .coop import CoOp, CoOpConfig
+from .prompting import PromptBank
+from .registry import register_adapter
+
+__all__ = ["IDLike", "IDLikeConfig", "IDLikeTask", "IDLIKE_DEFAULTS", "idlike_diversity_loss", "idlike_loss",
+           "idlike_out_loss", "idlike_score",
            "idlike_select_crops", "ood_prompt_context"]
 
 #: the paper's ImageNet-1k setting (4-shot), as the authors' training script sets it
@@ -127,3 +147,88 @@ def ood_prompt_context(shared_ctx: torch.Tensor, words: torch.Tensor) -> torch.T
         raise ClipoodError(f"shared_ctx must be L×W and words M×W, got {tuple(shared_ctx.shape)}, {tuple(words.shape)}")
     m = words.shape[0]
     return torch.cat([shared_ctx[None].expand(m, -1, -1), words[:, None, :]], dim=1)
+
+
+# ------------------------------------------------------------------------------------------------ adapter
+@dataclass
+class IDLikeConfig(CoOpConfig):
+    ctx_init: str = field(default="", metadata={
+        "help": "phrase initialising the ID context; '' = N(0, 0.02) with n_ctx vectors (ID-like: random, 16)"})
+    n_ctx: int = field(default=16, metadata={"help": "ID context vectors when ctx_init is '' (ID-like: 16)"})
+    cls_columns: str = field(default="all", metadata={
+        "help": "columns of L_in: 'all' (the N ID and M OOD prompts, ID-like) | 'id'"})
+    ood_n_ctx: int = field(default=16, metadata={"help": "shared context vectors of the OOD prompts (ID-like: 16)"})
+    div_weight: float = field(default=0.2, metadata={"help": "λ_div of the OOD prompts' diversity loss (0.2)"})
+    out_rule: str = field(default="id_mass", metadata={
+        "help": "L_out: 'id_mass' (log Σ_ID p, the authors' executed line = losses.ood) | 'ood_mass'"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("ood_n_ctx", self.ood_n_ctx, minimum=1)
+        check_float("div_weight", self.div_weight, minimum=0)
+        check_choice("out_rule", self.out_rule, OUT_RULES)
+        if self.class_specific:
+            raise ClipoodError("class_specific=true: ID-like's ID context is shared by the classes")
+
+
+class IDLike(CoOp):
+    """``IDLike(context)``: CoOp's shared ID context (``ctx``) and M class-agnostic OOD prompts
+    ``[octx][w_j].`` (``ood_ctx`` L×W shared, ``ood_words`` M×W), M = the context's negative columns."""
+
+    config_cls = IDLikeConfig
+
+    def __init__(self, context: AdapterContext | torch.Tensor, num_id: int | None = None,
+                 config: AdapterConfig | Mapping | None = None, **overrides: Any) -> None:
+        super().__init__(context, num_id, config, **overrides)
+        m = self.num_neg
+        if m < 1:
+            raise ClipoodError("idlike puts its OOD prompts in the negative columns; the context has none "
+                               "(set negatives.num to the number of OOD prompts, ID-like: 100)")
+        tp, w = self.context.text_path, self.ctx.shape[-1]
+        self.ood_bank = PromptBank(tp, self.context.tokenizer, [""] * m, self.config.ood_n_ctx + 1,
+                                   chunk_size=self.config.chunk_size, end=".")
+        self.ood_ctx = nn.Parameter(0.02 * torch.randn(self.config.ood_n_ctx, w))
+        self.ood_words = nn.Parameter(0.02 * torch.randn(m, w))
+
+    def ood_text_features(self) -> torch.Tensor:
+        """M×D unit features of the OOD prompts (one encoding per training step; cached while no gradient is
+        needed and the parameters are unchanged)."""
+        return self.cached_features("idlike_ood", [self.ood_ctx, self.ood_words], lambda: self.ood_bank.encode(
+            ood_prompt_context(self.ood_ctx, self.ood_words)).to(self.base_text_features.device))
+
+    def tuned_text_features(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.cat([self.id_text_features(), self.ood_text_features()], dim=0)
+
+    def forward_batch(self, batch: Mapping[str, Any]) -> AdapterOutput:
+        v = self.image_features(batch)
+        tuned = self.tuned_text_features()
+        c = self.base_text_features
+        with full_precision(v.device):
+            logits = v @ tuned.t()
+            base_cos = (c * tuned).sum(-1)
+        return AdapterOutput(logits=logits, base_cos=base_cos, extras={"ood_text_features": tuned[self.num_id:]})
+
+    def _relabel(self, context: AdapterContext) -> "IDLike":
+        if context.num_neg != self.num_neg:
+            raise ClipoodError(f"adapter 'idlike' has {self.num_neg} OOD prompts in its negative columns; the new "
+                               f"label set has {context.num_neg} negatives: use negatives.num={self.num_neg}")
+        return super()._relabel(context)
+
+
+class IDLikeTask(TrainingTask):
+    """L_in = ``losses.cls`` (all columns), L_out = ``losses.ood`` (``out_rule``), plus div_weight·L_div."""
+
+    def term(self, name: str, o: LossInputs) -> torch.Tensor:
+        if name == "ood" and self.adapter.config.out_rule != "id_mass":
+            if o.neg_out is None:
+                raise ClipoodError("ID-like's L_out needs outlier crops (neg_features) in the batch")
+            return idlike_out_loss(o.logit_scale * o.neg_out.logits, o.num_id, self.adapter.config.out_rule)
+        return super().term(name, o)
+
+    def extra_losses(self, o: LossInputs) -> dict[str, tuple[float, torch.Tensor]]:
+        w = float(self.adapter.config.div_weight)
+        return {"div": (w, idlike_diversity_loss(o.id_out.extras["ood_text_features"]))} if w > 0 else {}
+
+
+IDLike.task_cls = IDLikeTask
+register_adapter("idlike", IDLikeConfig, IDLike)

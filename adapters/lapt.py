@@ -45,9 +45,9 @@ from clipood.errors import ClipoodError
 from clipood.training.task import LossInputs, TrainingTask
 
 from .context import AdapterContext
-from .contract import Adapter, AdapterConfig, AdapterOutput, check_choice, check_float, check_int, full_precision
-from .coop import check_prompt_options
-from .prompting import PromptBank, SharedTextFeatures, check_frozen_text_path, context_length, encode_prompts
+from .contract import AdapterConfig, AdapterOutput, check_choice, check_float, check_int, full_precision
+from .prompt_learner import PromptConfig, PromptLearner
+from .prompting import encode_prompts
 from .registry import register_adapter
 
 __all__ = ["LAPT", "LAPTConfig", "LAPTTask", "soft_cross_entropy", "cross_modal_mix_loss",
@@ -58,13 +58,10 @@ MIX_TEMPLATES = ("simple", "base")
 
 
 @dataclass
-class LAPTConfig(AdapterConfig):
+class LAPTConfig(PromptConfig):
     ctx_init: str = field(default="a photo of a", metadata={
         "help": "phrase initialising both contexts; '' = N(0, 0.02) with n_ctx vectors (the release)"})
     n_ctx: int = field(default=4, metadata={"help": "context length when ctx_init is '' (paper 4)"})
-    ctx_count: str = field(default="words", metadata={
-        "help": "context vectors of ctx_init: 'words' (one per word, the released code) | 'tokens' (one per token)"})
-    chunk_size: int = field(default=256, metadata={"help": "prompts encoded per text-encoder call"})
     mix_rule: str = field(default="release", metadata={
         "help": "'release': L_cls on cross-modal mixes with the own label's frozen text (the released wccm); "
                 "'clipood': clean L_cls + negative-image CE + mixing with a random label's tuned feature"})
@@ -84,7 +81,6 @@ class LAPTConfig(AdapterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_prompt_options(self)
         check_choice("mix_rule", self.mix_rule, MIX_RULES)
         check_choice("mix_templates", self.mix_templates, MIX_TEMPLATES)
         check_int("neg_images_per_label", self.neg_images_per_label, minimum=1)
@@ -97,32 +93,19 @@ class LAPTConfig(AdapterConfig):
             raise ClipoodError(f"neg_image_dir must be a folder path or '', got {self.neg_image_dir!r}")
 
 
-class LAPT(SharedTextFeatures, Adapter):
-    """``LAPT(context)``: parameters ``ctx`` (ID context, n×W) and ``ood_ctx`` (negative context, n×W)."""
+class LAPT(PromptLearner):
+    """``LAPT(context)``: parameters ``ctx`` (ID context, n×W) and ``ood_ctx`` (negative context, n×W). Its L_cls
+    runs over all K columns (``cls_columns`` "all": the released cross-entropy over the ID and negative prompts)."""
 
     config_cls = LAPTConfig
-    uses_text_encoder = True
-    cls_columns = "all"  # the released cross-entropy runs over the ID and the negative prompts
 
     def __init__(self, context: AdapterContext | torch.Tensor, num_id: int | None = None,
                  config: AdapterConfig | Mapping | None = None, **overrides: Any) -> None:
         super().__init__(context, num_id, config, **overrides)
-        ctx = self.context
-        ctx.require_text_path(self.name or "lapt")
-        check_frozen_text_path(ctx.text_path, f"adapter '{self.name or 'lapt'}'")
-        cfg = self.config
-        phrase = " ".join(cfg.ctx_init.split())
-        n_ctx = context_length(ctx.text_path, ctx.tokenizer, phrase, cfg.ctx_count) if phrase else cfg.n_ctx
-        self.id_bank = PromptBank(ctx.text_path, ctx.tokenizer, ctx.id_names, n_ctx, phrase or None, cfg.chunk_size)
-        self.neg_bank = (PromptBank(ctx.text_path, ctx.tokenizer, ctx.neg_names, n_ctx, phrase or None,
-                                    cfg.chunk_size) if ctx.neg_names else None)
-        width = ctx.text_path.width
-        if phrase:
-            init_id, init_neg = self.id_bank.init_ctx.clone(), self.id_bank.init_ctx.clone()
-        else:
-            init_id, init_neg = 0.02 * torch.randn(n_ctx, width), 0.02 * torch.randn(n_ctx, width)
-        self.ctx = nn.Parameter(init_id.float())
-        self.ood_ctx = nn.Parameter(init_neg.float())
+        self.id_bank = self.prompt_bank(self.context.id_names)
+        self.neg_bank = self.prompt_bank(self.context.neg_names) if self.context.neg_names else None
+        self.ctx = nn.Parameter(self.initial_context(self.id_bank))
+        self.ood_ctx = nn.Parameter(self.initial_context(self.id_bank))
 
     def tuned_text_features(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """K×D learned features: ID prompts, then negative prompts."""
@@ -135,14 +118,7 @@ class LAPT(SharedTextFeatures, Adapter):
 
     def _features(self) -> torch.Tensor:
         """The K×D tuned features: cached while no gradient is needed, encoded once per training step."""
-        grad = torch.is_grad_enabled() and self.ctx.requires_grad
-        key = tuple((p._version, p.data_ptr(), p.device) for p in (self.ctx, self.ood_ctx))
-        cache = self.__dict__.get("_eval_cache")
-        if not grad and cache is not None and cache[0] == key:
-            return cache[1]
-        feats = self._shared("tuned", self.tuned_text_features)
-        self.__dict__["_eval_cache"] = None if grad else (key, feats)
-        return feats
+        return self.cached_features("tuned", [self.ctx, self.ood_ctx], self.tuned_text_features)
 
     @torch.no_grad()
     def frozen_label_features(self) -> torch.Tensor:
@@ -163,10 +139,6 @@ class LAPT(SharedTextFeatures, Adapter):
         t = self._features()
         with full_precision(v.device):
             return AdapterOutput(logits=v @ t.t(), base_cos=(self.base_text_features * t).sum(-1))
-
-    def train(self, mode: bool = True) -> "LAPT":
-        self.__dict__["_eval_cache"] = None
-        return super().train(mode)
 
 
 # ------------------------------------------------------------------------------------------------ losses

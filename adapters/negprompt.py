@@ -1,8 +1,15 @@
 """NegPrompt as released (Li et al., CVPR 2024; mala-lab/NegPrompt) — prompt layout, stage-2 loss and test score.
 
-Part A of the seed-methods issue: pure functions, no adapter registered yet (part B builds the adapter on the
-prompt-learner base). clipood's ``negpt`` adapter keeps NegPrompt's stage-2 *terms* for mined negative labels;
-this module is the release's own design, reusing those terms (:mod:`adapters.negpt`).
+clipood's ``negpt`` adapter keeps NegPrompt's stage-2 *terms* for mined negative labels; this module is the
+release's own design, reusing those terms (:mod:`adapters.negpt`), and its ``negprompt`` adapter.
+
+**The adapter** learns the n negative contexts only (n × n_ctx × W). The positives t_c are the context's frozen
+ID rows: stacked on a trained ``coop`` (``base=coop base_checkpoint=<coop run>``, the release's stage 1) they are
+CoOp's learned features and the negative contexts start at CoOp's context + U(±1e-5) (:meth:`init_from_base`);
+alone they are the zero-shot rows and the contexts start at ``ctx_init``'s token embeddings + U(±1e-5). Its
+logits are the contract's K columns (the ID positives, then the frozen mined negatives, which NegPrompt does not
+use); ``extras`` carry the N×n negative-prompt cosines and the release's test score (``eval.score=adapter``).
+The shared contexts apply to any ID names, so a trained adapter moves to other labels.
 
 **Prompts** (``models/models.py`` ``NegaPromptLearner``): one positive context p (n_ctx × W, stage 1 = CoOp) and
 NEGA_CTX = n shared negative contexts q_1..q_n (default n = 2), each applied to **every** ID name:
@@ -37,14 +44,24 @@ T = 1 on cosines.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from clipood.errors import ClipoodError
+from clipood.training.task import LossInputs, TrainingTask
 
+from .context import AdapterContext
+from .contract import Adapter, AdapterConfig, AdapterOutput, check_choice, check_float, check_int, full_precision
 from .negpt import multilabel_soft_margin, prompt_distance_loss, prompt_spread_loss
+from .prompt_learner import LabelPromptConfig, PromptLearner
+from .registry import register_adapter
 
-__all__ = ["NEGPROMPT_DEFAULTS", "NEGPROMPT_SCORES", "negative_context_init", "negprompt_score",
+__all__ = ["NegPrompt", "NegPromptConfig", "NegPromptReleaseTask", "NEGPROMPT_DEFAULTS", "NEGPROMPT_SCORES",
+           "negative_context_init", "negprompt_score",
            "negprompt_stage2_loss", "negprompt_targets", "negprompt_text_features", "release_layout",
            "split_release_layout"]
 
@@ -151,3 +168,90 @@ def negprompt_text_features(bank, positive_ctx: torch.Tensor,
     pos = bank.encode(positive_ctx)
     neg = torch.stack([bank.encode(q) for q in negative_ctx], dim=1)
     return pos, neg
+
+
+# ------------------------------------------------------------------------------------------------ adapter
+@dataclass
+class NegPromptConfig(LabelPromptConfig):
+    full_stop: bool = field(default=False, metadata={"help": "'.' after each name (the release writes none)"})
+    n_neg: int = field(default=2, metadata={"help": "NEGA_CTX: shared negative contexts, each on every ID name (2)"})
+    msm_weight: float = field(default=1.0, metadata={"help": "weight of the multi-label soft margin (release: 1)"})
+    np_weight: float = field(default=0.1, metadata={"help": "weight of L_np (release: 0.1)"})
+    nn_weight: float = field(default=0.05, metadata={"help": "weight of L_nn (release: 0.05)"})
+    init_noise: float = field(default=1e-5, metadata={"help": "U(±noise) added to the starting contexts (1e-5)"})
+    score: str = field(default="msp", metadata={
+        "help": f"test score with eval.score=adapter: {' | '.join(NEGPROMPT_SCORES)} (the release's default: msp)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("n_neg", self.n_neg, minimum=1)
+        for k in ("msm_weight", "np_weight", "nn_weight", "init_noise"):
+            check_float(k, getattr(self, k), minimum=0)
+        check_choice("score", self.score, NEGPROMPT_SCORES)
+
+
+class NegPrompt(PromptLearner):
+    """``NegPrompt(context, n_neg=2)``: n learned negative contexts (``neg_ctx``) over every ID name, positives =
+    the context's frozen ID rows; trains with :class:`NegPromptReleaseTask`."""
+
+    config_cls = NegPromptConfig
+
+    def __init__(self, context: AdapterContext | torch.Tensor, num_id: int | None = None,
+                 config: AdapterConfig | Mapping | None = None, **overrides: Any) -> None:
+        super().__init__(context, num_id, config, **overrides)
+        self.bank = self.prompt_bank(self.context.id_names)
+        start = self.initial_context(self.bank)
+        self.neg_ctx = nn.Parameter(negative_context_init(start, self.config.n_neg, self.config.init_noise))
+
+    def init_from_base(self, base: Adapter) -> None:
+        """Stage 2: every negative context starts at the trained positive (CoOp) context + U(±init_noise)."""
+        pos = getattr(base, "ctx", None)
+        if pos is not None and pos.ndim == 2 and tuple(pos.shape) == tuple(self.neg_ctx.shape[1:]):
+            with torch.no_grad():
+                init = negative_context_init(pos.detach().cpu(), self.config.n_neg, self.config.init_noise)
+                self.neg_ctx.copy_(init.to(self.neg_ctx.device))
+
+    def negative_text_features(self) -> torch.Tensor:
+        """N×n×D unit features of the negative prompts (one encoding per step; cached while unchanged)."""
+        return self.cached_features("negprompt_neg", [self.neg_ctx], lambda: torch.stack(
+            [self.bank.encode(q).to(self.base_text_features.device) for q in self.neg_ctx], dim=1))
+
+    def tuned_text_features(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        return self.base_text_features  # the logits' K columns are the frozen rows (positives, mined negatives)
+
+    def forward_batch(self, batch: Mapping[str, Any]) -> AdapterOutput:
+        v = self.image_features(batch)
+        c, neg = self.base_text_features, self.negative_text_features()
+        with full_precision(v.device):
+            logits = v @ c.t()
+            neg_cos = torch.einsum("bd,ncd->bnc", v, neg)
+        score = negprompt_score(logits[:, : self.num_id], neg_cos, self.config.score, temperature=1.0)
+        return AdapterOutput(logits=logits, base_cos=c.new_ones(self.num_labels),
+                             extras={"neg_logits": neg_cos, "neg_text_features": neg, "ood_score": score.float()})
+
+
+class NegPromptReleaseTask(TrainingTask):
+    """The configured terms (``losses.cls`` = the release's 1e-8·CE over the positives) plus the stage-2 terms:
+    msm_weight·L_msm over the N(1+n) prompts + np_weight·L_np + nn_weight·L_nn. Trains through a stack on
+    ``coop``."""
+
+    trains_stacked = True
+
+    def extra_losses(self, o: LossInputs) -> dict[str, tuple[float, torch.Tensor]]:
+        a = getattr(self.adapter, "tuner", self.adapter)
+        cfg = a.config
+        pos, neg = o.logit_scale * o.id_out.logits[:, : o.num_id], o.logit_scale * o.id_out.extras["neg_logits"]
+        y = o.batch["id_labels"].to(pos.device).long()
+        feats = o.id_out.extras["neg_text_features"]
+        x = release_layout(pos, neg)
+        out = {"msm": (float(cfg.msm_weight),
+                       multilabel_soft_margin(x, negprompt_targets(y, pos.shape[1], neg.shape[2]).reshape(x.shape)))}
+        if cfg.np_weight > 0:
+            out["np"] = (float(cfg.np_weight), prompt_distance_loss(a.base_text_features[: a.num_id, None, :], feats))
+        if cfg.nn_weight > 0:
+            out["nn"] = (float(cfg.nn_weight), prompt_spread_loss(feats))
+        return out
+
+
+NegPrompt.task_cls = NegPromptReleaseTask
+register_adapter("negprompt", NegPromptConfig, NegPrompt)

@@ -39,9 +39,8 @@ from clipood.errors import ClipoodError
 from clipood.training.task import LossInputs, TrainingTask
 
 from .context import AdapterContext
-from .contract import Adapter, AdapterConfig, AdapterOutput, check_bool, check_float, full_precision
-from .coop import check_prompt_options
-from .prompting import PromptBank, SharedTextFeatures, check_frozen_text_path, context_length
+from .contract import Adapter, AdapterConfig, AdapterOutput, check_float, full_precision
+from .prompt_learner import LabelPromptConfig, PromptLearner
 from .registry import register_adapter
 
 __all__ = ["NegPT", "NegPTConfig", "NegativePrompts", "NegPromptTask", "multilabel_soft_margin",
@@ -49,15 +48,11 @@ __all__ = ["NegPT", "NegPTConfig", "NegativePrompts", "NegPromptTask", "multilab
 
 
 @dataclass
-class NegPTConfig(AdapterConfig):
+class NegPTConfig(LabelPromptConfig):
     ctx_init: str = field(default="a photo of a", metadata={
         "help": "phrase whose token embeddings initialise the negative context; '' = N(0, 0.02) with n_ctx vectors"})
-    n_ctx: int = field(default=4, metadata={"help": "context length when ctx_init is ''"})
-    ctx_count: str = field(default="words", metadata={
-        "help": "context vectors of ctx_init: 'words' (one per word, the released code) | 'tokens' (one per token)"})
     full_stop: bool = field(default=False, metadata={
         "help": "end each prompt with '.' after the name (NegPrompt's prompts have none)"})
-    chunk_size: int = field(default=256, metadata={"help": "prompts encoded per text-encoder call"})
     cls_columns: str = field(default="id", metadata={
         "help": "columns of L_cls: 'id' (NegPrompt's positive cross-entropy over the ID prompts) | 'all'"})
     msm_weight: float = field(default=0.0, metadata={
@@ -69,8 +64,6 @@ class NegPTConfig(AdapterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_prompt_options(self)
-        check_bool("full_stop", self.full_stop)
         for k in ("msm_weight", "np_weight", "nn_weight"):
             v = getattr(self, k)
             check_float(k, v)
@@ -78,33 +71,19 @@ class NegPTConfig(AdapterConfig):
                 raise ClipoodError(f"{k} must be a number >= 0 (0 turns the term off), got {v!r}")
 
 
-class NegativePrompts(SharedTextFeatures, Adapter):
+class NegativePrompts(PromptLearner):
     """Shared machinery: frozen ID rows, a :class:`PromptBank` over the negative names, a learned ``neg_ctx``."""
 
     config_cls = NegPTConfig
-    uses_text_encoder = True
 
     def __init__(self, context: AdapterContext | torch.Tensor, num_id: int | None = None,
                  config: AdapterConfig | Mapping | None = None, **overrides: Any) -> None:
         super().__init__(context, num_id, config, **overrides)
-        ctx = self.context
-        ctx.require_text_path(self.name or "negpt")
-        if not ctx.neg_names:
+        if not self.context.neg_names:
             raise ClipoodError(f"adapter '{self.name}' learns prompts for the negative labels; the context has none "
                                "(mine negatives first)")
-        check_frozen_text_path(ctx.text_path, f"adapter '{self.name}'")
-        cfg = self.config
-        phrase = " ".join(cfg.ctx_init.split())
-        n_ctx = context_length(ctx.text_path, ctx.tokenizer, phrase, cfg.ctx_count) if phrase else cfg.n_ctx
-        self.bank = PromptBank(ctx.text_path, ctx.tokenizer, ctx.neg_names, n_ctx, phrase or None, cfg.chunk_size,
-                               end="." if cfg.full_stop else "")
-        init = self.bank.init_ctx.clone() if phrase else 0.02 * torch.randn(n_ctx, ctx.text_path.width)
-        self.neg_ctx = nn.Parameter(init.float())
-
-    @property
-    def cls_columns(self) -> str:
-        """Columns of the training cross-entropy (read by ``clipood.training.task``'s L_cls)."""
-        return self.config.cls_columns
+        self.bank = self.prompt_bank(self.context.neg_names)
+        self.neg_ctx = nn.Parameter(self.initial_context(self.bank))
 
     def init_from_base(self, base: Adapter) -> None:
         """Stage 2 of NegPrompt: start the negative context at the trained positive one + U(±1e-5)."""
@@ -137,18 +116,7 @@ class NegPT(NegativePrompts):
 
     def negative_text_features(self) -> torch.Tensor:
         """M×D learned negative features (cached while no gradient is needed and the context is unchanged)."""
-        grad = torch.is_grad_enabled() and self.neg_ctx.requires_grad
-        key = (self.neg_ctx._version, self.neg_ctx.data_ptr(), self.neg_ctx.device)
-        cache = self.__dict__.get("_eval_cache")
-        if not grad and cache is not None and cache[0] == key:
-            return cache[1]
-        feats = self._shared("neg", lambda: self.bank.encode(self.neg_ctx))
-        self.__dict__["_eval_cache"] = None if grad else (key, feats)
-        return feats
-
-    def train(self, mode: bool = True) -> "NegPT":
-        self.__dict__["_eval_cache"] = None
-        return super().train(mode)
+        return self.cached_features("neg", [self.neg_ctx], lambda: self.bank.encode(self.neg_ctx))
 
     def tuned_text_features(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """K×D: the frozen ID rows, then the learned negative prompts' features."""

@@ -43,7 +43,8 @@ __all__ = [
 #: how recipes, the comparison, results tables and the efficiency suite name each registered method: one
 #: naming everywhere (a stack is ``<base>+<tuner>``, e.g. ``LoCoOp+KR-NFT``); other names stand as they are
 DISPLAY_NAMES = {"nft": "KR-NFT", "ft": "FT", "coft": "CoFT", "taskres": "TaskRes", "coop": "CoOp",
-                 "locoop": "LoCoOp", "negpt": "NegPT", "connegpt": "ConNegPT", "lapt": "LAPT"}
+                 "locoop": "LoCoOp", "negpt": "NegPT", "connegpt": "ConNegPT", "lapt": "LAPT", "sct": "SCT",
+                 "idlike": "ID-like", "lsn": "LSN", "negprompt": "NegPrompt"}
 
 
 def display_name(name: str, base: str | None = None) -> str:

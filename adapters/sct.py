@@ -1,7 +1,8 @@
-"""SCT (Self-Calibrated Tuning; Yu et al., NeurIPS 2024): LoCoOp with confidence weights — loss terms only.
+"""SCT (Self-Calibrated Tuning; Yu et al., NeurIPS 2024): LoCoOp with confidence weights — the ``sct`` adapter.
 
-Part A of the seed-methods issue: the computations, as pure functions. No adapter is registered here yet (the
-adapter contract is about to change); part B wraps these in an adapter on the prompt-learner base.
+The adapter is LoCoOp's (CoOp's context, patch logits over the ID labels; GL-MCM / MCM at test); its training task
+(:class:`SCTTask`) replaces L_cls and LoCoOp's entropy term by the confidence-weighted pair below. It stacks with
+KR-NFT as LoCoOp does (``base=sct base_checkpoint=<sct run>``).
 
 With scaled global logits z (B×N, s·cos over the N ID labels), p = softmax(z), p_y the true-class probability,
 and scaled local logits z^(b,t) of the T patches of each image (B×T×N):
@@ -23,14 +24,20 @@ The release's test scores are LoCoOp's MCM and GL-MCM (global + best local MCM, 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
 from clipood.errors import ClipoodError
+from clipood.training.task import LossInputs
 
-from .locoop import ood_patch_mask, patch_entropy
+from .contract import check_bool, check_float
+from .locoop import LoCoOp, LoCoOpConfig, LoCoOpTask, ood_patch_mask, patch_entropy
+from .registry import register_adapter
 
-__all__ = ["SCT_DEFAULTS", "sct_ce_loss", "sct_entropy_loss", "sct_loss", "true_class_probs"]
+__all__ = ["SCT", "SCTConfig", "SCTTask", "SCT_DEFAULTS", "sct_ce_loss", "sct_entropy_loss", "sct_loss",
+           "true_class_probs"]
 
 #: the release's values (``train.py`` argparse defaults, ``scripts/sct/train.sh``)
 SCT_DEFAULTS = {"entropy_weight": 0.25, "top_k": 200, "ce_eps": 1e-7, "weight_eps": 1e-7, "log_eps": 1e-5}
@@ -101,3 +108,54 @@ def sct_loss(logits: torch.Tensor, local_logits: torch.Tensor, labels: torch.Ten
     ce = sct_ce_loss(logits, labels, detach_confidence=detach_confidence, eps=ce_eps)
     ent = sct_entropy_loss(local_logits, labels, top_k, conf, eps=weight_eps, log_eps=log_eps)
     return {"loss": ce + float(entropy_weight) * ent, "ce_loss": ce, "entropy_loss": ent}
+
+
+# ------------------------------------------------------------------------------------------------ adapter
+@dataclass
+class SCTConfig(LoCoOpConfig):
+    detach_confidence: bool = field(default=False, metadata={
+        "help": "stop the gradient through the confidence weights p_y (the release does not: false)"})
+    ce_eps: float = field(default=1e-7, metadata={"help": "ε of the CE weight 1 + ε − p_y (release: 1e-7)"})
+    weight_eps: float = field(default=1e-7, metadata={"help": "ε of the entropy weight ε + p_y (release: 1e-7)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_bool("detach_confidence", self.detach_confidence)
+        check_float("ce_eps", self.ce_eps, minimum=0)
+        check_float("weight_eps", self.weight_eps, minimum=0)
+
+
+class SCT(LoCoOp):
+    """``SCT(context, top_k=0, entropy_weight=0.25)``: LoCoOp's adapter; trains with :class:`SCTTask`."""
+
+    config_cls = SCTConfig
+
+
+class SCTTask(LoCoOpTask):
+    """L_cls (``losses.cls``) is SCT's (1 + ε − p_y)·CE over the N ID columns (the release's ``forward_backward``);
+    LoCoOp's entropy term becomes the (ε + p_y)-weighted one (λ = ``entropy_weight``). p_y comes from the global
+    logits of the same ID crops."""
+
+    def term(self, name: str, o: LossInputs) -> torch.Tensor:
+        if name != "cls":
+            return super().term(name, o)
+        cfg = self.adapter.config
+        logits = o.logit_scale * o.id_out.logits[:, : o.num_id]
+        return sct_ce_loss(logits, o.batch["id_labels"].to(logits.device), detach_confidence=cfg.detach_confidence,
+                           eps=cfg.ce_eps)
+
+    def extra_losses(self, o: LossInputs) -> dict[str, tuple[float, torch.Tensor]]:
+        a = self.adapter
+        cfg = a.config
+        local = o.id_out.extras.get("local_logits")
+        if local is None:
+            raise ClipoodError("sct's entropy term needs patch features: the training batch has no id_local "
+                               "(the crop cache stores them when an adapter requires local_features)")
+        y = o.batch["id_labels"].to(local.device)
+        conf = true_class_probs(o.logit_scale * o.id_out.logits[:, : o.num_id], y, detach=cfg.detach_confidence)
+        ent = sct_entropy_loss(o.logit_scale * local, y, a.top_k, conf, eps=cfg.weight_eps, log_eps=cfg.entropy_eps)
+        return {"entropy": (float(cfg.entropy_weight), ent)}
+
+
+SCT.task_cls = SCTTask
+register_adapter("sct", SCTConfig, SCT)

@@ -49,10 +49,13 @@ MIN_TOTAL_S = 0.25                 # a timed call of a few ms gets more rounds (
 #: per-scale adapter options: paper settings where the paper gives them (CoOp/LoCoOp n_ctx 16)
 OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "mini": {"nft": {"hidden_dim": 32}, "coop": {"ctx_init": "", "n_ctx": 16}, "locoop": {"ctx_init": "", "n_ctx": 16},
-             "stacked": {"tuner_options": {"hidden_dim": 32}}},
+             "sct": {"ctx_init": "", "n_ctx": 16}, "stacked": {"tuner_options": {"hidden_dim": 32}}},
     "vit-b-16": {"nft": {"hidden_dim": 64}, "coop": {"ctx_init": "", "n_ctx": 16},
-                 "locoop": {"ctx_init": "", "n_ctx": 16}},
+                 "locoop": {"ctx_init": "", "n_ctx": 16}, "sct": {"ctx_init": "", "n_ctx": 16}},
 }
+#: per-scale negative columns of methods whose own setting fixes them (ID-like's M = 100 OOD prompts fill the
+#: negative columns at ImageNet size, not the 10,000 mined negatives of the scale)
+NUM_NEG: dict[str, dict[str, int]] = {"vit-b-16": {"idlike": 100}}
 
 #: paper Tab. 7 (RTX 3090, ImageNet-1k, 4-shot): train hours, test ms / image, training TFLOPs, parameters
 PAPER = {
@@ -229,7 +232,7 @@ def build(sc: Scale, name: str, num_neg: int | None = None):
     import adapters
 
     torch.manual_seed(0)
-    ctx = sc.context(num_neg)
+    ctx = sc.context(num_neg if num_neg is not None else NUM_NEG.get(sc.name, {}).get(name))
     opts = OPTIONS.get(sc.name, {}).get(name, {})
     if sc.name == "mini":
         return adapters.build_adapter(name, ctx, **opts).to(sc.device)
@@ -261,12 +264,13 @@ def _fake_friendly():
     """Fake tensors have no values: give the two value-dependent steps of the methods a shape-only twin.
 
     ``torch.unique(rows, dim=0)`` (ConNegPT: encode each distinct condition once) → every row distinct, which is
-    exact for this suite's random conditions; LoCoOp's "any OOD patch?" branch → always taken (its entropy is
-    element-wise work, which FLOP counts do not include).
+    exact for this suite's random conditions; LoCoOp's and SCT's "any OOD patch?" branch → always taken (their
+    entropies are element-wise work, which FLOP counts do not include).
     """
     import adapters.locoop as locoop
+    import adapters.sct as sct
 
-    real_unique, real_entropy = torch.unique, locoop.locoop_entropy_loss
+    real_unique, real_entropy, real_sct = torch.unique, locoop.locoop_entropy_loss, sct.sct_entropy_loss
 
     def unique(x, *args, dim=None, return_inverse=False, **kwargs):
         if dim == 0 and return_inverse:
@@ -277,11 +281,15 @@ def _fake_friendly():
         mask = locoop.ood_patch_mask(scaled.detach(), labels, top_k).float()
         return -(locoop.patch_entropy(scaled) * mask).sum() / mask.numel()
 
-    torch.unique, locoop.locoop_entropy_loss = unique, entropy
+    def sct_entropy(scaled, labels, top_k, confidence, eps=1e-7, log_eps=1e-5):  # SCT's weighted twin
+        mask = locoop.ood_patch_mask(scaled.detach(), labels, top_k).float()
+        return -(locoop.patch_entropy(scaled, log_eps) * (eps + confidence)[:, None] * mask).sum() / mask.numel()
+
+    torch.unique, locoop.locoop_entropy_loss, sct.sct_entropy_loss = unique, entropy, sct_entropy
     try:
         yield
     finally:
-        torch.unique, locoop.locoop_entropy_loss = real_unique, real_entropy
+        torch.unique, locoop.locoop_entropy_loss, sct.sct_entropy_loss = real_unique, real_entropy, real_sct
 
 
 @contextlib.contextmanager

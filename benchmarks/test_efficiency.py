@@ -65,6 +65,11 @@ def test_parameter_counts_exact(benchmark, request, scale):
         # CoCoOp's meta-net D → D/16 → W on top of NegPT's 4×W context
         assert get_row(cfg, scale, "connegpt")["params"] == 2_048 + (512 * 32 + 32) + (32 * 512 + 512) == 35_360
         assert get_row(cfg, scale, "taskres")["params"] % 512 == 0
+        # issue 23's seed methods at their released sizes
+        assert get_row(cfg, scale, "sct")["params"] == 16 * width == 8_192                       # LoCoOp's
+        assert get_row(cfg, scale, "idlike")["params"] == (16 + 16 + 100) * width == 67_584     # ctx, octx, 100 words
+        assert get_row(cfg, scale, "lsn")["params"] == 16 * width + 3 * 1000 * 16 * width == 24_584_192
+        assert get_row(cfg, scale, "negprompt")["params"] == 2 * 4 * width == 4_096             # NEGA_CTX = 2
         assert get_row(cfg, scale, "neglabel")["params"] == get_row(cfg, scale, "mcm")["params"] == 0
 
 

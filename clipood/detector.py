@@ -178,7 +178,10 @@ class Detector:
         if self.adapter is None:
             return batch["image_features"].float() @ self.text_features.T
         dev = self.adapter.base_text_features.device
-        return self.adapter({k: v.to(dev) for k, v in batch.items()}).logits.cpu()
+        out = self.adapter({k: v.to(dev) for k, v in batch.items()})
+        if self.score == "adapter":  # the adapter's own test score beside the cosines (score_cosines reads both)
+            return out.logits.cpu(), out.extras["ood_score"].cpu()
+        return out.logits.cpu()
 
     @torch.no_grad()
     def score_features(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -129,7 +129,8 @@ def check_meta(meta: Any, path: Path) -> dict:
     for key in ("id_templates", "neg_templates"):
         _need(path, lab, key, lambda v: isinstance(v, str) or _strings(v), "a template or a list of them",
               optional=True)
-    _need(path, sc, "name", lambda v: isinstance(v, str) and v in SCORES, f"one of {', '.join(sorted(SCORES))}")
+    names = (*SCORES, "adapter") if meta.get("adapter") is not None else tuple(SCORES)  # adapter: its own score
+    _need(path, sc, "name", lambda v: isinstance(v, str) and v in names, f"one of {', '.join(sorted(names))}")
     _need(path, sc, "logit_scale", lambda v: _is_finite(v) and v > 0, "a finite number > 0")
     _need(path, sc, "temperature", lambda v: _is_finite(v) and v > 0, "a finite number > 0")
     _need(path, sc, "groups", lambda v: _is_int(v) and 1 <= v <= max(1, len(negs)),

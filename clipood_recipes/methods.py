@@ -128,9 +128,20 @@ def adapter_detector(cfg: dict, adapter, splits, bench) -> tuple[ScoredMethod, l
                 raise ClipoodError(f"eval.score=glmcm needs patch logits; adapter '{a.name}' returns none "
                                    f"(use locoop, or eval.score=mcm)")
             return out.logits.cpu(), local.cpu()
+        if score == "adapter":  # the method's own released test score (LSN, NegPrompt), computed by the adapter
+            return out.logits.cpu(), own_scores(a, out).cpu()
         return out.logits.cpu()
 
     return ScoredMethod(cfg["method_name"], logits_fn, score, temperature), usable, notes
+
+
+def own_scores(adapter, out) -> torch.Tensor:
+    """``extras["ood_score"]`` of an adapter output (``eval.score=adapter``), or a one-line error naming the fix."""
+    own = out.extras.get("ood_score")
+    if own is None:
+        raise ClipoodError(f"eval.score=adapter needs an adapter with its own test score (extras['ood_score']: lsn, "
+                           f"negprompt); '{adapter.name}' has none, choose a score of clipood.scores (e.g. neglabel)")
+    return own
 
 
 def trains_text_encoder(adapter) -> bool:

@@ -1,5 +1,6 @@
 """The comparison table on the mini world (paper Tab. 2-4 layout): zero-shot NegLabel, CoOp, LoCoOp, NegPT,
-ConNegPT, LAPT, KR-NFT, LoCoOp + KR-NFT and LAPT + KR-NFT on base / new_class / new_style, one command.
+ConNegPT, LAPT, KR-NFT, LoCoOp + KR-NFT, LAPT + KR-NFT, SCT, SCT + KR-NFT, ID-like, LSN and NegPrompt (as released)
+on base / new_class / new_style, one command.
 
     accelerate launch recipes/compare.py                      # = --config recipes/configs/compare_mini.yaml
     accelerate launch recipes/compare.py mini.seed=1 output_dir=outputs/compare-w1

@@ -93,6 +93,8 @@ def test_gradients_reach_only_trainable_parameters(name, context, tiny):
     loss = F.cross_entropy(100 * out.logits, torch.tensor([0, 1, 3]))
     if out.base_cos is not None:
         loss = loss + kr_cos_loss(out.base_cos)
+    # an adapter's own tensors (LSN's / NegPrompt's negative-prompt cosines) are outputs too: what its task trains
+    loss = loss + sum(x.float().pow(2).sum() for x in out.extras.values() if torch.is_tensor(x) and x.requires_grad)
     loss.backward()
     assert not adapter.base_text_features.requires_grad and adapter.base_text_features.grad is None
     assert all(not b.requires_grad for b in adapter.buffers())

@@ -26,6 +26,9 @@ __all__ = ["check_run_settings", "check_template", "check_environment", "check_l
 
 #: the scores of :data:`clipood.scores.SCORES`, named here so that a config is checked before torch is imported
 SCORE_NAMES = ("neglabel", "mcm", "energy", "max_logit", "glmcm")
+#: ``eval.score=adapter``: the adapter's own test score (``AdapterOutput.extras["ood_score"]``, e.g. LSN's and
+#: NegPrompt's released scores), used as it is; not a function of the logits, so not in ``clipood.scores``
+ADAPTER_SCORE = "adapter"
 #: NegLabel's rules for the M mod G remainder (``clipood.scores.GROUP_REMAINDERS``, kept here without torch)
 GROUP_REMAINDERS = ("drop", "spread")
 
@@ -65,8 +68,8 @@ def check_run_settings(cfg) -> None:
     from ..metrics import CONVENTIONS
 
     e = cfg.get("eval") or {}
-    if e.get("score") is not None and e["score"] not in SCORE_NAMES:  # without importing torch (clipood.scores)
-        raise unknown("score", str(e["score"]), SCORE_NAMES)
+    if e.get("score") is not None and e["score"] not in (*SCORE_NAMES, ADAPTER_SCORE):  # without torch
+        raise unknown("score", str(e["score"]), (*SCORE_NAMES, ADAPTER_SCORE))
     if e.get("convention") is not None and e["convention"] not in CONVENTIONS:
         raise unknown("metric convention (eval.convention)", e["convention"], CONVENTIONS)
     if "logit_scale" in e and (not _is_num(e["logit_scale"]) or e["logit_scale"] <= 0):

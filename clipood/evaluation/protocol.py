@@ -99,7 +99,14 @@ def score_cosines(cos: torch.Tensor | tuple[torch.Tensor, torch.Tensor], num_id:
     of evaluation and of :class:`clipood.detector.Detector`. ``cos`` may also be (global cosines B×K, patch
     cosines B×T×N) for scores that use local features (GL-MCM, local term weighted by ``lambda_local``).
     NegLabel (Eq. 2) without grouping is ranked by its float64 log-odds (no float saturation ties, see
-    ``scores.neglabel_log_odds``); with groups, ``remainder`` says what happens to the last M mod G negatives."""
+    ``scores.neglabel_log_odds``); with groups, ``remainder`` says what happens to the last M mod G negatives.
+    ``score="adapter"``: ``cos`` is (cosines B×K, the adapter's own scores B), returned as they are."""
+    if score == "adapter":  # the adapter's own test score, computed by the adapter: (cosines, scores)
+        if not isinstance(cos, tuple):
+            raise ClipoodError("eval.score=adapter needs the adapter's own scores (extras['ood_score']) beside the "
+                               "logits; this method has none, choose a score of clipood.scores")
+        cos, own = cos
+        return own.double(), cos[:, :num_id].argmax(1)
     local = None
     if isinstance(cos, tuple):
         cos, local = cos

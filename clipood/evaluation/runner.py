@@ -70,7 +70,7 @@ def zero_shot_detectors(cfg) -> list[ScoredMethod]:
     score = cfg["eval"]["score"]
     if score == "glmcm":  # GL-MCM: MCM's T = 1 on raw cosines, global + best patch (needs patch features)
         methods.append(ScoredMethod("GL-MCM (zero-shot)", zero_shot_local_logits, score, float(cfg["eval"]["logit_scale"])))
-    elif score not in ("neglabel", "mcm"):  # the tuned methods' score gets its zero-shot baseline too
+    elif score not in ("neglabel", "mcm", "adapter"):  # the tuned methods' score gets its zero-shot baseline too
         methods.append(ScoredMethod(f"{score} (zero-shot)", zero_shot_logits, score, 1.0))
     if cfg["eval"]["mcm"]:
         # MCM: max softmax over ID labels of cos / T with T = 1 (logits are 100·cos, so temperature 100)
