@@ -50,12 +50,15 @@ class ZOCSettings:
                                       "captioner (a local caption decoder: decoder_dir)")
     vocabulary: Optional[str] = opt(None, "word file (one a line) of candidate labels (None = the benchmark's mining "
                                           "corpus)")
-    k: int = opt(35, "retrieval: candidates per image (the release's top-k of each decoding step: 35)")
+    k: int = opt(5, "retrieval: candidates per image (5 of the mini world's 58 nouns; the release keeps 35 tokens "
+                    "of each of 9 decoding steps over a 30k-token vocabulary)")
     template: str = opt("This is a photo of a {}", "prompt of seen and candidate labels (the release's)")
     decoder_dir: Optional[str] = opt(None, "captioner: a local Hugging Face BertGenerationDecoder folder")
     decoder_weights: Optional[str] = opt(None, "captioner: the release's model.pt (optional)")
     steps: int = opt(9, "captioner: greedy decoding steps (release: 9)")
     top_k: int = opt(35, "captioner: tokens kept per step (release: 35)")
+    condition_scale: float = opt(1.0, "captioner: it is conditioned on scale·(unit image features); the release "
+                                      "uses the raw CLIP embedding, whose norm the feature cache does not keep")
 
 
 @dataclass
