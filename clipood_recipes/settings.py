@@ -93,3 +93,7 @@ class CompareSettings(AblationSettings):
 
 RECIPE_SETTINGS: dict[str, type] = {"krnft": TrainRunSettings, "ablation": AblationSettings,
                                     "zeroshot": ZeroShotSettings, "compare": CompareSettings}
+# the seed methods with recipes of their own (CLIPN, ZOC, the fine-tuned encoder): clipood_recipes/seed_settings.py
+from .seed_settings import SEED_RECIPE_SETTINGS  # noqa: E402  (they extend ZeroShotSettings above)
+
+RECIPE_SETTINGS.update(SEED_RECIPE_SETTINGS)
