@@ -15,22 +15,12 @@ import torch
 import torch.nn.functional as F
 
 import adapters
-from adapters import registry
 from adapters.contract import BATCH_KEYS, Adapter, AdapterConfig, AdapterOutput
 from clipood.training.task import PrepareInputs, TrainingTask
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = ("task_cls", "trains_stacked", "prepare", "init_from_base", "save_parts", "load_parts", "as_batch",
          "needs_fit", "fit", "cls_columns", "text_feature_scope")
-
-
-@pytest.fixture
-def clean_registry():
-    registry.discover_adapters()
-    before = dict(registry._REGISTRY)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(before)
 
 
 def _features(k=6, d=8, seed=0):

@@ -15,20 +15,10 @@ import pytest
 import torch
 
 import adapters
-from adapters import registry
 from helpers import ROOT, open_clip_features, unit
 
 TEMPLATE = ROOT / "docs" / "prompt_template.py"
 ID_NAMES, NEG_NAMES = ["cat", "dog", "tree"], ["river", "cloud"]
-
-
-@pytest.fixture
-def clean_registry():
-    registry.discover_adapters()
-    before = dict(registry._REGISTRY)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(before)
 
 
 @pytest.fixture(scope="module")
