@@ -64,8 +64,7 @@ def save_adapter(adapter: Adapter, directory: str | Path, *, include_base: bool 
         save_safetensors({"text_features": adapter.context.text_features}, base_path)
     elif base_path.exists():
         base_path.unlink()  # a stale base from an earlier save would silently pair with the new weights
-    if hasattr(adapter, "save_parts"):  # composite adapters (stacking) save their frozen parts alongside
-        adapter.save_parts(directory)
+    adapter.save_parts(directory)  # composite adapters (stacking) save their frozen parts alongside
     write_json(directory / CONFIG_FILE, meta)  # written last: a complete config marks a complete checkpoint
     return directory
 
@@ -164,8 +163,7 @@ def load_adapter(path: str | Path, text_features: torch.Tensor | None = None, *,
     ctx = _resolve_context(directory, cfg_path, meta, context, text_features, backbone)
     config = spec.config_cls.from_dict(meta["config"], source=str(cfg_path))
     adapter = spec.adapter_cls(ctx, config=config)
-    if hasattr(adapter, "load_parts"):  # composite adapters (stacking) reload their frozen parts first
-        adapter.load_parts(directory)
+    adapter.load_parts(directory)  # composite adapters (stacking) reload their frozen parts first
     weights_path = directory / WEIGHTS_FILE
     weights = load_safetensors(weights_path)
     expected = adapter.trainable_state_dict()

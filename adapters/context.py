@@ -9,7 +9,9 @@ A context carries everything any CLIP OOD method needs about its label set and i
   per label: NegLabel uses a noun and an adjective template);
 - ``text_path`` + ``tokenizer``: the backbone's frozen text tower as explicit steps
   (:class:`clipood.clip.encoders.TextPath`) and its tokenizer, for prompt learners;
-- ``backbone``: the backbone's name, recorded in checkpoints.
+- ``backbone``: the backbone's name, recorded in checkpoints;
+- ``neg_pos``: the part of speech of each negative (``"noun"`` / ``"adj"``, mining order) when known (LAPT
+  trains on the first of each in the released proportion); not recorded in checkpoints.
 
 Feature tuners need only ``text_features``. The text path is a frozen callable outside the adapter's module
 tree: it is never part of ``state_dict()`` and never saved. A context without names (``from_features``) serves
@@ -78,6 +80,7 @@ class AdapterContext:
     text_path: Any = None
     tokenizer: Callable | None = None
     backbone: str | None = None
+    neg_pos: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.text_features = _check_text_features(self.text_features)
@@ -101,6 +104,11 @@ class AdapterContext:
         if self.neg_names is not None and num_id + len(self.neg_names) != k:
             raise ClipoodError(f"{num_id} ID + {len(self.neg_names)} negative names do not match the K={k} rows "
                                "of text_features (ID rows first, then one row per negative)")
+        if self.neg_pos is not None:
+            self.neg_pos = _check_names("neg_pos", self.neg_pos)
+            if self.neg_names is None or len(self.neg_pos) != len(self.neg_names):
+                raise ClipoodError(f"neg_pos has {len(self.neg_pos)} parts of speech; give one per negative name "
+                                   f"({len(self.neg_names or [])}) or None")
         if self.neg_names is not None and len(self.neg_templates) not in (1, len(self.neg_names)):
             raise ClipoodError(f"neg_templates has {len(self.neg_templates)} entries; give one template for all "
                                f"negatives or one per negative ({len(self.neg_names)})")
@@ -115,7 +123,8 @@ class AdapterContext:
     def from_backbone(cls, backbone, id_names: Sequence[str], neg_names: Sequence[str] = (), *,
                       id_templates: Sequence[str] | str = ("a photo of a {}.",),
                       neg_templates: Sequence[str] | str = ("a photo of a {}.",),
-                      text_features: torch.Tensor | None = None) -> "AdapterContext":
+                      text_features: torch.Tensor | None = None,
+                      neg_pos: Sequence[str] | None = None) -> "AdapterContext":
         """A full context for a :class:`clipood.clip.backbone.Backbone`: its text path, tokenizer and name.
 
         ``text_features`` defaults to encoding the names with their templates (ID: template ensemble;
@@ -130,7 +139,8 @@ class AdapterContext:
             text_features = torch.cat(feats).float().cpu()
         return cls(text_features=text_features, id_names=list(id_names), neg_names=list(neg_names),
                    id_templates=id_templates, neg_templates=neg_templates, text_path=backbone.text_path,
-                   tokenizer=backbone.tokenizer, backbone=backbone.model_name)
+                   tokenizer=backbone.tokenizer, backbone=backbone.model_name,
+                   neg_pos=None if neg_pos is None else list(neg_pos))
 
     def with_features(self, text_features: torch.Tensor) -> "AdapterContext":
         """The same labels and backbone with other base features (e.g. those a prompt learner produced)."""

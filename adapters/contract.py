@@ -14,6 +14,13 @@ optimisers or move tensors between devices.
   learned transform to the new base rows, prompt learners re-encode the new names with their learned context;
   weights tied to the training labels raise a ClipoodError (never a silent fall-back to frozen features).
 - ``trainable_state_dict()`` holds trainable tensors only; the frozen text path is not a submodule.
+
+Every hook a method may use is declared on :class:`Adapter` with its default, so callers never probe for one
+(``docs/adding-an-adapter.md`` documents each): ``task_cls`` (the :class:`~clipood.training.task.TrainingTask`
+that trains it: the method's own loss terms, its ``trains_stacked`` flag and its typed ``prepare`` step),
+``cls_columns``, ``text_feature_scope()``, ``as_batch``, the stacking hooks ``init_from_base(base)`` and
+``save_parts(directory)`` / ``load_parts(directory)``, and the optional fit step (``needs_fit``,
+``fit(batches)``) on ID training features.
 """
 from __future__ import annotations
 
@@ -21,18 +28,21 @@ import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clipood.errors import ClipoodError, did_you_mean, unknown
+from clipood.training.task import TrainingTask
 
 from .context import AdapterContext, as_context
 
-#: every batch key an adapter may name in ``requires``
-BATCH_KEYS = ("image_features", "local_features", "condition_features")
+#: every batch key an adapter may name in ``requires`` (``pre_projection_features``: B×F image features before
+#: the final projection, :func:`clipood.clip.pre_projection.pre_projection_features`, for post-hoc scores)
+BATCH_KEYS = ("image_features", "local_features", "condition_features", "pre_projection_features")
 
 __all__ = [
     "Adapter", "AdapterConfig", "AdapterOutput", "BATCH_KEYS", "check_bool", "check_choice", "check_float",
@@ -140,6 +150,16 @@ class Adapter(nn.Module):
     #: True when the adapter runs the frozen text encoder itself (prompt learners): its context needs names,
     #: a text path and a tokenizer, and reloading needs ``backbone=`` (or a full ``context=``).
     uses_text_encoder: ClassVar[bool] = False
+    #: The task recipes train it with: the core's TrainingTask (the configured loss terms), or a subclass defined
+    #: next to the adapter adding the method's own terms (``extra_losses``), its own way of computing a term
+    #: (``term``), extra training data (``prepare(inputs)``) or training through a stack (``trains_stacked``).
+    task_cls: ClassVar[type[TrainingTask]] = TrainingTask
+    #: Columns of the training cross-entropy L_cls: "all" (the K columns, KR-NFT's Eq. 7) or "id" (the N ID
+    #: columns, CoOp's released loss); a task's ``options["cls_columns"]`` overrides it.
+    cls_columns: str = "all"
+    #: True when the adapter must see ID training features once before it scores (post-hoc statistics): the
+    #: caller runs :meth:`fit` on batches of them first.
+    needs_fit: ClassVar[bool] = False
 
     def __init__(self, context: AdapterContext | torch.Tensor, num_id: int | None = None,
                  config: AdapterConfig | Mapping | None = None, **overrides: Any) -> None:
@@ -194,6 +214,9 @@ class Adapter(nn.Module):
         raise NotImplementedError
 
     def as_batch(self, batch_or_image_features: Mapping[str, Any] | torch.Tensor) -> Mapping[str, Any]:
+        """The batch ``forward`` hands to ``forward_batch``: a tensor becomes ``{"image_features": x}``, a
+        batch missing a key of ``requires`` raises a ClipoodError naming it. Override it to accept batches
+        without a key the adapter only sometimes needs (LoCoOp's patch features) or to delegate (a stack)."""
         if torch.is_tensor(batch_or_image_features):
             batch: Mapping[str, Any] = {"image_features": batch_or_image_features}
         elif isinstance(batch_or_image_features, Mapping):
@@ -210,6 +233,19 @@ class Adapter(nn.Module):
                 f"(it requires: {', '.join(sorted(self.requires))}; got: {', '.join(sorted(map(str, batch)))})"
             )
         return batch
+
+    def fit(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> None:
+        """The optional fit step (``needs_fit``): read batches of ID training features (the keys ``requires``
+        names, e.g. ``image_features`` or ``pre_projection_features``) once and keep what scoring needs as
+        buffers. The default has nothing to fit."""
+        if self.needs_fit:
+            raise NotImplementedError(f"adapter '{self.name}' sets needs_fit but does not implement fit(batches)")
+
+    @contextlib.contextmanager
+    def text_feature_scope(self) -> Iterator[None]:
+        """A block (one training step, entered by the TrainingTask) within which the adapter may compute each
+        text feature once; prompt learners cache their encodings here. The default does nothing."""
+        yield
 
     def image_features(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """The batch's image features as unit B×D rows in the base features' dtype (validated)."""
@@ -272,6 +308,20 @@ class Adapter(nn.Module):
             f"other labels ({context.num_id} ID + {context.num_neg} negatives); evaluate it on its own label set "
             f"or choose a shared mode"
         )
+
+    # ---------------------------------------------------------------------------------- stacking
+    def init_from_base(self, base: "Adapter") -> None:
+        """Called once when this adapter is stacked on the trained ``base`` (``adapters.stack`` / the recipe's
+        ``base_checkpoint``), after it is built on the base's features: start from the base's weights (NegPT
+        starts its negative context at CoOp's). The default keeps its own initialisation."""
+
+    def save_parts(self, directory: Path) -> None:
+        """Called by ``save_adapter`` after the trainable weights are written: save the frozen parts this
+        adapter is made of (a stack's trained base) inside ``directory``. The default has none."""
+
+    def load_parts(self, directory: Path) -> None:
+        """Called by ``load_adapter`` before the trainable weights are loaded: reload what :meth:`save_parts`
+        wrote (the adapter is built on the saved context). The default has none."""
 
     # ---------------------------------------------------------------------------------- state
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

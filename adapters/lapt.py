@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipood.errors import ClipoodError
-from clipood.training.task import LossInputs, TrainingTask
+from clipood.training.task import LossInputs, PrepareInputs, TrainingTask
 
 from .context import AdapterContext
 from .contract import AdapterConfig, AdapterOutput, check_choice, check_float, check_int, full_precision
@@ -184,18 +184,19 @@ def cross_distribution_mix_loss(x: torch.Tensor, y: torch.Tensor, text: torch.Te
 class LAPTTask(TrainingTask):
     """The configured terms with LAPT's L_cls (release rule) or its former extra terms (clipood rule)."""
 
-    def prepare(self, cfg: dict, sf, bench, accelerator) -> None:
-        """Train on ``train_negatives`` negatives (when set) and encode their images once (a folder, or
-        rendered); encode the frozen label features the mixing uses."""
+    def __init__(self, adapter, *args, **kwargs):
+        super().__init__(adapter, *args, **kwargs)
+        self.register_buffer("neg_image_features", None, persistent=False)  # set by prepare / set_negative_images
+
+    def prepare(self, inputs: PrepareInputs) -> None:
+        """Train on ``train_negatives`` negatives (when set; chosen by ``context.neg_pos``) and encode their
+        images once (a folder, or rendered on the mini world); encode the frozen label features the mixing uses."""
         from .lapt_data import negative_label_images, training_context
 
         a = self.adapter
         if a.config.train_negatives and a.config.train_negatives < a.num_neg:
-            negs = bench.negatives.get(tuple(sf.split.classnames)) if getattr(bench, "negatives", None) else None
-            self.adapter = a = a.for_labels(training_context(a.context, a.config.train_negatives,
-                                                             getattr(negs, "pos", None)))
-        feats, labels = negative_label_images(a, bench, cfg, accelerator.device)
-        self.set_negative_images(feats, labels)
+            self.adapter = a = a.for_labels(training_context(a.context, a.config.train_negatives))
+        self.set_negative_images(*negative_label_images(a, inputs))
 
     def set_negative_images(self, features: torch.Tensor, labels: torch.Tensor,
                             mix_features: torch.Tensor | None = None) -> None:
@@ -217,7 +218,7 @@ class LAPTTask(TrainingTask):
 
     def _draw(self, batch: Mapping[str, torch.Tensor]) -> dict:
         """This step's random draws: negative-label images, λ, templates, cross-distribution partners."""
-        feats = getattr(self, "neg_image_features", None)
+        feats = self.neg_image_features
         if feats is None:
             raise ClipoodError("lapt trains on images of its negative labels; none were prepared (set "
                                "adapter.options.neg_image_dir, or run on the mini world where they are rendered)")

@@ -27,11 +27,13 @@ def training_negative_indices(num_neg: int, count: int, pos=None) -> list[int]:
     return sorted(adj[:k_adj] + noun[:k_noun])
 
 
-def training_context(context, count: int, pos=None):
-    """The context restricted to LAPT's training negatives (same ID rows, text path and templates)."""
+def training_context(context, count: int):
+    """The context restricted to LAPT's training negatives (same ID rows, text path and templates), chosen by
+    the negatives' parts of speech (``context.neg_pos``) when known."""
     from .context import AdapterContext
 
     n = context.num_id
+    pos = context.neg_pos
     keep = training_negative_indices(context.num_neg, count, pos)
     rows = torch.tensor(list(range(n)) + [n + i for i in keep], dtype=torch.long)
     templates = context.neg_templates
@@ -40,7 +42,8 @@ def training_context(context, count: int, pos=None):
     return AdapterContext(text_features=context.text_features[rows.to(context.text_features.device)],
                           id_names=context.id_names, neg_names=[context.neg_names[i] for i in keep],
                           id_templates=context.id_templates, neg_templates=templates, num_id=n,
-                          text_path=context.text_path, tokenizer=context.tokenizer, backbone=context.backbone)
+                          text_path=context.text_path, tokenizer=context.tokenizer, backbone=context.backbone,
+                          neg_pos=None if pos is None else [pos[i] for i in keep])
 
 
 def _encode(backbone, images, device, batch_size: int = 256) -> torch.Tensor:
@@ -87,19 +90,20 @@ def _folder_images(folder: Path, names, per_label: int):
     return images, offsets
 
 
-def negative_label_images(adapter, bench, cfg: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit features (n×D) and labels (N + m, m the negative's index) of the negative labels' training images."""
+def negative_label_images(adapter, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit features (n×D) and labels (N + m, m the negative's index) of the negative labels' training images
+    (``inputs``: the task's :class:`clipood.training.task.PrepareInputs`)."""
     ctx = adapter.context
     if not ctx.neg_names:
         raise ClipoodError("lapt needs negative labels (mine negatives first)")
     opts = adapter.config
     if opts.neg_image_dir:
         images, offsets = _folder_images(Path(opts.neg_image_dir), ctx.neg_names, opts.neg_images_per_label)
-    elif getattr(bench, "world_dir", None) is not None:
-        images, offsets = render_negative_images(ctx.neg_names, opts.neg_images_per_label, int(cfg["seed"]))
+    elif inputs.world_dir is not None:
+        images, offsets = render_negative_images(ctx.neg_names, opts.neg_images_per_label, int(inputs.seed))
     else:
         raise ClipoodError("lapt: set adapter.options.neg_image_dir (one sub-folder of images per negative label); "
                            "images are rendered only on the mini world")
-    feats = _encode(bench.backbone, images, device)
-    labels = torch.tensor(offsets, dtype=torch.long, device=device) + ctx.num_id
+    feats = _encode(inputs.backbone, images, inputs.device)
+    labels = torch.tensor(offsets, dtype=torch.long, device=inputs.device) + ctx.num_id
     return feats, labels

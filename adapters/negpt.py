@@ -42,6 +42,7 @@ from .context import AdapterContext
 from .contract import Adapter, AdapterConfig, AdapterOutput, check_float, full_precision
 from .prompt_learner import LabelPromptConfig, PromptLearner
 from .registry import register_adapter
+from .stacked import Stacked
 
 __all__ = ["NegPT", "NegPTConfig", "NegativePrompts", "NegPromptTask", "multilabel_soft_margin",
            "prompt_distance_loss", "prompt_spread_loss"]
@@ -87,7 +88,7 @@ class NegativePrompts(PromptLearner):
 
     def init_from_base(self, base: Adapter) -> None:
         """Stage 2 of NegPrompt: start the negative context at the trained positive one + U(±1e-5)."""
-        pos = getattr(base, "ctx", None)
+        pos = base.trainable_state_dict().get("ctx")  # a shared positive context (coop's, n×W)
         if pos is not None and pos.ndim == 2 and tuple(pos.shape) == tuple(self.neg_ctx.shape):
             with torch.no_grad():
                 noise = (torch.rand(pos.shape) * 2 - 1) * 1e-5
@@ -156,7 +157,7 @@ def prompt_spread_loss(negative: torch.Tensor) -> torch.Tensor:
 
 def _negative_prompt_adapter(adapter: Any) -> "NegativePrompts":
     """The NegPT / ConNegPT adapter itself, or the tuner of a stack (NegPT on a trained ``coop``)."""
-    a = getattr(adapter, "tuner", adapter)
+    a = adapter.tuner if isinstance(adapter, Stacked) else adapter
     if not isinstance(a, NegativePrompts):
         raise ClipoodError(f"NegPrompt's loss terms need a negpt or connegpt adapter, got '{getattr(a, 'name', a)}'")
     return a

@@ -18,6 +18,7 @@ trained positive context into the negative one).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping
@@ -25,6 +26,7 @@ from typing import Any, Dict, Mapping
 import torch
 
 from clipood.errors import ClipoodError
+from clipood.training.task import TrainingTask
 
 from .context import AdapterContext
 from .contract import Adapter, AdapterConfig, AdapterOutput
@@ -79,8 +81,7 @@ class Stacked(Adapter):
             base = build_adapter(cfg.base, self.context, **dict(cfg.base_options))
         self._set_base(base)
         self.tuner = build_adapter(cfg.tuner, self._tuner_context(), **dict(cfg.tuner_options))
-        if hasattr(self.tuner, "init_from_base"):
-            self.tuner.init_from_base(self.base)
+        self.tuner.init_from_base(self.base)
         self.requires = frozenset(self.tuner.requires)  # batches carry what the tuner reads
 
     def _set_base(self, base: Adapter) -> None:
@@ -107,11 +108,20 @@ class Stacked(Adapter):
         return self.context.with_features(self.base_features())
 
     @property
-    def task_cls(self):
+    def task_cls(self) -> type[TrainingTask]:
         """The tuner's training task when it is written to train through a stack (``trains_stacked``: NegPT's
-        NegPrompt terms on a trained ``coop``); otherwise the plain configured terms (None)."""
-        cls = getattr(self.tuner, "task_cls", None)
-        return cls if getattr(cls, "trains_stacked", False) else None
+        NegPrompt terms on a trained ``coop``); otherwise the plain configured terms (TrainingTask)."""
+        cls = self.tuner.task_cls
+        return cls if cls.trains_stacked else TrainingTask
+
+    @property
+    def cls_columns(self) -> str:
+        """The tuner's columns of L_cls (the stack trains the tuner)."""
+        return self.tuner.cls_columns
+
+    def text_feature_scope(self) -> contextlib.AbstractContextManager:
+        """The tuner's scope (the base's features are computed once, frozen)."""
+        return self.tuner.text_feature_scope()
 
     # ------------------------------------------------------------------------------------ forward
     def as_batch(self, batch_or_image_features):

@@ -8,7 +8,7 @@ import torch
 
 from clipood.errors import ClipoodError
 from clipood.evaluation.runner import ScoredMethod
-from clipood.training.task import TrainingTask
+from clipood.training.task import PrepareInputs, TrainingTask
 
 from ._compat import import_adapters
 
@@ -52,7 +52,8 @@ def label_context(cfg: dict, sf, bench, device=None):
         id_templates=[n["id_template"]],
         neg_templates=[by_pos[p] for p in negs.pos] if negs is not None and len(negs) else [n["noun_template"]],
         num_id=sf.num_id, text_path=getattr(backbone, "text_path", None),
-        tokenizer=_fitting(getattr(backbone, "tokenizer", None)), backbone=getattr(backbone, "model_name", None))
+        tokenizer=_fitting(getattr(backbone, "tokenizer", None)), backbone=getattr(backbone, "model_name", None),
+        neg_pos=list(negs.pos) if negs is not None and len(negs) else None)
 
 
 def _fitting(tokenizer):
@@ -84,8 +85,9 @@ def build_training_task(cfg: dict, sf, bench, accelerator) -> TrainingTask:
     """Adapter + the weighted loss terms of Eq. 10 (with the configured L_cls / L_ood grouping)."""
     adapter = build_adapter_for(cfg, sf, bench, accelerator.device)
     task = training_task(cfg, adapter)
-    if hasattr(task, "prepare"):  # extra training data a method brings (LAPT's negative-label images)
-        task.prepare(cfg, sf, bench, accelerator)
+    # the method's own data preparation (LAPT's negative-label images); a no-op for most tasks
+    task.prepare(PrepareInputs(backbone=bench.backbone, device=accelerator.device, seed=int(cfg["seed"]),
+                               world_dir=bench.world_dir, progress=bool(cfg["progress"])))
     return task
 
 
@@ -93,8 +95,7 @@ def training_task(cfg: dict, adapter) -> TrainingTask:
     """``adapter`` trained with the config's loss weights (Eq. 10), logit scale and negative grouping
     (``cls_groups`` / ``ood_groups``: 10 in the released code, seeded by the run's seed). An adapter class may
     name its own task (``task_cls``: a TrainingTask subclass adding its method's terms, e.g. LoCoOp, LAPT)."""
-    task_cls = getattr(adapter, "task_cls", None) or TrainingTask
-    return task_cls(adapter, cfg["losses"], logit_scale=cfg["eval"]["logit_scale"],
+    return adapter.task_cls(adapter, cfg["losses"], logit_scale=cfg["eval"]["logit_scale"],
                     options={"cls_groups": cfg["cls_groups"], "ood_groups": cfg["ood_groups"], "seed": cfg["seed"]})
 
 

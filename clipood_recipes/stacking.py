@@ -51,7 +51,7 @@ def check_stacking(cfg: dict) -> None:
     from ._compat import import_adapters
 
     spec = import_adapters().get_adapter_spec(saved)
-    if not getattr(spec.adapter_cls, "uses_text_encoder", False):
+    if not spec.adapter_cls.uses_text_encoder:
         raise ClipoodError(f"base_checkpoint={ck} holds a trained '{saved}', which is not a prompt adapter (stacking "
                            f"trains a tuner on a prompt learner's text features: coop, locoop, lapt, negpt, ...)")
     trained_on = (meta.get("context") or {}).get("backbone") if isinstance(meta.get("context"), dict) else None

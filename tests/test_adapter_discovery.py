@@ -60,15 +60,6 @@ def install_plugin(tmp_path, monkeypatch, *, register: bool, value: str, module:
     monkeypatch.syspath_prepend(str(tmp_path))
 
 
-@pytest.fixture
-def clean_registry():
-    registry.discover_adapters()  # discovery has run before the plugin exists
-    before = dict(registry._REGISTRY)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(before)
-
-
 def two_steps(adapter) -> list[float]:
     g = torch.Generator().manual_seed(0)
     batch = {"id_features": F.normalize(torch.randn(6, adapter.dim, generator=g), dim=-1),

@@ -215,10 +215,7 @@ def test_lapt_task_trains_both_contexts_on_negative_label_images(context):
 
 # ---------------------------------------------------------------------------------------------- stacking
 def _train_steps(adapter, steps=3, local=False, seed=0):
-    task = adapters.get_adapter_class(adapter.name).task_cls if getattr(adapter, "task_cls", None) else None
-    from clipood.training.task import TrainingTask
-
-    task = (task or TrainingTask)(adapter, {"cls": 1.0, "ood": 0.3, "kr": 1.0}, logit_scale=100.0)
+    task = adapter.task_cls(adapter, {"cls": 1.0, "ood": 0.3, "kr": 1.0}, logit_scale=100.0)
     opt = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=0.05)
     d = adapter.dim
     for s in range(steps):

@@ -17,14 +17,22 @@ A whole step (ID crops, negative crops, the method's own terms) runs inside the 
 once per step.
 
 The adapter is duck-typed (any module with ``num_id``, ``base_text_features`` and ``requires``): the core never
-imports ``adapters``.
+imports ``adapters``. It also reads two hooks the adapter contract declares with defaults (``adapters.contract``):
+``cls_columns`` ("all" when absent) and ``text_feature_scope()`` (none when absent); a stack delegates both to
+its tuner.
+
+Hooks a TrainingTask subclass may use (each with a default here): ``extra_losses(o)`` (the method's own terms),
+``term(name, o)`` (a configured term computed its own way), ``trains_stacked`` (it also trains the method stacked
+on a trained prompt adapter) and ``prepare(inputs)`` (a typed data-preparation step before training, given a
+:class:`PrepareInputs`; e.g. LAPT encodes images of its negative labels).
 """
 from __future__ import annotations
 
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -47,6 +55,26 @@ class LossInputs:
 
 
 CLS_COLUMNS = ("all", "id")
+
+
+@dataclass(frozen=True)
+class PrepareInputs:
+    """What :meth:`TrainingTask.prepare` receives, built by the caller (the recipe) before training:
+
+    backbone:  the frozen backbone (``encode_images``, ``preprocess``, ``text_path``, ``tokenizer``);
+    device:    where the training tensors live;
+    seed:      the run's seed (for anything the step draws or renders);
+    world_dir: the mini world's folder when the run is on it, else None (images can be rendered only there);
+    progress:  whether the step may show progress bars.
+
+    The label set (names, negatives with their parts of speech ``neg_pos``) is the adapter's ``context``.
+    """
+
+    backbone: Any
+    device: Any
+    seed: int = 0
+    world_dir: Path | None = None
+    progress: bool = False
 
 
 def _cls(o: LossInputs) -> torch.Tensor:
@@ -137,8 +165,12 @@ class TrainingTask(nn.Module):
 
     ``options``: ``cls_groups`` / ``ood_groups`` (negative groups of L_p / L_n, 1 = ungrouped), ``seed`` (their
     permutation), ``always_neg`` (run negative crops even without an ``ood`` term), ``cls_columns`` ("all" |
-    "id"; default: the adapter's ``cls_columns`` attribute, or its stacked tuner's, else "all").
+    "id"; default: the adapter's ``cls_columns`` attribute, else "all").
     """
+
+    #: True when this task also trains its method stacked on a trained prompt adapter (``self.adapter`` is then
+    #: the stack; NegPrompt's terms read its tuner); a stack of another tuner trains with the plain terms.
+    trains_stacked: ClassVar[bool] = False
 
     def __init__(self, adapter: nn.Module, loss_weights: Mapping[str, float], *, logit_scale: float = 100.0,
                  options: Mapping[str, Any] | None = None):
@@ -150,11 +182,15 @@ class TrainingTask(nn.Module):
         self.options = dict(options or {})
         cols = self.options.get("cls_columns")
         if cols is None:
-            cols = getattr(adapter, "cls_columns", None) or getattr(getattr(adapter, "tuner", None), "cls_columns",
-                                                                     None) or "all"
+            cols = getattr(adapter, "cls_columns", None) or "all"  # declared by the adapter contract
         if cols not in CLS_COLUMNS:
             raise unknown("cls_columns", cols, CLS_COLUMNS)
         self.options["cls_columns"] = cols
+
+    def prepare(self, inputs: PrepareInputs) -> None:
+        """The typed data-preparation step, run once before training (after the adapter is built): a method
+        that trains on more than the crops encodes that data here (LAPT: images of its negative labels) and
+        may move ``self.adapter`` to the label set it trains on. The default has nothing to prepare."""
 
     def extra_losses(self, o: LossInputs) -> dict[str, tuple[float, torch.Tensor]]:
         """Method-specific terms ``{name: (weight, value)}`` added to the total; none here. Subclasses defined
@@ -169,22 +205,19 @@ class TrainingTask(nn.Module):
         """The value of the configured term ``name`` (a subclass may compute a term its own way: LAPT's L_cls)."""
         return LOSS_TERMS[name](o)
 
-    def _feature_scopes(self) -> contextlib.ExitStack:
-        """The adapter's (and a stacked tuner's) text-feature scope: one text-encoder pass per context a step."""
-        stack = contextlib.ExitStack()
-        for m in (self.adapter, getattr(self.adapter, "tuner", None)):
-            scope = getattr(m, "text_feature_scope", None)
-            if callable(scope):
-                stack.enter_context(scope())
-        return stack
+    def _feature_scope(self) -> contextlib.AbstractContextManager:
+        """The adapter's text-feature scope (declared by the adapter contract; a stack's is its tuner's): one
+        text-encoder pass per context and step."""
+        scope = getattr(self.adapter, "text_feature_scope", None)
+        return scope() if callable(scope) else contextlib.nullcontext()
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        with self._feature_scopes():
+        with self._feature_scope():
             return self._forward(batch)
 
     def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         a = self.adapter
-        requires = frozenset(getattr(a, "requires", ()) or ())
+        requires = frozenset(a.requires)
         id_out = a(adapter_inputs(batch, "id", requires))
         neg_out = None
         if self.needs_negatives and batch.get("neg_features") is not None:

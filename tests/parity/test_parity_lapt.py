@@ -207,26 +207,22 @@ def test_lapt_training_negatives_follow_the_release_selection(clip, context, tmp
     """``clip_fixed_ood_prompt_openclip.py`` ``get_selected_ood_text_list``: ``adj_num = int(total · A / (A + N))``
     adjectives and the rest nouns, each the first of its ranking; negative-label image labels are N + m
     (issue 25: an off-by-one label below N fails here)."""
-    from types import SimpleNamespace
-
     from PIL import Image
 
     from adapters.lapt_data import training_negative_indices
+    from clipood.training.task import PrepareInputs
 
     pos = ["adj"] * 3 + ["noun"] * 7
     assert training_negative_indices(10, 4, pos) == [0, 3, 4, 5]          # int(4·3/10) = 1 adjective
     assert training_negative_indices(10, 10, pos) == list(range(10))
     words = ["red", "blue", "soft", "stone", "river", "cloud", "sand", "wave", "leaf", "rock"]
-    ctx = adapters.AdapterContext.from_backbone(clip, ID, words)
+    ctx = adapters.AdapterContext.from_backbone(clip, ID, words, neg_pos=pos)
     a = adapters.build_adapter("lapt", ctx, train_negatives=4, neg_image_dir=str(tmp_path), mix_templates="base")
     for w, col in (("red", (200, 0, 0)), ("stone", (90, 90, 90)), ("sand", (200, 180, 120))):
         (tmp_path / w).mkdir()
         Image.new("RGB", (64, 64), col).save(tmp_path / w / "0.png")
-    bench = SimpleNamespace(negatives={tuple(ID): SimpleNamespace(words=words, pos=pos)}, backbone=clip,
-                            world_dir=None)
-    sf = SimpleNamespace(split=SimpleNamespace(classnames=ID))
     task = a.task_cls(a, {"cls": 1.0}, logit_scale=100.0)
-    task.prepare({"seed": 0}, sf, bench, SimpleNamespace(device=torch.device("cpu")))
+    task.prepare(PrepareInputs(backbone=clip, device=torch.device("cpu"), seed=0))
     assert task.adapter.context.neg_names == ["red", "stone", "river", "cloud"]
     # "sand" is not a training negative: only red (N + 0) and stone (N + 1) have images
     assert task.neg_image_labels.tolist() == [4, 5]
