@@ -124,7 +124,10 @@ class PosthocRun:
                               mode=cfg.get("train_classes") or "exact", root=cfg.get("data_root"))
         shots = cfg["eval"].get("fit_shots")
         shots = cfg.get("shots", DEFAULT_FIT_SHOTS) if shots is None else shots
-        idx = sample_few_shot([y for _, y in ds.samples], shots, seed=cfg["seed"], classnames=ds.classnames)
+        try:
+            idx = sample_few_shot([y for _, y in ds.samples], shots, seed=cfg["seed"], classnames=ds.classnames)
+        except ClipoodError as e:
+            raise ClipoodError(f"fit data of the fitted scores: {e} (set eval.fit_shots; 0 = every image)") from None
         ds.samples = [ds.samples[i] for i in idx]
         ds.transform = self.backbone.preprocess
         self._fit_ds = ds
