@@ -36,7 +36,8 @@ STATS_OF_FIT: dict[type, type] = {GaussianFit: GaussianStats, ViMFit: ViMStats, 
                                   ReActFit: ReActStats, MeanFit: MeanStats}
 
 #: eval-time defaults that differ from the function's (OpenOOD's) defaults, each a documented choice
-_LOGIT_SCALE_T = ("eoe",)  # T = 1 on raw cosines (the release) is T = logit_scale on scaled logits
+_LOGIT_SCALE_T = ("eoe",)
+KNN_FULL_BANK = 50_000  #: OpenOOD's K = 50 on CIFAR's 50,000 training features; smaller banks keep k/N  # T = 1 on raw cosines (the release) is T = logit_scale on scaled logits
 
 
 def eval_defaults(name: str, logit_scale: float) -> dict[str, Any]:
@@ -114,16 +115,18 @@ class PosthocScore:
 
     def adjust_to(self, features_width: int, bank_size: int) -> list[str]:
         """Fit the defaults to the data, each a documented choice (returned as notes for results.md): ViM's
-        dim = 256 needs features wider than 256, so narrower features use dim = width // 2; KNN's k = 50 is at
-        most the number of ID features fitted on. Values the user set are kept (and checked by the score)."""
+        dim = 256 needs features wider than 256, so narrower features use dim = width // 2; KNN's k = 50 is for
+        banks of at least 50,000 features (CIFAR's training set), smaller banks keep its ratio k/N = 1/1000 (at
+        least 1: a few-shot pool's k is its nearest neighbour). Values the user set are kept (and checked by the score)."""
         notes = []
         if self.name == "vim" and "dim" not in self.fit_params and features_width <= 256:
             self.fit_params["dim"] = max(1, features_width // 2)
             notes.append(f"vim: dim = {self.fit_params['dim']} (features of width {features_width}; OpenOOD's 256 "
                          f"needs wider ones)")
-        if self.name == "knn" and "k" not in self.params and bank_size < 50:
-            self.params["k"] = max(1, bank_size)
-            notes.append(f"knn: k = {self.params['k']} (the fit data hold {bank_size} ID features; OpenOOD: 50)")
+        if self.name == "knn" and "k" not in self.params and bank_size < KNN_FULL_BANK:
+            self.params["k"] = max(1, round(50 * bank_size / KNN_FULL_BANK))
+            notes.append(f"knn: k = {self.params['k']} (OpenOOD's k/N = 50/50,000 on {bank_size} ID features; "
+                         f"OpenOOD: k = 50)")
         return notes
 
     # ------------------------------------------------------------------------------------------ scoring
