@@ -24,17 +24,14 @@ the average); the row name is ``<Score> (<method>)``. The default ``eval.scores=
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
 from ..errors import ClipoodError, unknown
 from ..metrics import ood_metrics
+from .posthoc_run import PosthocRun, make_score, score_options
 from .protocol import METRIC_KEYS, SplitFeatures, zero_shot_logits
 from .runner import ScoredMethod, evaluate_detectors
-
-if TYPE_CHECKING:
-    from .posthoc_run import PosthocRun
 
 log = logging.getLogger("clipood")
 
@@ -44,8 +41,6 @@ DISPLAY = {"neglabel": "NegLabel", "mcm": "MCM", "energy": "Energy", "max_logit"
            "msp": "MSP", "gen": "GEN", "eoe": "EOE", "odin": "ODIN", "gradnorm": "GradNorm", "react": "ReAct",
            "ash_p": "ASH-P", "ash_b": "ASH-B", "ash_s": "ASH-S", "dice": "DICE", "vim": "ViM", "knn": "KNN",
            "mds": "MDS", "rmds": "RMDS"}
-#: options of a score that are not function parameters
-_FILE_OPTIONS = ("label_file", "remove_overlap", "deduplicate")
 
 
 def _own(name: str) -> bool:
@@ -69,13 +64,6 @@ def requested(cfg) -> list[str]:
     return out
 
 
-def _options(cfg, name: str) -> dict[str, Any]:
-    opts = (cfg["eval"].get("score_options") or {}).get(name) or {}
-    if not isinstance(opts, Mapping):
-        raise ClipoodError(f"eval.score_options.{name} must be a mapping of parameters, got {opts!r}")
-    return dict(opts)
-
-
 def check_scores(cfg) -> None:
     """Every name and option of ``eval.scores`` / ``eval.score_options`` checked before any model work."""
     from ..posthoc.registry import _BY_NAME
@@ -90,8 +78,8 @@ def check_scores(cfg) -> None:
     for name in requested(cfg):
         if _own(name):
             continue
-        opts = _options(cfg, name)
-        _make(name, opts, envisioned=torch.zeros(1, 1) if "label_file" in opts else None, check_only=True)
+        opts = score_options(cfg, name)
+        make_score(name, opts, envisioned=torch.zeros(1, 1) if "label_file" in opts else None)
         if name == "eoe" and not opts.get("label_file"):
             raise ClipoodError("eval.scores has eoe, which needs the envisioned-label file: set "
                                "eval.score_options.eoe.label_file=FILE (docs/methods.md gives the LLM prompts)")
@@ -102,20 +90,7 @@ def check_scores(cfg) -> None:
                 raise ClipoodError(f"eval.score_options.{name}.label_file: {opts['label_file']} is not a file")
 
 
-def _make(name: str, opts: Mapping[str, Any], envisioned=None, check_only: bool = False):
-    from ..posthoc.registry import get_score
-    from ..posthoc.scorer import PosthocScore
-
-    info = get_score(name)
-    fit_names = set(info.fit_params)
-    params = {k: v for k, v in opts.items() if k not in fit_names and k not in _FILE_OPTIONS}
-    fit_params = {k: v for k, v in opts.items() if k in fit_names}
-    if not info.label_file:
-        envisioned = None
-    return PosthocScore(name, params, fit_params, envisioned=envisioned)
-
-
-def evaluate_scores(run: "PosthocRun", method: ScoredMethod | None, splits: list[SplitFeatures], cfg,
+def evaluate_scores(run: PosthocRun, method: ScoredMethod | None, splits: list[SplitFeatures], cfg,
                     present: set[str]) -> tuple[list[dict], list[str]]:
     """Rows of ``eval.scores`` for zero-shot CLIP (``method=None``) or a trained method; rows already
     ``present`` (by name) are not repeated."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 
@@ -16,7 +16,10 @@ from .protocol import SplitFeatures
 
 log = logging.getLogger("clipood")
 
-__all__ = ["PosthocRun"]
+__all__ = ["PosthocRun", "make_score", "score_options"]
+
+#: options of a score that are not function parameters
+_FILE_OPTIONS = ("label_file", "remove_overlap", "deduplicate")
 
 DEFAULT_FIT_SHOTS = 16  #: fit-data images per class of a zero-shot run (a training run uses its own ``shots``)
 
@@ -60,11 +63,9 @@ class PosthocRun:
     def score(self, name: str):
         """The (unfitted) :class:`~clipood.posthoc.scorer.PosthocScore` of ``name`` with the run's options."""
         if name not in self._scores:
-            from .posthoc_eval import _make, _options
-
-            opts = _options(self.cfg, name)
+            opts = score_options(self.cfg, name)
             envisioned = self._envisioned(opts) if opts.get("label_file") else None
-            self._scores[name] = _make(name, opts, envisioned)
+            self._scores[name] = make_score(name, opts, envisioned)
         return self._scores[name]
 
     def _envisioned(self, opts) -> torch.Tensor:
@@ -244,3 +245,25 @@ class PosthocRun:
             out.append(score.score_batch({"pixels": x}, None, id_text=id_text.to(dev), logit_scale=self.logit_scale,
                                          encoder=enc, input_std=std).double().cpu())
         return torch.cat(out)
+
+
+def score_options(cfg, name: str) -> dict[str, Any]:
+    """``eval.score_options.<name>`` as a dict (checked to be a mapping)."""
+    opts = (cfg["eval"].get("score_options") or {}).get(name) or {}
+    if not isinstance(opts, Mapping):
+        raise ClipoodError(f"eval.score_options.{name} must be a mapping of parameters, got {opts!r}")
+    return dict(opts)
+
+
+def make_score(name: str, opts: Mapping[str, Any], envisioned=None):
+    """The unfitted PosthocScore of ``name``: ``opts`` split into the score's and its fit's parameters."""
+    from ..posthoc.registry import get_score
+    from ..posthoc.scorer import PosthocScore
+
+    info = get_score(name)
+    fit_names = set(info.fit_params)
+    params = {k: v for k, v in opts.items() if k not in fit_names and k not in _FILE_OPTIONS}
+    fit_params = {k: v for k, v in opts.items() if k in fit_names}
+    if not info.label_file:
+        envisioned = None
+    return PosthocScore(name, params, fit_params, envisioned=envisioned)
