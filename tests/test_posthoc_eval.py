@@ -68,10 +68,12 @@ def test_all_scores_on_an_openood_tree_in_one_command_and_a_second_run_does_noth
             f"classes=[{','.join(IMAGENET.ids[:3])}]", f"negatives.corpus={words}", "negatives.num=8",
             "eval.plots=false", f"eval.scores=[{','.join(ALL)}]", f"eval.fit_data.path={fit}", "eval.fit_shots=0",
             f"eval.score_options.eoe.label_file={envisioned}", "eval.score_options.react.percentile=85"]
-    run_recipe("zeroshot", args + [f"output_dir={tmp_path / 'run1'}"])
+    from clipood_recipes.cli import main as clipood
+
+    clipood(["eval"] + args + [f"output_dir={tmp_path / 'run1'}"])  # `clipood eval ...`
     assert counted["images"] > 0 and counted["pre_projection"] > 0 and counted["fit_updates"] > 0
     counted.update(images=0, pre_projection=0, texts=0, fit_updates=0)
-    run_recipe("zeroshot", args + [f"output_dir={tmp_path / 'run2'}"])
+    clipood(["eval"] + args + [f"output_dir={tmp_path / 'run2'}"])
     # ODIN reads pixels through open_clip's encode_image (not Backbone.encode_images): the only re-encoding
     assert counted == {"images": 0, "pre_projection": 0, "texts": 0, "fit_updates": 0}
     r1, r2 = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("run1", "run2"))
