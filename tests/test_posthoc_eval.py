@@ -144,3 +144,29 @@ def test_unknown_score_and_missing_label_file_fail_before_the_model(tmp_path, no
     with pytest.raises(ClipoodError, match="has no params"):
         run_recipe("zeroshot", base + ["eval.scores=[gen]", "eval.score_options.gen.gama=0.2"])
     assert no_model == []
+
+
+def test_two_id_datasets_in_one_split_are_collapsed_as_the_evaluation_does():
+    """Two ID datasets under one split name: a row per ID dataset (its own OOD average), then their mean."""
+    from types import SimpleNamespace
+
+    from clipood.evaluation.posthoc_eval import evaluate_scores
+    from clipood.evaluation.posthoc_run import PosthocRun
+    from clipood.evaluation.protocol import EvalSplit, SplitFeatures
+
+    g = torch.Generator().manual_seed(1)
+    unit = lambda n: torch.nn.functional.normalize(torch.randn(n, 6, generator=g), dim=1)  # noqa: E731
+    sfs = []
+    for ident in ("c10", "c100"):
+        split = EvalSplit("new_class", {ident: None}, {"o": None}, ["p", "q"])
+        sfs.append(SplitFeatures(split, {ident: {"features": unit(10), "labels": torch.zeros(10, dtype=torch.long)}},
+                                 {"o": {"features": unit(8), "labels": torch.zeros(8, dtype=torch.long)}}, unit(3), 2))
+    cfg = {"eval": {"scores": ["msp"], "logit_scale": 100.0, "convention": "hendrycks", "batch_size": 4},
+           "cache_dir": None}
+    run = PosthocRun(cfg, SimpleNamespace(backbone=None), None, sfs)
+    rows, _ = evaluate_scores(run, None, sfs, cfg, set())
+    alone = [evaluate_scores(run, None, [sf], cfg, set())[0] for sf in sfs]
+    assert [r["dataset"] for r in rows] == ["c10", "c100", "average"]
+    for r, a in zip(rows, alone):
+        assert r["auroc"] == pytest.approx(a[-1]["auroc"]) and r["fpr95"] == pytest.approx(a[-1]["fpr95"])
+    assert rows[-1]["auroc"] == pytest.approx((alone[0][-1]["auroc"] + alone[1][-1]["auroc"]) / 2)

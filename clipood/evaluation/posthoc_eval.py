@@ -115,9 +115,21 @@ def evaluate_scores(run: PosthocRun, method: ScoredMethod | None, splits: list[S
                          f"tuned method's logits)")
             continue
         score = run.score(name)
+        groups: dict[str, list[SplitFeatures]] = {}
         for sf in splits:
-            rows += _split_rows(row, run.score_split(score, sf, logits_fn), sf, cfg)
+            groups.setdefault(sf.split.name, []).append(sf)
+        for split, members in groups.items():
+            per = [_split_rows(row, run.score_split(score, sf, logits_fn), sf, cfg) for sf in members]
+            rows += per[0] if len(per) == 1 else _collapsed(row, split, members, per)
     return rows, notes + (run.notes if method is None else [])
+
+
+def _collapsed(method: str, split: str, members: list[SplitFeatures], per: list[list[dict]]) -> list[dict]:
+    """Several ID datasets in one split (``runner.evaluate_detectors``' layout): one row per ID dataset (its
+    average over its own OOD sets), then their mean."""
+    rows = [dict(r[-1], dataset=next(iter(sf.split.id_sets))) for sf, r in zip(members, per)]
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in (*METRIC_KEYS, "id_acc")}
+    return rows + [{"method": method, "split": split, "dataset": "average", **mean}]
 
 
 def _split_rows(method: str, scored: dict, sf: SplitFeatures, cfg) -> list[dict]:
