@@ -170,3 +170,18 @@ def test_two_id_datasets_in_one_split_are_collapsed_as_the_evaluation_does():
     for r, a in zip(rows, alone):
         assert r["auroc"] == pytest.approx(a[-1]["auroc"]) and r["fpr95"] == pytest.approx(a[-1]["fpr95"])
     assert rows[-1]["auroc"] == pytest.approx((alone[0][-1]["auroc"] + alone[1][-1]["auroc"]) / 2)
+
+
+def test_clipood_scores_lists_every_score_with_its_defaults(capsys):
+    from clipood.posthoc.registry import list_scores
+    from clipood.scores import SCORES
+    from clipood_recipes.cli import main as clipood
+
+    clipood(["scores"])
+    out = capsys.readouterr().out
+    for name in SCORES:
+        assert f"\n  {name}: " in out
+    for s in list_scores():
+        assert f"\n  {s.name}" in out, s.name
+    assert "gen: gamma=0.1, M=100" in out and "react: percentile=90.0" in out and "k=50" in out
+    assert "odin: temperature=1000.0, noise=0.0014" in out and "the images (not the feature cache)" in out
