@@ -153,7 +153,8 @@ class Detector:
 
     def __init__(self, backbone, text_features: torch.Tensor, id_names: Sequence[str], *, negatives=(),
                  adapter=None, score: str = "neglabel", logit_scale: float = 100.0, groups: int = 1,
-                 temperature: float = 1.0, threshold: float | None = None, info: dict | None = None):
+                 temperature: float = 1.0, threshold: float | None = None, info: dict | None = None,
+                 posthoc=None):
         self.backbone = backbone
         self.text_features = text_features.float()
         self.id_names = list(id_names)
@@ -166,6 +167,9 @@ class Detector:
             float(temperature)
         self.threshold = threshold
         self.info = dict(info or {})
+        from .detector_posthoc import check_posthoc_score
+
+        self.posthoc = check_posthoc_score(posthoc, self.adapter)  # issue 22: a fitted post-hoc score, or None
 
     @property
     def num_id(self) -> int:
@@ -188,6 +192,10 @@ class Detector:
         """(score, predicted ID class) of encoded features; the scoring step evaluation uses."""
         from .evaluation.protocol import score_cosines
 
+        if self.posthoc is not None:  # issue 22: the post-hoc score on the ID logits and the batch's features
+            from .detector_posthoc import posthoc_scores
+
+            return posthoc_scores(self, batch)
         return score_cosines(self.cosines(batch), self.num_id, self.score, self.logit_scale, self.groups,
                              self.temperature)
 
@@ -210,6 +218,11 @@ class Detector:
 
     @torch.no_grad()
     def _encode_tensors(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.posthoc is not None and self.posthoc.info.pre_projection:  # issue 22: ReAct, ASH, DICE, ViM, ...
+            from .clip.pre_projection import pre_projection_features
+
+            return {"image_features": self.backbone.encode_images(x).cpu().float(),
+                    "pre_projection_features": pre_projection_features(self.backbone, x).cpu().float()}
         if "local_features" in getattr(self.adapter, "requires", ()):
             g, loc = self.backbone.encode_images(x, local=True)
             return {"image_features": g.cpu().float(), "local_features": loc.cpu().float()}
@@ -296,6 +309,10 @@ class Detector:
                 _adapter_io("save", adapter_saver, directory)(self.adapter, tmp / ADAPTER_DIR)
                 meta["adapter"] = {"folder": ADAPTER_DIR, "name": getattr(self.adapter, "name", None),
                                    "requires": sorted(getattr(self.adapter, "requires", ()))}
+            if self.posthoc is not None:  # issue 22: scores/<name>.safetensors, listed in checksums.json below
+                from .detector_posthoc import save_posthoc
+
+                meta["posthoc"] = save_posthoc(self.posthoc, tmp)
             write_json(tmp / CALIBRATION_FILE, getattr(self, "_calibration", {"images": [], "scores": []}))
             write_json(tmp / META_FILE, meta)
             files = sorted(p for p in tmp.rglob("*") if p.is_file())
@@ -349,13 +366,18 @@ class Detector:
             except Exception as e:  # noqa: BLE001 - a malformed adapter folder is named, not a deep traceback
                 raise ClipoodError(f"cannot rebuild the adapter in {adir} ({type(e).__name__}: {e}); re-save the "
                                    f"detector") from None
+        posthoc = None
+        if meta.get("posthoc"):  # issue 22: checked and listed by verify_folder
+            from .detector_posthoc import load_posthoc
+
+            posthoc = load_posthoc(meta["posthoc"], directory, _finite)
         lab, sc = meta["labels"], meta["score"]
         info = {"model": bb_spec["model"], "pretrained": bb_spec.get("pretrained"), "source": meta.get("source"),
                 "id_templates": lab.get("id_templates"), "neg_templates": lab.get("neg_templates"),
                 "calibration": meta.get("calibration"), "path": str(directory), "batch_size": meta.get("batch_size")}
         det = cls(backbone, feats, lab["id_names"], negatives=lab.get("negatives") or [], adapter=adapter,
                   score=sc["name"], logit_scale=sc["logit_scale"], groups=sc["groups"],
-                  temperature=sc["temperature"], threshold=meta.get("threshold"), info=info)
+                  temperature=sc["temperature"], threshold=meta.get("threshold"), info=info, posthoc=posthoc)
         det._calibration = calibration
         return det
 
@@ -371,3 +393,4 @@ def _finite(tensors: dict, path: Path) -> dict:
             raise ClipoodError(f"{path}: tensor '{k}' holds NaN or infinite values; this detector is broken — "
                                f"re-save it from a good run")
     return tensors
+

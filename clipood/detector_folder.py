@@ -144,6 +144,10 @@ def check_meta(meta: Any, path: Path) -> dict:
         _need(path, meta, "adapter", lambda v: isinstance(v, dict), "an object or null")
         _need(path, ad, "folder", lambda v: isinstance(v, str), "a folder inside the detector")
         _need(path, ad, "requires", lambda v: _strings(v), "a list of batch keys", optional=True)
+    if meta.get("posthoc") is not None:  # issue 22: a fitted post-hoc score (clipood.detector_posthoc)
+        from .detector_posthoc import check_posthoc_meta
+
+        check_posthoc_meta(meta["posthoc"], path)
     return meta
 
 
@@ -196,6 +200,9 @@ def verify_folder(directory: Path) -> tuple[dict, dict]:
             if f.resolve() not in listed:
                 raise ClipoodError(f"detector file {f} is not listed in {CHECKSUMS_FILE}, and loading the adapter "
                                    f"would read it; the folder was altered — remove the file or re-save the detector")
+    if meta.get("posthoc") is not None and meta["posthoc"]["file"] and meta["posthoc"]["file"] not in sums:
+        raise ClipoodError(f"{directory / META_FILE}: the post-hoc statistics {meta['posthoc']['file']} are not listed "
+                           f"in {CHECKSUMS_FILE}; the folder was altered — re-save the detector")
     calibration = check_calibration(_read_json(directory / CALIBRATION_FILE), directory / CALIBRATION_FILE)
     return meta, calibration
 

@@ -22,6 +22,7 @@ commands:
   mine        mine NegLabel negatives for a benchmark's ID classes and write them to a text file
   build-mini  build (or reuse) the mini-world benchmark on disk and print its folder
   adapters    list the registered adapters and their options
+  scores      list the scores eval.scores takes, with their parameters and what each needs
   detect      score images with a saved detector (a trained run's output_dir or a detector folder)
   bench-report FILE.json  print the efficiency table (paper Tab. 7 layout) of a saved `pytest --benchmark` run
 """
@@ -116,6 +117,17 @@ def _adapters(argv):
             print(f"    {field}: {text}")
 
 
+def _scores(argv):
+    """List the scores ``eval.scores=[...]`` takes: the evaluation's own (on a method's logits) and the post-hoc
+    ones (``clipood.posthoc``), each with its parameters (OpenOOD v1.5's defaults; set them with
+    ``eval.score_options.NAME.PARAM=V``) and what it needs."""
+    if _wants_help(argv, "clipood scores", _scores.__doc__):
+        return
+    from clipood.evaluation.posthoc_eval import score_lines
+
+    print("\n".join(score_lines()))
+
+
 def _detect(argv):
     from .detect import detect_main
 
@@ -143,7 +155,7 @@ def _wants_help(argv, usage: str, doc: str | None) -> bool:
     return False
 
 
-COMMANDS = {**{c: _recipe(c) for c in RECIPES}, "eval": _eval, "mine": _mine, "build-mini": _build_mini, "adapters": _adapters,
+COMMANDS = {**{c: _recipe(c) for c in RECIPES}, "eval": _eval, "mine": _mine, "build-mini": _build_mini, "adapters": _adapters, "scores": _scores,
             "bench-report": _bench_report, "detect": _detect}
 
 

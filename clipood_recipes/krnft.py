@@ -11,6 +11,8 @@ from clipood.config.checks import cache_root, check_environment, check_locations
 from clipood.crops.train_data import build_crop_data
 from clipood.evaluation.benchmark import backbone_label, data_label, make_accelerator, prepare_splits, setup_benchmark
 from clipood.evaluation.report import chance_warnings, plot_loss, split_heading, summary_table, write_outputs
+from clipood.evaluation.posthoc_eval import check_scores, evaluate_scores
+from clipood.evaluation.posthoc_run import PosthocRun
 from clipood.evaluation.runner import evaluate_detectors, zero_shot_detectors
 from clipood.io import write_json
 from clipood.runtime.recipe import seed_everything, setup_logging, use_cpu_threads
@@ -48,6 +50,7 @@ class ZeroShotRecipe:
         cfg = self.cfg
         self.claim()
         use_cpu_threads()
+        check_scores(cfg)                                                 # eval.scores names and options
         self.accelerator = make_accelerator(cfg)                          # GPU when there is one, else CPU
         setup_logging(self.accelerator.is_main_process)
         seed_everything(cfg["seed"])
@@ -56,6 +59,18 @@ class ZeroShotRecipe:
         self.rows, self.raw = evaluate_detectors(zero_shot_detectors(cfg), self.splits, cfg)
         self.notes = list(self.bench.notes) + chance_warnings(
             self.rows, {sf.split.name: sf.num_id for sf in self.splits}, cfg["model"])
+        self._posthoc_rows(None, self.splits)                            # issue 22: eval.scores (none by default)
+
+    def _posthoc_rows(self, method, splits) -> None:
+        """Issue 22: the rows of ``eval.scores`` (clipood.evaluation.posthoc_eval) for zero-shot CLIP (``method``
+        None) or a trained method; nothing when eval.scores is empty (the default)."""
+        if not self.cfg["eval"].get("scores"):
+            return
+        if getattr(self, "posthoc", None) is None:
+            self.posthoc = PosthocRun(self.cfg, self.bench, self.accelerator, self.splits)
+        rows, notes = evaluate_scores(self.posthoc, method, splits, self.cfg, {r["method"] for r in self.rows})
+        self.rows += rows
+        self.notes += [n for n in notes if n not in self.notes]
 
     trained = False  #: whether the Base classes were trained on (the tables' headings say so)
 
@@ -154,6 +169,7 @@ class KRNFTRecipe(ZeroShotRecipe):
         rows, raw = evaluate_detectors([detector], splits, cfg)
         self.notes += notes
         self.rows += rows
+        self._posthoc_rows(detector, splits)                             # issue 22: eval.scores on its logits
         for split, by_method in raw.items():
             self.raw[split].update(by_method)
 

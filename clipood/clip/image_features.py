@@ -63,19 +63,24 @@ def _loader(dataset, batch_size: int, num_workers: int):
 @torch.no_grad()
 def extract_features(backbone, dataset, *, batch_size: int = 128, num_workers: int = 0, local: bool = False,
                      accelerator=None, cache_dir: str | os.PathLike | None = None, progress: bool = True,
-                     desc: str = "features") -> dict[str, torch.Tensor]:
+                     desc: str = "features", pre_projection: bool = False) -> dict[str, torch.Tensor]:
     """Encode every image of ``dataset`` → {"features": N×D, "labels": N, ["local": N×P×D]} (unit rows).
 
     With an ``accelerator`` the dataset is sharded over processes and gathered back in order, so every rank
     ends with the full, identical tensors. With ``cache_dir`` (None = no cache) results are read from / written
     to ``<cache_dir>/<key>.safetensors`` (written atomically by the main process).
+
+    ``pre_projection=True`` (issue 22: a post-hoc score asks for them) stores the image tower's features *before*
+    the final projection instead (``features``: N×F, not normalised; :mod:`clipood.clip.pre_projection`), in a
+    cache file of their own.
     """
     from tqdm.auto import tqdm
 
     path = None
     if cache_dir is not None:
         key = cache_key(backbone.identifier, dataset_fingerprint(dataset), repr(getattr(dataset, "transform", "")),
-                        getattr(backbone, "local_key", True) if local else False)
+                        getattr(backbone, "local_key", True) if local else False,
+                        *(("pre_projection",) if pre_projection else ()))  # default keys stay as they were
         path = Path(cache_dir) / f"{key}.safetensors"
         if path.is_file():
             try:
@@ -91,7 +96,11 @@ def extract_features(backbone, dataset, *, batch_size: int = 128, num_workers: i
     main = accelerator is None or accelerator.is_local_main_process
     feats, labels, locs = [], [], []
     for images, y in tqdm(loader, desc=desc, disable=not (progress and main), mininterval=2, leave=False):
-        if local:
+        if pre_projection:
+            from . import pre_projection as pp
+
+            g = pp.pre_projection_features(backbone, images)
+        elif local:
             g, loc = backbone.encode_images(images, local=True)
             locs.append(loc.cpu())
         else:

@@ -66,6 +66,15 @@ class EvalSettings:
                                           "for openood-* suites, else hendrycks)")
     plots: bool = opt(True, "write score histograms and ROC curves")
     mcm: bool = opt(True, "add the zero-shot MCM row")
+    # issue 22: post-hoc scores as extra rows (clipood.evaluation.posthoc_eval)
+    scores: List[str] = opt([], "more scores, one row each: the evaluation's (neglabel, mcm, ...) and the post-hoc "
+                                "ones (msp, gen, react, knn, ...; `clipood scores` lists them); [] = none")
+    score_options: Dict[str, Any] = opt({}, "per-score parameters {score: {param: value}} (OpenOOD's defaults "
+                                            "otherwise); eoe takes label_file")
+    fit_data: Dict[str, Any] = opt({}, "dataset spec of the ID features the fitted scores (knn, mds, rmds, vim, "
+                                       "react, dice) are fitted on ({} = the benchmark's training pool)")
+    fit_shots: Optional[int] = opt(None, "fit-data images per class (None = the run's shots, 16 when it trains "
+                                         "nothing; 0 = all)")
 
 
 @dataclass
