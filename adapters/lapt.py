@@ -212,9 +212,9 @@ def cross_distribution_mix_loss(x: torch.Tensor, y: torch.Tensor, text: torch.Te
 class LAPTTask(TrainingTask):
     """The configured terms with LAPT's L_cls (release rule) or its former extra terms (clipood rule)."""
 
-    def prepare(self, cfg: dict, sf, bench, accelerator) -> None:
+    def prepare(self, sf, bench, accelerator, seed: int) -> None:
         """Train on ``train_negatives`` negatives (when set) and encode their images once (a folder, or
-        rendered); encode the frozen label features the mixing uses."""
+        rendered with ``seed``, the run's); encode the frozen label features the mixing uses."""
         from .lapt_data import negative_label_images, training_context
 
         a = self.adapter
@@ -222,7 +222,7 @@ class LAPTTask(TrainingTask):
             negs = bench.negatives.get(tuple(sf.split.classnames)) if getattr(bench, "negatives", None) else None
             self.adapter = a = a.for_labels(training_context(a.context, a.config.train_negatives,
                                                              getattr(negs, "pos", None)))
-        feats, labels = negative_label_images(a, bench, cfg, accelerator.device)
+        feats, labels = negative_label_images(a, bench, seed, accelerator.device)
         self.set_negative_images(feats, labels)
 
     def set_negative_images(self, features: torch.Tensor, labels: torch.Tensor,

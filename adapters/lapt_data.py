@@ -87,7 +87,7 @@ def _folder_images(folder: Path, names, per_label: int):
     return images, offsets
 
 
-def negative_label_images(adapter, bench, cfg: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+def negative_label_images(adapter, bench, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit features (n×D) and labels (N + m, m the negative's index) of the negative labels' training images."""
     ctx = adapter.context
     if not ctx.neg_names:
@@ -96,7 +96,7 @@ def negative_label_images(adapter, bench, cfg: dict, device) -> tuple[torch.Tens
     if opts.neg_image_dir:
         images, offsets = _folder_images(Path(opts.neg_image_dir), ctx.neg_names, opts.neg_images_per_label)
     elif getattr(bench, "world_dir", None) is not None:
-        images, offsets = render_negative_images(ctx.neg_names, opts.neg_images_per_label, int(cfg["seed"]))
+        images, offsets = render_negative_images(ctx.neg_names, opts.neg_images_per_label, int(seed))
     else:
         raise ClipoodError("lapt: set adapter.options.neg_image_dir (one sub-folder of images per negative label); "
                            "images are rendered only on the mini world")

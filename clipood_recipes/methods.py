@@ -85,7 +85,7 @@ def build_training_task(cfg: dict, sf, bench, accelerator) -> TrainingTask:
     adapter = build_adapter_for(cfg, sf, bench, accelerator.device)
     task = training_task(cfg, adapter)
     if hasattr(task, "prepare"):  # extra training data a method brings (LAPT's negative-label images)
-        task.prepare(cfg, sf, bench, accelerator)
+        task.prepare(sf, bench, accelerator, seed=cfg["seed"])  # what it needs, never the config
     return task
 
 

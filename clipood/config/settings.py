@@ -70,7 +70,8 @@ class EvalSettings:
 
 @dataclass
 class CropSettings:
-    """How training crops are cut and chosen (paper §3.4); the run's seed seeds them."""
+    """How training crops are cut and chosen (paper §3.4; checked in ``__post_init__``). The recipe's ``crops``
+    section; :class:`clipood.crops.sampling.CropConfig` is this with the seed the crops are drawn from."""
 
     num_crops: int = opt(32, "P random crops per training image (paper 256, released code 128)")
     num_selected: int = opt(8, "Q ID crops and Q negative crops kept per image (paper 32); 2Q <= P")
@@ -83,6 +84,44 @@ class CropSettings:
     grayscale: bool = opt(False, "random grayscale (paper: on; released code: off)")
     grayscale_p: float = opt(0.2, "probability of grayscale when grayscale is on")
     prompt: str = opt("a photo of a {}.", "text that ranks the crops, formatted with the class name")
+
+    def __post_init__(self) -> None:
+        self.scale = _pair("scale", self.scale)
+        self.ratio = _pair("ratio", self.ratio)
+        self.jitter = tuple(float(v) for v in self.jitter)  # type: ignore[assignment]
+        for name in ("num_crops", "num_selected"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ClipoodError(f"crop config: {name} must be an integer, got {v!r}")
+        P, Q = self.num_crops, self.num_selected
+        if P < 1:
+            raise ClipoodError(f"crop config: num_crops P={P} must be >= 1")
+        if Q < 1:
+            raise ClipoodError(f"crop config: num_selected Q={Q} must be >= 1")
+        if 2 * Q > P:
+            raise ClipoodError(f"crop config: num_selected Q={Q} needs num_crops P >= {2 * Q} (the top Q and bottom Q "
+                               f"crops must not overlap), got P={P}; raise num_crops or lower num_selected")
+        lo, hi = self.scale
+        if not (0 < lo <= hi <= 1):
+            raise ClipoodError(f"crop config: scale={self.scale} must satisfy 0 < min <= max <= 1")
+        lo, hi = self.ratio
+        if not (0 < lo <= hi):
+            raise ClipoodError(f"crop config: ratio={self.ratio} must satisfy 0 < min <= max")
+        if len(self.jitter) != 4 or any(v < 0 for v in self.jitter) or self.jitter[3] > 0.5:
+            raise ClipoodError(f"crop config: jitter={self.jitter} must be 4 values (brightness, contrast, saturation"
+                               f", hue) >= 0 with hue <= 0.5")
+        if not 0 <= self.grayscale_p <= 1:
+            raise ClipoodError(f"crop config: grayscale_p={self.grayscale_p} must be in [0, 1]")
+        if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:
+            raise ClipoodError(f"crop config: prompt {self.prompt!r} must contain exactly one '{{}}' for the class name")
+
+
+def _pair(name: str, v: Any) -> Tuple[float, float]:
+    try:
+        a, b = (float(x) for x in v)
+    except (TypeError, ValueError):
+        raise ClipoodError(f"crop config: {name} must be two numbers (min, max), got {v!r}") from None
+    return (a, b)
 
 
 @dataclass

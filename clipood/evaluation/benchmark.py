@@ -105,12 +105,11 @@ def _setup_data(cfg, accelerator) -> Benchmark:
         from ..mini.build import MiniWorldConfig, build_world
         from ..mini.protocol import mini_corpus, mini_splits, mini_train_spec
 
-        m = cfg["mini"]
-        mcfg = MiniWorldConfig(seed=int(m["seed"]), train_per_class=int(m["train_per_class"]),
-                               test_per_class=int(m["test_per_class"]), ood_per_set=int(m["ood_per_set"]),
-                               style_per_class=int(m["style_per_class"]))
+        from ..config.settings import MiniSettings
+
+        mcfg = MiniWorldConfig.from_settings(MiniSettings(**cfg["mini"]))
         with accelerator.main_process_first():
-            world = build_world(mcfg, root=get(cfg, "mini.root"), progress=accelerator.is_main_process and cfg["progress"])
+            world = build_world(mcfg, progress=accelerator.is_main_process and cfg["progress"])
         corpus = mini_corpus(world) if not get(cfg, "negatives.corpus") else _corpus(cfg)
         notes.append(f"Mini world seed {mcfg.seed} ({world.name}).")
         return Benchmark(backbone, mini_splits(world), corpus, mini_train_spec(world), world, notes)

@@ -226,7 +226,7 @@ def test_lapt_training_negatives_follow_the_release_selection(clip, context, tmp
                             world_dir=None)
     sf = SimpleNamespace(split=SimpleNamespace(classnames=ID))
     task = a.task_cls(a, {"cls": 1.0}, logit_scale=100.0)
-    task.prepare({"seed": 0}, sf, bench, SimpleNamespace(device=torch.device("cpu")))
+    task.prepare(sf, bench, SimpleNamespace(device=torch.device("cpu")), seed=0)
     assert task.adapter.context.neg_names == ["red", "stone", "river", "cloud"]
     # "sand" is not a training negative: only red (N + 0) and stone (N + 1) have images
     assert task.neg_image_labels.tolist() == [4, 5]
