@@ -219,9 +219,9 @@ class LAPTTask(TrainingTask):
 
         a = self.adapter
         if a.config.train_negatives and a.config.train_negatives < a.num_neg:
-            negs = bench.negatives.get(tuple(sf.split.classnames)) if getattr(bench, "negatives", None) else None
+            label_set = getattr(sf, "label_set", None)
             self.adapter = a = a.for_labels(training_context(a.context, a.config.train_negatives,
-                                                             getattr(negs, "pos", None)))
+                                                             list(label_set.neg_pos) if label_set else None))
         feats, labels = negative_label_images(a, bench, seed, accelerator.device)
         self.set_negative_images(feats, labels)
 

@@ -63,7 +63,7 @@ def make_method(text_features, init_seed: int = 0):
 def accelerator():
     from clipood.evaluation.benchmark import make_accelerator
 
-    return make_accelerator({"cpu": True})
+    return make_accelerator(cpu=True)
 
 
 def weights_of(method) -> dict[str, torch.Tensor]:

@@ -77,11 +77,12 @@ def pipeline_cfg(mini, cache, *extra):
 
 def counted_pipeline(cfg, monkeypatch):
     """setup_benchmark → prepare_splits → build_crop_data, as the recipe runs them, counting image encodes."""
+    from clipood.config.checks import cache_root
     from clipood.evaluation.benchmark import make_accelerator, prepare_splits, setup_benchmark
     from clipood.runtime.recipe import seed_everything
     from clipood.crops.train_data import build_crop_data
 
-    acc = make_accelerator(cfg)
+    acc = make_accelerator(cfg["cpu"])
     seed_everything(cfg["seed"])  # clipood-tiny's random weights come from the global RNG, as in the recipe
     bench = setup_benchmark(cfg, acc)
     calls = []
@@ -92,7 +93,8 @@ def counted_pipeline(cfg, monkeypatch):
         return encode(images, *a, **k)
 
     monkeypatch.setattr(bench.backbone, "encode_images", counting)
-    sfs = prepare_splits(bench, cfg, acc)
+    sfs = prepare_splits(bench, cfg["negatives"], acc, batch_size=cfg["eval"]["batch_size"],
+                         cache_dir=cache_root(cfg), progress=False)
     crops = build_crop_data(bench, sfs[0], cfg, acc)
     return sfs, crops, calls
 

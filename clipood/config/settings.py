@@ -4,7 +4,7 @@ Each field has a type, the default of the default run (the embedded mini world) 
 ``--help`` prints. Method-specific sections (adapter, loss weights) live in the layer above ``adapters``
 (:mod:`clipood_recipes.settings`); this module knows no method. ``None`` where a benchmark decides
 (negatives on the mini world vs NegLabel's rule on real benchmarks) is resolved by
-:func:`clipood.evaluation.benchmark.resolve_defaults` before ``--help`` prints and before the run starts.
+a copy by :func:`clipood.config.defaults.resolve_defaults` once, when the config is composed: before ``--help`` prints and before the run starts.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..errors import ClipoodError
 
 __all__ = ["MiniSettings", "NegativeSettings", "EvalSettings", "CropSettings", "TrainConfig", "RunSettings", "opt",
-           "section"]
+           "section", "typed"]
 
 
 def opt(default: Any, help: str) -> Any:  # noqa: A002 - the field's help text
@@ -28,6 +28,26 @@ def opt(default: Any, help: str) -> Any:  # noqa: A002 - the field's help text
 def section(cls: type, help: str, **values: Any) -> Any:  # noqa: A002
     """A nested settings section (its defaults, optionally changed by ``values``)."""
     return field(default_factory=lambda: cls(**values), metadata={"help": help})
+
+
+def typed(schema: type, values: Any) -> Any:
+    """One section of a composed config as its schema object (nested sections too; missing keys take the
+    schema's defaults, an unknown key is refused): what a core function takes instead of the whole config.
+    A schema object is returned as it is."""
+    import dataclasses
+    import typing
+
+    if isinstance(values, schema):
+        return values
+    hints = typing.get_type_hints(schema)
+    names = {f.name for f in dataclasses.fields(schema)}
+    extra = sorted(set(values) - names)
+    if extra:
+        from ..errors import unknown
+
+        raise unknown(f"{schema.__name__} key", extra[0], sorted(names))
+    return schema(**{k: typed(hints[k], v) if dataclasses.is_dataclass(hints[k]) else v
+                     for k, v in values.items()})
 
 
 @dataclass

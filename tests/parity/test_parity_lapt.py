@@ -222,9 +222,9 @@ def test_lapt_training_negatives_follow_the_release_selection(clip, context, tmp
     for w, col in (("red", (200, 0, 0)), ("stone", (90, 90, 90)), ("sand", (200, 180, 120))):
         (tmp_path / w).mkdir()
         Image.new("RGB", (64, 64), col).save(tmp_path / w / "0.png")
-    bench = SimpleNamespace(negatives={tuple(ID): SimpleNamespace(words=words, pos=pos)}, backbone=clip,
-                            world_dir=None)
-    sf = SimpleNamespace(split=SimpleNamespace(classnames=ID))
+    bench = SimpleNamespace(backbone=clip, world_dir=None)
+    sf = SimpleNamespace(split=SimpleNamespace(classnames=ID),
+                         label_set=SimpleNamespace(neg_names=tuple(words), neg_pos=tuple(pos)))
     task = a.task_cls(a, {"cls": 1.0}, logit_scale=100.0)
     task.prepare(sf, bench, SimpleNamespace(device=torch.device("cpu")), seed=0)
     assert task.adapter.context.neg_names == ["red", "stone", "river", "cloud"]
