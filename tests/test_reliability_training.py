@@ -28,9 +28,8 @@ from clipood.config.settings import TrainConfig
 from clipood.training.checkpoints import latest_checkpoint, load_checkpoint
 from clipood.training.loop import CropTrainData, NonFiniteLoss, fit
 from clipood.errors import ClipoodError
+import adapters
 from helpers import ROOT, run_script
-
-adapters = pytest.importorskip("adapters")
 
 
 # ============================================================================ in-process, synthetic crops
