@@ -142,6 +142,21 @@ class AdapterContext:
                    tokenizer=backbone.tokenizer, backbone=backbone.model_name,
                    neg_pos=None if neg_pos is None else list(neg_pos))
 
+    @classmethod
+    def from_label_set(cls, label_set, backbone=None, *, device=None, tokenizer: Callable | None = None
+                       ) -> "AdapterContext":
+        """The context of a split's :class:`clipood.labels.label_set.LabelSet` (its names, templates and frozen
+        rows: nothing is re-encoded) on ``backbone``'s text path; ``tokenizer`` replaces the backbone's (e.g. one
+        that refuses prompts too long for the text encoder); ``device``: where the features go."""
+        feats = label_set.features if device is None else label_set.features.to(device)
+        return cls(text_features=feats, id_names=list(label_set.id_names),
+                   neg_names=list(label_set.neg_names) if label_set.neg_names else None,
+                   id_templates=[label_set.id_template], neg_templates=label_set.neg_templates,
+                   num_id=label_set.num_id, text_path=getattr(backbone, "text_path", None),
+                   tokenizer=tokenizer if tokenizer is not None else getattr(backbone, "tokenizer", None),
+                   backbone=getattr(backbone, "model_name", None),
+                   neg_pos=list(label_set.neg_pos) if label_set.neg_names else None)
+
     def with_features(self, text_features: torch.Tensor) -> "AdapterContext":
         """The same labels and backbone with other base features (e.g. those a prompt learner produced)."""
         return replace(self, text_features=text_features)

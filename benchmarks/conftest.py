@@ -29,7 +29,7 @@ def bench_threads() -> int:
 
 
 def get_scale(config, name: str):
-    from efficiency import make_scale
+    from efficiency_scale import make_scale
 
     if name not in _SCALES:
         torch.set_num_threads(bench_threads())
@@ -62,7 +62,7 @@ def _load1() -> float | None:
 
 def methods() -> list[str]:
     import adapters
-    from efficiency import ZERO_SHOT
+    from efficiency_scale import ZERO_SHOT
 
     return list(ZERO_SHOT) + adapters.list_adapters()
 

@@ -178,14 +178,15 @@ class Detector:
     # ------------------------------------------------------------------------------------------ scoring
     @torch.no_grad()
     def cosines(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Cosine logits B×K of a batch (``image_features``, ``local_features`` where the adapter needs them)."""
+        """Cosine logits B×K of a batch (``image_features``, ``local_features`` where the adapter needs them): the
+        scoring path of evaluation (:mod:`clipood.evaluation.scoring`)."""
+        from .evaluation.scoring import adapter_logits, frozen_logits
+
         if self.adapter is None:
-            return batch["image_features"].float() @ self.text_features.T
-        dev = self.adapter.base_text_features.device
-        out = self.adapter({k: v.to(dev) for k, v in batch.items()})
+            return frozen_logits(batch, self.text_features)
         if self.score == "adapter":  # the adapter's own test score beside the cosines (score_cosines reads both)
-            return out.logits.cpu(), out.extras["ood_score"].cpu()
-        return out.logits.cpu()
+            return adapter_logits(self.adapter, batch, own_score=True)
+        return adapter_logits(self.adapter, batch)
 
     @torch.no_grad()
     def score_features(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

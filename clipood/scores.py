@@ -31,7 +31,15 @@ __all__ = [
     "max_logit_score",
     "mcm_score",
     "neglabel_score",
+    "score_temperature",
 ]
+
+
+def score_temperature(score: str, logit_scale: float) -> float:
+    """The temperature a score is evaluated with on ``logit_scale``·cos logits: MCM and GL-MCM use T = 1 on raw
+    cosines (Ming et al.; LoCoOp's test), which is ``logit_scale`` here; every other score takes the logits as
+    they are (T = 1). The one place this rule is written (evaluation, the saved detector, zero-shot rows)."""
+    return float(logit_scale) if score in ("mcm", "glmcm") else 1.0
 
 
 def _check_logits(x: object, name: str, ndim: int = 2) -> torch.Tensor:

@@ -73,6 +73,7 @@ def _mine(argv):
     class names are read: a named suite's label set (``benchmark=imagenet`` needs no ImageNet on disk), the class
     folders of ``id_data`` for ``benchmark=custom``, or the mini world."""
     from clipood.clip.backbone import load_clip
+    from clipood.config.checks import cache_root
     from clipood.evaluation.benchmark import label_features, make_accelerator, mining_inputs
     from clipood.runtime.recipe import setup_logging, use_cpu_threads
 
@@ -81,11 +82,12 @@ def _mine(argv):
 
     cfg = load_settings(MineSettings, argv, doc=_mine.__doc__)
     use_cpu_threads()
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg.get("cpu"))
     setup_logging(accelerator.is_main_process)
     names, corpus = mining_inputs(cfg, accelerator)
     backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
-    _, _, negs = label_features(backbone, names, corpus, cfg, accelerator)
+    _, _, negs = label_features(backbone, names, corpus, cfg["negatives"], cache_root(cfg), accelerator,
+                                cfg.get("progress"))
     if accelerator.is_main_process:
         negs.save(cfg["output"])
         print(f"wrote {len(negs)} negatives for {len(names)} ID classes to {cfg['output']}")

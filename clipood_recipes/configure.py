@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from clipood.config.checks import check_run_settings
 from clipood.config.compose import compose, describe, load_yaml, parse_overrides, split_config_arg, to_dict
 from clipood.errors import ClipoodError, unknown
-from clipood.evaluation.benchmark import resolve_defaults
+from clipood.config.defaults import resolve_defaults
 
 __all__ = ["load_settings", "presets", "compose_settings", "check_training", "train_config", "compose_variant"]
 
@@ -50,17 +50,17 @@ def compose_settings(schema: type, argv: Sequence[str], *, configs_dir: str | Pa
             raise unknown("preset", name, known)
         layers.append((str(known[name]), load_yaml(known[name])))
     layers += files
-    base_layers = list(layers)
-    layers.append(("the command line", overrides))
-    resets = RESETS if "adapter" in _fields(schema) else None
-    cfg = finish(to_dict(compose(schema, layers, resets=resets)))
     explicit = "output_dir" in dict(overrides) or any("output_dir" in data for _, data in files)
+    if default_output_dir and not explicit:
+        layers.append(("the command's default", [("output_dir", default_output_dir)]))
+    resets = RESETS if "adapter" in _fields(schema) else None
+    # composed once: the preset and files, then the command line on top (the first stage is the preset's setting)
+    preset_stage = compose(schema, layers, resets=resets)
+    given = to_dict(compose(schema, [("the command line", overrides)], resets=resets, start=preset_stage.copy()))
+    cfg = finish(given)
     if "output_dir" in cfg and not explicit:
-        if default_output_dir:
-            base_layers.append(("the command's default", [("output_dir", default_output_dir)]))
-            cfg["output_dir"] = default_output_dir
-        baseline = finish(to_dict(compose(schema, base_layers, resets=resets)))
-        if _setting_key(cfg) != _setting_key(baseline):
+        baseline = to_dict(preset_stage)
+        if _setting_key(given) != _setting_key(baseline):
             # another setting than the preset's: its own folder, so two settings never share checkpoints
             cfg["output_dir"] = f"{baseline['output_dir']}-{_setting_key(cfg)}"
     return cfg
@@ -79,18 +79,35 @@ def _setting_key(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def finish(cfg: dict) -> dict:
-    """Benchmark defaults resolved, adapter options completed, everything checked (in place; returns cfg)."""
+def finish(composed: dict) -> dict:
+    """The run's config: derived values computed once on a copy (the benchmark's defaults, the stacking base, the
+    adapter's complete options, the method's name), then every check. Checks never write into the settings."""
+    import copy
+
+    cfg = copy.deepcopy(composed)
     if "negatives" in cfg:  # a run (not a small command such as build-mini)
-        resolve_defaults(cfg)
+        cfg = resolve_defaults(cfg)
         check_run_settings(cfg)
     if "adapter" in cfg:
+        from .stacking import check_stacking
+
+        cfg["base"] = check_stacking(cfg)
+        if not cfg.get("init_adapter"):
+            cfg["adapter"]["options"] = complete_options(cfg["adapter"])
         check_training(cfg)
         if cfg.get("method_name") is None:  # the comparison's and the efficiency suite's names
             from ._compat import import_adapters
 
             cfg["method_name"] = import_adapters().display_name(cfg["adapter"]["name"], cfg.get("base"))
     return cfg
+
+
+def complete_options(adapter: dict) -> dict:
+    """Every option of the adapter's config class (the given ones, the rest at their defaults), checked."""
+    from ._compat import import_adapters
+
+    spec = import_adapters().get_adapter_spec(adapter["name"])
+    return _asdict(spec.config_cls.from_dict(dict(adapter["options"] or {}), source="adapter.options"))
 
 
 def compose_variant(schema: type, base: dict, overrides: dict, where: str) -> dict:
@@ -117,18 +134,16 @@ def train_config(cfg: dict):
 
 
 def check_training(cfg: dict) -> None:
-    """Loss weights, optimisation, crops, shots, groups and the adapter's options (completed in place)."""
+    """Loss weights, optimisation, crops, shots, groups and the adapter's options (read only)."""
     from clipood.training.task import check_loss_weights
     from clipood.crops.train_data import crop_config
-
-    from ._compat import import_adapters
 
     check_loss_weights(cfg["losses"])
     t = train_config(cfg)
     if t.max_steps and t.warmup_steps > t.max_steps:
         raise ClipoodError(f"train.warmup_steps={t.warmup_steps} is longer than the training "
                            f"(train.max_steps={t.max_steps}); lower train.warmup_steps")
-    crop_config(cfg)
+    crop_config(cfg["crops"], cfg["seed"])
     shots = cfg["shots"]
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
         raise ClipoodError(f"shots={shots!r} is invalid; use an integer >= 1 (or 0 for every training image)")
@@ -143,17 +158,11 @@ def check_training(cfg: dict) -> None:
     if isinstance(pool, int) and shots > pool:
         raise ClipoodError(f"shots={shots} is more than the mini world's mini.train_per_class={pool} training images "
                            f"per class; lower shots or raise mini.train_per_class")
-    from .stacking import check_stacking
-
-    check_stacking(cfg)
     if cfg.get("init_adapter") and not (Path(cfg["init_adapter"]) / "adapter_config.json").is_file():
         raise ClipoodError(f"init_adapter={cfg['init_adapter']} is not a saved adapter folder (no "
                            f"adapter_config.json); give the adapter/ folder of a trained run")
     if not cfg.get("init_adapter"):
-        a = cfg["adapter"]
-        spec = import_adapters().get_adapter_spec(a["name"])
-        a["options"] = _asdict(spec.config_cls.from_dict(dict(a["options"] or {}), source="adapter.options"))
-        _check_option_ranges(a["options"])
+        _check_option_ranges(cfg["adapter"]["options"])
     _check_score_fits(cfg)
 
 

@@ -38,9 +38,11 @@ def save_run_detector(cfg: dict, bench, splits, raw: dict, method: str, adapter=
     spec = sf.split.id_sets[id_name]
     ds = build_dataset(spec, root=cfg.get("data_root"))
     images = [str(p) for p, _ in ds.samples]
-    ctx = label_context(cfg, sf, bench)
+    ctx = label_context(sf, bench.backbone)
     score = cfg["eval"]["score"] if adapter is not None else "neglabel"
-    temperature = float(cfg["eval"]["logit_scale"]) if score in ("mcm", "glmcm") else 1.0
+    from clipood.scores import score_temperature
+
+    temperature = score_temperature(score, cfg["eval"]["logit_scale"])
     pretrained = cfg.get("pretrained")
     if pretrained and not str(pretrained).startswith("local-dir:") and Path(pretrained).is_file():
         pretrained = str(Path(pretrained).resolve())  # a weights file: found again from any folder

@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from clipood.config.checks import cache_root, check_environment, check_locations
+from clipood.config.checks import cache_root
+from clipood.config.settings import EvalSettings, typed
 from clipood.crops.train_data import build_crop_data
 from clipood.evaluation.benchmark import backbone_label, data_label, make_accelerator, prepare_splits, setup_benchmark
 from clipood.evaluation.report import chance_warnings, plot_loss, split_heading, summary_table, write_outputs
@@ -38,25 +39,30 @@ class ZeroShotRecipe:
         self.notes: list[str] = []
         self.local = False  # patch features in the evaluation cache (an adapter requires local_features)
 
+    claimed = False
+
     def claim(self) -> None:
-        """Folders checked (output_dir writable, the cache a folder), output_dir locked for this run, temporary
-        files of killed writers removed: before any model, image or cache is touched."""
-        cfg = self.cfg
-        check_environment()
-        check_locations(cfg)
-        claim_output_dir(cfg["output_dir"], cache_root(cfg))
+        """output_dir locked for this run (once), temporary files of killed writers removed: before any model,
+        image or cache is touched. The folders and the environment were checked when the config was loaded
+        (:func:`clipood_recipes.configure.load_settings`, before torch was imported)."""
+        if not self.claimed:
+            claim_output_dir(self.cfg["output_dir"], cache_root(self.cfg))
+            self.claimed = True
 
     def setup(self) -> None:
         cfg = self.cfg
         self.claim()
         use_cpu_threads()
         check_scores(cfg)                                                 # eval.scores names and options
-        self.accelerator = make_accelerator(cfg)                          # GPU when there is one, else CPU
+        self.accelerator = make_accelerator(cfg["cpu"], cfg.get("log_with"), cfg["output_dir"])  # GPU if any
         setup_logging(self.accelerator.is_main_process)
         seed_everything(cfg["seed"])
         self.bench = setup_benchmark(cfg, self.accelerator)              # data checked, then the backbone
-        self.splits = prepare_splits(self.bench, cfg, self.accelerator, self.local)  # labels, image features
-        self.rows, self.raw = evaluate_detectors(zero_shot_detectors(cfg), self.splits, cfg)
+        self.splits = prepare_splits(self.bench, cfg["negatives"], self.accelerator,  # label sets, image features
+                                     batch_size=cfg["eval"]["batch_size"], cache_dir=cache_root(cfg),
+                                     data_root=cfg.get("data_root"), progress=cfg["progress"], local=self.local)
+        ev = typed(EvalSettings, cfg["eval"])  # the evaluation section, as its schema object
+        self.rows, self.raw = evaluate_detectors(zero_shot_detectors(ev), self.splits, ev)
         self.notes = list(self.bench.notes) + chance_warnings(
             self.rows, {sf.split.name: sf.num_id for sf in self.splits}, cfg["model"])
         self._posthoc_rows(None, self.splits)                            # issue 22: eval.scores (none by default)
@@ -77,8 +83,9 @@ class ZeroShotRecipe:
     def headings(self) -> dict[str, str]:
         """results.md table headings: split, data, ID classes, backbone, metric convention."""
         cfg = self.cfg
-        return {sf.split.name: split_heading(sf.split.name, data=data_label(cfg, sf.split), num_classes=sf.num_id,
-                                             backbone=backbone_label(cfg), convention=cfg["eval"]["convention"],
+        return {sf.split.name: split_heading(sf.split.name, data=data_label(cfg["benchmark"], sf.split, mini_seed=cfg["mini"]["seed"],
+                                                                    id_data=cfg.get("id_data")), num_classes=sf.num_id,
+                                             backbone=backbone_label(cfg["model"], cfg.get("pretrained")), convention=cfg["eval"]["convention"],
                                              trained=self.trained) for sf in self.splits}
 
     #: the method whose detector folder ``save`` writes, and its adapter (None = zero-shot)
@@ -166,7 +173,7 @@ class KRNFTRecipe(ZeroShotRecipe):
         cfg = cfg or self.cfg
         use_cpu_threads("encode")
         detector, splits, notes = adapter_detector(cfg, self.adapter, self.splits, self.bench)
-        rows, raw = evaluate_detectors([detector], splits, cfg)
+        rows, raw = evaluate_detectors([detector], splits, typed(EvalSettings, cfg["eval"]))
         self.notes += notes
         self.rows += rows
         self._posthoc_rows(detector, splits)                             # issue 22: eval.scores on its logits

@@ -38,22 +38,12 @@ def adapter_requires(cfg: dict) -> frozenset[str]:
     return frozenset(adapters.get_adapter_spec(name).adapter_cls.requires)
 
 
-def label_context(cfg: dict, sf, bench, device=None):
-    """The :class:`adapters.AdapterContext` of one split: its ID names and mined negatives with the templates
-    their rows were encoded with, those frozen rows (no re-encoding), and the backbone's text path."""
-    adapters = import_adapters()
-    n = cfg["negatives"]
-    negs = bench.negatives.get(tuple(sf.split.classnames))
-    by_pos = {"noun": n["noun_template"], "adj": n["adj_template"]}
-    backbone = bench.backbone
-    return adapters.AdapterContext(
-        text_features=sf.text_features if device is None else sf.text_features.to(device),
-        id_names=list(sf.split.classnames), neg_names=list(negs.words) if negs is not None else None,
-        id_templates=[n["id_template"]],
-        neg_templates=[by_pos[p] for p in negs.pos] if negs is not None and len(negs) else [n["noun_template"]],
-        num_id=sf.num_id, text_path=getattr(backbone, "text_path", None),
-        tokenizer=_fitting(getattr(backbone, "tokenizer", None)), backbone=getattr(backbone, "model_name", None),
-        neg_pos=list(negs.pos) if negs is not None and len(negs) else None)
+def label_context(sf, backbone, device=None):
+    """The :class:`adapters.AdapterContext` of one split, built from its label set (ID names and mined negatives
+    with the templates their rows were encoded with, those frozen rows: no re-encoding) and the backbone's text
+    path; prompt learners' prompts are refused, not cut, when too long."""
+    return import_adapters().AdapterContext.from_label_set(
+        sf.label_set, backbone, device=device, tokenizer=_fitting(getattr(backbone, "tokenizer", None)))
 
 
 def _fitting(tokenizer):
@@ -70,7 +60,7 @@ def build_adapter_for(cfg: dict, sf, bench, device):
     or the saved adapter of ``init_adapter`` on that context."""
     adapters = import_adapters()
     torch.manual_seed(cfg["seed"])
-    context = label_context(cfg, sf, bench, device)
+    context = label_context(sf, bench.backbone, device)
     if cfg.get("init_adapter"):
         return adapters.load_adapter(cfg["init_adapter"], context=context).to(device)
     if cfg.get("base_checkpoint"):  # stacking: the adapter trains on a trained prompt adapter's features
@@ -107,42 +97,26 @@ def adapter_detector(cfg: dict, adapter, splits, bench) -> tuple[ScoredMethod, l
     """The trained adapter scored on its tuned features (NegLabel by default, paper §3.5), the splits it can
     be evaluated on, and a note for each split it cannot move to (weights tied to the training labels) —
     those are left out of the tables, never scored with frozen features in its name. MCM's temperature 1 on
-    raw cosines is ``logit_scale`` on the scaled logits; other scores take the logits as they are."""
+    raw cosines is ``logit_scale`` on the scaled logits (``clipood.scores.score_temperature``)."""
+    from clipood.evaluation.scoring import adapter_logits
+    from clipood.scores import score_temperature
+
     score = cfg["eval"]["score"]
-    temperature = float(cfg["eval"]["logit_scale"]) if score in ("mcm", "glmcm") else 1.0
     moved, usable, notes = {}, [], []
     for sf in splits:
         try:
-            moved[id(sf)] = adapter.for_labels(label_context(cfg, sf, bench, adapter.base_text_features.device))
+            moved[id(sf)] = adapter.for_labels(label_context(sf, bench.backbone, adapter.base_text_features.device))
             usable.append(sf)
         except ClipoodError as e:
             notes.append(f"{cfg['method_name']}: not evaluated on {sf.split.name}: {e}")
             log.warning("%s", notes[-1])
 
-    def logits_fn(batch, sf):
-        a = moved[id(sf)]
-        dev = a.base_text_features.device
-        out = a({k: v.to(dev) for k, v in batch.items()})
-        if score == "glmcm":  # GL-MCM needs the patch cosines too (LoCoOp returns them as local_logits)
-            local = out.extras.get("local_logits")
-            if local is None:
-                raise ClipoodError(f"eval.score=glmcm needs patch logits; adapter '{a.name}' returns none "
-                                   f"(use locoop, or eval.score=mcm)")
-            return out.logits.cpu(), local.cpu()
-        if score == "adapter":  # the method's own released test score (LSN, NegPrompt), computed by the adapter
-            return out.logits.cpu(), own_scores(a, out).cpu()
-        return out.logits.cpu()
+    def logits_fn(batch, sf):  # GL-MCM needs the patch cosines too (LoCoOp returns them as local_logits);
+        # eval.score=adapter: the method's own released test score (LSN, NegPrompt), computed by the adapter
+        return adapter_logits(moved[id(sf)], batch, local=score == "glmcm", own_score=score == "adapter")
 
-    return ScoredMethod(cfg["method_name"], logits_fn, score, temperature), usable, notes
-
-
-def own_scores(adapter, out) -> torch.Tensor:
-    """``extras["ood_score"]`` of an adapter output (``eval.score=adapter``), or a one-line error naming the fix."""
-    own = out.extras.get("ood_score")
-    if own is None:
-        raise ClipoodError(f"eval.score=adapter needs an adapter with its own test score (extras['ood_score']: lsn, "
-                           f"negprompt); '{adapter.name}' has none, choose a score of clipood.scores (e.g. neglabel)")
-    return own
+    return ScoredMethod(cfg["method_name"], logits_fn, score, score_temperature(score, cfg["eval"]["logit_scale"])), \
+        usable, notes
 
 
 def trains_text_encoder(adapter) -> bool:

@@ -25,11 +25,12 @@ def base_folder(path: str) -> Path:
                        f"folder of a trained prompt adapter (e.g. the output_dir of a locoop run)")
 
 
-def check_stacking(cfg: dict) -> None:
-    """Validate ``base`` / ``base_checkpoint`` (in place: ``base`` is filled from the checkpoint when unset)."""
+def check_stacking(cfg: dict) -> str | None:
+    """Validate ``base`` / ``base_checkpoint``; returns the base adapter's name (read from the checkpoint when
+    ``base`` is unset; the config is not written into)."""
     base, ck = cfg.get("base"), cfg.get("base_checkpoint")
     if not base and not ck:
-        return
+        return base
     if not ck:
         raise ClipoodError(f"base={base} needs base_checkpoint=<run folder of a trained {base}> (train it first, "
                            f"e.g. recipes/krnft.py adapter.name={base} output_dir=outputs/{base})")
@@ -58,7 +59,7 @@ def check_stacking(cfg: dict) -> None:
     if trained_on and cfg.get("model") and trained_on != cfg["model"]:
         raise ClipoodError(f"base_checkpoint={ck} was trained on backbone {trained_on}, this run uses "
                            f"model={cfg['model']}; train the base on {cfg['model']} or set model={trained_on}")
-    cfg["base"] = saved
+    return saved
 
 
 def stacked_adapter(cfg: dict, context, device):

@@ -1,4 +1,7 @@
-"""Test-wide settings: offline hub, CPU, few threads (machines have 2 shared cores)."""
+"""Test-wide settings (offline hub, CPU, few threads: machines have 2 shared cores) and the shared fixtures
+(``tiny``, ``mini``: the two shipped CLIP configs). Seeded tensors (``unit``) and other plain helpers live in
+``tests/helpers.py``: they are imported at module level, and a conftest is not importable by name
+(``benchmarks/conftest.py`` shares it)."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,3 +25,20 @@ def clean_registry():
     yield
     registry._REGISTRY.clear()
     registry._REGISTRY.update(before)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The random-weight ``clipood-tiny`` CLIP (a ViT: width 64, D 64, 2 blocks), seeded 0: one per test module."""
+    from clipood.clip.backbone import load_clip
+
+    torch.manual_seed(0)
+    return load_clip("clipood-tiny")
+
+
+@pytest.fixture(scope="module")
+def mini():
+    """The shipped ``clipood-mini`` CLIP (its timm ResNet tower, trained weights): one per test module."""
+    from clipood.clip.backbone import load_clip
+
+    return load_clip("clipood-mini")

@@ -34,12 +34,12 @@ def run_script(args: list[str], env_extra: dict | None = None, timeout: int = 60
                           timeout=timeout)
 
 
-def unit(*shape, seed: int = 0):
-    """Seeded random unit vectors along the last dimension."""
+def unit(*shape, seed: int = 0, dtype=None):
+    """Seeded random unit vectors along the last dimension (drawn in ``dtype``, default float32)."""
     import torch
     import torch.nn.functional as F
 
-    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype), dim=-1)
 
 
 def perturb(module, seed: int = 7, scale: float = 0.05):

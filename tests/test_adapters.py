@@ -16,6 +16,7 @@ import adapters
 from adapters import build_adapter, get_adapter_class, list_adapters, load_adapter, save_adapter
 from clipood.errors import ClipoodError
 from clipood.losses import kr_cos_loss, kr_feature_loss
+from helpers import unit
 
 K, N, D = 7, 4, 16
 NAMES = list_adapters()
@@ -23,21 +24,9 @@ ID_NAMES = ["cat", "small red car", "tree", "dog"]
 NEG_NAMES = ["stone", "river", "cloud"]
 
 
-def unit(*shape, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(*shape, generator=g, dtype=dtype), dim=-1)
-
-
 @pytest.fixture
 def text():
     return unit(K, D, seed=1)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from clipood.clip.backbone import load_clip
-
-    return load_clip("clipood-tiny")
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,6 @@ from clipood.clip.backbone import load_clip
 from clipood.errors import ClipoodError
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return load_clip("clipood-tiny")
-
-
 def test_text_path_reproduces_encode_text(tiny):
     tp = tiny.text_path
     tok = tiny.tokenize(["a photo of a cat.", "the nice dog", "x"])

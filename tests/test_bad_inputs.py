@@ -66,14 +66,6 @@ def _settings(args=()):
     return compose_settings(TrainRunSettings, list(args), configs_dir=ROOT / "recipes" / "configs", recipe="krnft")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from clipood.clip.backbone import load_clip
-
-    torch.manual_seed(0)
-    return load_clip("clipood-tiny")
-
-
 # -------------------------------------------------------------------------------------- data root / folders
 def test_missing_folder_without_data_root_names_every_way_to_set_it(tmp_path, monkeypatch):
     from clipood.datasets.dataset import build_dataset

@@ -143,7 +143,7 @@ def test_training_time_survives_a_resume(tmp_path):
     from clipood.training.checkpoints import latest_checkpoint
     from clipood.training.loop import CropTrainData, fit
 
-    acc = make_accelerator({"cpu": True})
+    acc = make_accelerator(cpu=True)
     cache, C = fake_crops()
     out = tmp_path / "run"
     sig = {"run": "the same"}  # a longer run of the same configuration (epochs are not part of this signature)

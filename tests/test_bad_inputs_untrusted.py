@@ -315,7 +315,7 @@ def test_an_unexpected_exception_is_one_line_and_leaves_no_lock(existing, tmp_pa
     import clipood_recipes.krnft
     from clipood.runtime.recipe import run
 
-    def planted(cfg):
+    def planted(*args, **kwargs):
         raise RuntimeError("planted failure\nsecond line")
 
     monkeypatch.setattr(clipood_recipes.krnft, "make_accelerator", planted)  # after the folder is claimed

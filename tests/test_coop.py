@@ -9,7 +9,7 @@ import adapters
 from adapters import AdapterContext, CoOp, build_adapter, load_adapter, save_adapter
 from clipood.clip.backbone import load_clip
 from clipood.errors import ClipoodError
-from helpers import open_clip_features, phrase_embeddings
+from helpers import open_clip_features, phrase_embeddings, unit
 
 ID_NAMES = ["cat", "small red car", "tree", "dog", "wooden chair"]
 NEG_NAMES = ["stone", "river", "cloud"]
@@ -23,10 +23,6 @@ def backbone(request):
 
 def context_for(backbone, id_names=ID_NAMES, neg_names=NEG_NAMES):
     return AdapterContext.from_backbone(backbone, id_names, neg_names, neg_templates=["a {} texture."])
-
-
-def unit(*shape, seed=0):
-    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
 
 
 def test_context_of_a_photo_of_a_gives_clip_features(backbone):

@@ -131,20 +131,12 @@ def test_tampered_detector_file_is_refused(trained, tmp_path):
     assert "Traceback" not in r.stderr
 
 
-# ------------------------------------------------------------------------------------------ in-process units
-@pytest.fixture(scope="module")
-def tiny():
-    from clipood import load_clip
-
-    return load_clip("clipood-mini")  # shipped weights: a detector on random weights cannot be rebuilt
-
-
-def _zero_shot(tiny, k_neg=3):
+def _zero_shot(mini, k_neg=3):
     from clipood.detector import Detector
 
     torch.manual_seed(0)
-    feats = torch.nn.functional.normalize(torch.randn(2 + k_neg, tiny.embed_dim), dim=-1)
-    return Detector(tiny, feats, ["red", "green"], negatives=[f"w{i}" for i in range(k_neg)],
+    feats = torch.nn.functional.normalize(torch.randn(2 + k_neg, mini.embed_dim), dim=-1)
+    return Detector(mini, feats, ["red", "green"], negatives=[f"w{i}" for i in range(k_neg)],
                     info={"model": "clipood-mini"})
 
 
@@ -159,11 +151,11 @@ def test_threshold_is_the_recall_quantile_by_hand():
         calibrate_threshold(s, 1.5)
 
 
-def test_zero_shot_detector_scores_by_an_independent_formula(tiny, tmp_path):
+def test_zero_shot_detector_scores_by_an_independent_formula(mini, tmp_path):
     from clipood.detector import Detector
 
     make_image_folder(tmp_path / "imgs", {"a": (200, 10, 10)}, n=3)
-    det = _zero_shot(tiny)
+    det = _zero_shot(mini)
     det.calibrate(torch.tensor([0.5, 1.0, 2.0]), 0.95, data={"what": "hand"})
     det.save_pretrained(tmp_path / "det")
     again = Detector.from_pretrained(tmp_path / "det")
@@ -171,8 +163,8 @@ def test_zero_shot_detector_scores_by_an_independent_formula(tiny, tmp_path):
     r = again(tmp_path / "imgs")
     from PIL import Image
 
-    x = torch.stack([tiny.preprocess(Image.open(f).convert("RGB")) for f in files])
-    v = torch.nn.functional.normalize(tiny.model.encode_image(x).float(), dim=-1).double()
+    x = torch.stack([mini.preprocess(Image.open(f).convert("RGB")) for f in files])
+    v = torch.nn.functional.normalize(mini.model.encode_image(x).float(), dim=-1).double()
     logits = 100 * v @ det.text_features.double().T
     expected = torch.log(torch.exp(logits[:, :2]).sum(1)) - torch.log(torch.exp(logits[:, 2:]).sum(1))
     assert torch.allclose(r.scores, expected, atol=1e-4)
@@ -181,11 +173,11 @@ def test_zero_shot_detector_scores_by_an_independent_formula(tiny, tmp_path):
     assert r.paths == [str(f) for f in files]
 
 
-def test_unknown_format_version_and_nan_weights_are_refused(tiny, tmp_path):
+def test_unknown_format_version_and_nan_weights_are_refused(mini, tmp_path):
     from clipood.detector import Detector
     from clipood.errors import ClipoodError
 
-    det = _zero_shot(tiny)
+    det = _zero_shot(mini)
     det.save_pretrained(tmp_path / "ok")
     meta_path = tmp_path / "ok" / "detector.json"
     meta = json.loads(meta_path.read_text())
@@ -204,11 +196,11 @@ def test_unknown_format_version_and_nan_weights_are_refused(tiny, tmp_path):
         Detector.from_pretrained(tmp_path / "nan")
 
 
-def test_missing_file_missing_folder_and_offline_hub_id(tiny, tmp_path, monkeypatch):
+def test_missing_file_missing_folder_and_offline_hub_id(mini, tmp_path, monkeypatch):
     from clipood.detector import Detector
     from clipood.errors import ClipoodError
 
-    _zero_shot(tiny).save_pretrained(tmp_path / "d")
+    _zero_shot(mini).save_pretrained(tmp_path / "d")
     (tmp_path / "d" / "calibration.json").unlink()
     with pytest.raises(ClipoodError, match="calibration.json is missing"):
         Detector.from_pretrained(tmp_path / "d")
@@ -231,8 +223,8 @@ def test_random_weights_are_not_saved_as_a_detector(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
-def test_resaving_replaces_the_folder_and_leaves_no_temp(tiny, tmp_path):
-    det = _zero_shot(tiny)
+def test_resaving_replaces_the_folder_and_leaves_no_temp(mini, tmp_path):
+    det = _zero_shot(mini)
     det.save_pretrained(tmp_path / "d")
     (tmp_path / "d" / "stale.txt").write_text("x")
     det.save_pretrained(tmp_path / "d")

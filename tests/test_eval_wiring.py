@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from training_probe import (crop_cache, eval_raw_scores, frozen_method, recipe_config, split_features,
                             train_and_score, zero_shot_methods)
+from helpers import unit
 
 K, N, D = 5, 2, 4
-
-
-def unit(*shape, seed):
-    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +59,6 @@ def test_zero_shot_mcm_is_temperature_one_on_raw_cosines(sf):
 def test_tuned_method_scored_with_mcm_uses_the_configured_temperature(sf, tmp_path, monkeypatch):
     """eval.score=mcm for a trained adapter: its scores are max softmax of its tuned cosines at T = 1 on raw
     cosines (T = eval.logit_scale on the scaled logits) — the recipe's train-then-evaluate step, 2 steps."""
-    pytest.importorskip("adapters")
     s = 20.0
     cfg = recipe_config("adapter.options.hidden_dim=2", "losses.kr=1.0", "train.epochs=1", "train.batch_size=2",
                         "train.max_steps=2", "train.lr=0.05", "eval.score=mcm", f"eval.logit_scale={s}")

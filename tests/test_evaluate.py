@@ -6,7 +6,9 @@ from sklearn.metrics import roc_auc_score
 from clipood.evaluation.protocol import EvalSplit, SplitFeatures, zero_shot_logits
 from clipood.evaluation.runner import ScoredMethod, evaluate_detectors
 
-CFG = {"eval": {"logit_scale": 100.0, "groups": 1, "convention": "hendrycks"}}
+from clipood.config.settings import EvalSettings
+
+EV = EvalSettings(logit_scale=100.0, groups=1, convention="hendrycks")
 
 
 def _feats(n, d, seed, labels=None):
@@ -34,7 +36,7 @@ def _auroc_by_hand(sf, id_name, ood_name):
 def test_rows_for_single_and_multi_dataset_splits():
     base = _sf("base", "base", 0)
     c10, c100 = _sf("new_class", "cifar10", 10), _sf("new_class", "cifar100", 20)
-    rows, raw = evaluate_detectors([ScoredMethod("zs", zero_shot_logits)], [base, c10, c100], CFG)
+    rows, raw = evaluate_detectors([ScoredMethod("zs", zero_shot_logits)], [base, c10, c100], EV)
     by = {(r["split"], r["dataset"]): r for r in rows}
     # one ID set: a row per OOD set plus the average of those rows
     assert abs(by[("base", "o1")]["auroc"] - _auroc_by_hand(base, "base", "o1")) < 1e-12
@@ -56,11 +58,11 @@ def test_rows_for_single_and_multi_dataset_splits():
 def test_configured_score_gets_a_zero_shot_row_and_scores_as_formula():
     from clipood.evaluation.runner import zero_shot_detectors
 
-    cfg = {"eval": {"score": "energy", "mcm": False, "logit_scale": 100.0, "groups": 1, "convention": "hendrycks"}}
-    ms = zero_shot_detectors(cfg)
+    ev = EvalSettings(score="energy", mcm=False, logit_scale=100.0, groups=1, convention="hendrycks")
+    ms = zero_shot_detectors(ev)
     assert [m.name for m in ms] == ["NegLabel (zero-shot)", "energy (zero-shot)"]
     sf = _sf("base", "base", 3)
-    rows, raw = evaluate_detectors([ms[1]], [sf], cfg)
+    rows, raw = evaluate_detectors([ms[1]], [sf], ev)
     f = sf.id_feats["base"]["features"]
     want = torch.logsumexp(100 * f @ sf.text_features[:sf.num_id].T, dim=1)  # energy over ID columns, T = 1
     assert np.allclose(raw["base"]["energy (zero-shot)"]["id/base"], want.double().numpy(), atol=1e-6)

@@ -7,20 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipood.clip.backbone import load_clip
 from clipood.errors import ClipoodError
 from clipood.training.finetune import FinetunedClassifier, finetune_step, split_image_tower, trunk_features
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return load_clip("clipood-tiny")  # ViT, 2 blocks
-
-
-@pytest.fixture(scope="module")
-def mini():
-    return load_clip("clipood-mini")  # timm ResNet tower, 8 BasicBlocks, batch norm
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipood.clip.backbone import load_clip
 from clipood.errors import ClipoodError
 from clipood.posthoc import LinearHead, react
 from clipood.clip.pre_projection import image_encoder, image_projection, pre_projection_features
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return load_clip("clipood-tiny")  # ViT: CLS after ln_post, width 64 → D 64
-
-
-@pytest.fixture(scope="module")
-def mini():
-    return load_clip("clipood-mini")  # timm ResNet tower: pooled 256 channels → linear head → D 128
 
 
 @pytest.fixture(scope="module")

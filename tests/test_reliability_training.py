@@ -28,9 +28,8 @@ from clipood.config.settings import TrainConfig
 from clipood.training.checkpoints import latest_checkpoint, load_checkpoint
 from clipood.training.loop import CropTrainData, NonFiniteLoss, fit
 from clipood.errors import ClipoodError
+import adapters
 from helpers import ROOT, run_script
-
-adapters = pytest.importorskip("adapters")
 
 
 # ============================================================================ in-process, synthetic crops
@@ -63,7 +62,7 @@ def make_method(text_features, init_seed: int = 0):
 def accelerator():
     from clipood.evaluation.benchmark import make_accelerator
 
-    return make_accelerator({"cpu": True})
+    return make_accelerator(cpu=True)
 
 
 def weights_of(method) -> dict[str, torch.Tensor]:

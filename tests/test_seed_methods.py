@@ -194,7 +194,7 @@ def test_negprompt_stacked_on_coop_starts_at_its_context_and_scores_with_its_pos
 def test_adapter_score_passes_through_evaluation_and_is_refused_for_adapters_without_one(context):
     from clipood.config.checks import check_run_settings
     from clipood.evaluation.protocol import score_cosines
-    from clipood_recipes.methods import own_scores
+    from clipood.evaluation.scoring import own_scores
 
     check_run_settings({"eval": {"score": "adapter"}})
     with pytest.raises(ClipoodError, match="score"):

@@ -156,25 +156,15 @@ def test_a_long_learned_context_is_refused_not_cut(mini):
     import adapters
     from clipood_recipes.methods import label_context
 
+    from clipood.labels.label_set import LabelSet
+
     C = torch.nn.functional.normalize(torch.randn(5, 128), dim=-1)
-    sf = types.SimpleNamespace(split=types.SimpleNamespace(classnames=["star", "heart"]), text_features=C, num_id=2)
-    negs = types.SimpleNamespace(words=["apple", "river", "stone"], pos=["noun"] * 3, __len__=lambda self: 3)
-    bench = types.SimpleNamespace(backbone=mini, negatives={("star", "heart"): _Negs(["apple", "river", "stone"])})
-    cfg = {"negatives": {"id_template": "a photo of a {}.", "noun_template": "a photo of a {}.",
-                         "adj_template": "a {} texture."}}
-    ctx = label_context(cfg, sf, bench)
+    labels = LabelSet(("star", "heart"), C, "a photo of a {}.", ("apple", "river", "stone"), ("noun",) * 3,
+                      {"noun": "a photo of a {}.", "adj": "a {} texture."})
+    ctx = label_context(types.SimpleNamespace(label_set=labels), mini)
     adapters.CoOp(ctx, ctx_init="a photo of a")  # fits
     with pytest.raises(ClipoodError, match="ctx_init"):
         adapters.CoOp(ctx, ctx_init="a " + "very " * 16 + "nice photo of a")
-    del negs
-
-
-class _Negs:
-    def __init__(self, words):
-        self.words, self.pos = list(words), ["noun"] * len(words)
-
-    def __len__(self):
-        return len(self.words)
 
 
 def test_links_in_a_class_folder_count_every_image_once(tmp_path):

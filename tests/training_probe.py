@@ -54,7 +54,7 @@ def accelerator():
     """One CPU accelerator for the whole test session (Accelerate keeps a process-wide state anyway)."""
     global _ACCELERATOR
     if _ACCELERATOR is None:
-        _ACCELERATOR = make_accelerator({"cpu": True})
+        _ACCELERATOR = make_accelerator(cpu=True)
     return _ACCELERATOR
 
 
@@ -178,11 +178,15 @@ def frozen_method(score: str, temperature: float, name: str = "frozen"):
 
 
 def zero_shot_methods(cfg: dict):
-    return zero_shot_detectors(cfg)
+    from clipood.config.settings import EvalSettings, typed
+
+    return zero_shot_detectors(typed(EvalSettings, cfg["eval"]))
 
 
 def eval_raw_scores(methods, sf: SplitFeatures, cfg: dict) -> dict[str, dict[str, torch.Tensor]]:
-    _, raw = evaluate_detectors(list(methods), [sf], cfg)
+    from clipood.config.settings import EvalSettings, typed
+
+    _, raw = evaluate_detectors(list(methods), [sf], typed(EvalSettings, cfg["eval"]))
     return {m: {k: torch.as_tensor(v) for k, v in d.items()} for m, d in raw[sf.split.name].items()}
 
 

@@ -95,9 +95,9 @@ def _mismatch_summary(expected: dict, got: dict) -> str:
     return "; ".join(parts) or "the state dict does not load"
 
 
-def _hf_cached_file(cfg: dict) -> str | None:
+def _hf_cached_file(model_cfg: dict) -> str | None:
     """Path of a tag's weights in the local Hugging Face cache, or None (never touches the network)."""
-    hub = cfg.get("hf_hub", "")
+    hub = model_cfg.get("hf_hub", "")
     if not hub:
         return None
     try:
@@ -148,7 +148,7 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
     return f"{host}:{port} cannot be reached ({outcome.get('error', f'no answer within {timeout:.0f}s')})"
 
 
-def _download_tag(model_name: str, tag: str, cfg: dict, timeout: float) -> str:
+def _download_tag(model_name: str, tag: str, model_cfg: dict, timeout: float) -> str:
     """Fetch a tag's weights; fail within ``timeout`` seconds when no byte arrives (no 45-second retry loop)."""
     import open_clip
 
@@ -166,7 +166,7 @@ def _download_tag(model_name: str, tag: str, cfg: dict, timeout: float) -> str:
 
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings: the error below says it
         try:
-            result["path"] = open_clip.download_pretrained(cfg)
+            result["path"] = open_clip.download_pretrained(model_cfg)
         except Exception as e:  # noqa: BLE001 - reported below
             result["error"] = e
 

@@ -210,8 +210,9 @@ def _unescape(value: Any) -> Any:
     return value
 
 
-def compose(schema: type, layers: Sequence[Layer], resets: Mapping[str, str] | None = None):
-    """The schema's defaults with every layer applied in order; returns a typed OmegaConf ``DictConfig``.
+def compose(schema: type, layers: Sequence[Layer], resets: Mapping[str, str] | None = None, start=None):
+    """The schema's defaults (or ``start``, a ``DictConfig`` of this schema composed before: it is changed) with
+    every layer applied in order; returns a typed OmegaConf ``DictConfig``.
 
     A layer is ``(where, [(dotted_key, value), ...])``; ``where`` names the file or "the command line" in
     errors. Values are data: ``${...}`` is never an interpolation or a resolver call (``${oc.env:X}`` stays that
@@ -219,7 +220,7 @@ def compose(schema: type, layers: Sequence[Layer], resets: Mapping[str, str] | N
     """
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.structured(schema)
+    cfg = OmegaConf.structured(schema) if start is None else start
     resets = dict(resets or {})
     for where, given in layers:
         items = _flatten_layer(schema, dict(given) if isinstance(given, Mapping) else dict(_ordered(given)), where)

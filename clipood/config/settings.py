@@ -4,7 +4,7 @@ Each field has a type, the default of the default run (the embedded mini world) 
 ``--help`` prints. Method-specific sections (adapter, loss weights) live in the layer above ``adapters``
 (:mod:`clipood_recipes.settings`); this module knows no method. ``None`` where a benchmark decides
 (negatives on the mini world vs NegLabel's rule on real benchmarks) is resolved by
-:func:`clipood.evaluation.benchmark.resolve_defaults` before ``--help`` prints and before the run starts.
+a copy by :func:`clipood.config.defaults.resolve_defaults` once, when the config is composed: before ``--help`` prints and before the run starts.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..errors import ClipoodError
 
 __all__ = ["MiniSettings", "NegativeSettings", "EvalSettings", "CropSettings", "TrainConfig", "RunSettings", "opt",
-           "section"]
+           "section", "typed"]
 
 
 def opt(default: Any, help: str) -> Any:  # noqa: A002 - the field's help text
@@ -28,6 +28,26 @@ def opt(default: Any, help: str) -> Any:  # noqa: A002 - the field's help text
 def section(cls: type, help: str, **values: Any) -> Any:  # noqa: A002
     """A nested settings section (its defaults, optionally changed by ``values``)."""
     return field(default_factory=lambda: cls(**values), metadata={"help": help})
+
+
+def typed(schema: type, values: Any) -> Any:
+    """One section of a composed config as its schema object (nested sections too; missing keys take the
+    schema's defaults, an unknown key is refused): what a core function takes instead of the whole config.
+    A schema object is returned as it is."""
+    import dataclasses
+    import typing
+
+    if isinstance(values, schema):
+        return values
+    hints = typing.get_type_hints(schema)
+    names = {f.name for f in dataclasses.fields(schema)}
+    extra = sorted(set(values) - names)
+    if extra:
+        from ..errors import unknown
+
+        raise unknown(f"{schema.__name__} key", extra[0], sorted(names))
+    return schema(**{k: typed(hints[k], v) if dataclasses.is_dataclass(hints[k]) else v
+                     for k, v in values.items()})
 
 
 @dataclass
@@ -79,7 +99,8 @@ class EvalSettings:
 
 @dataclass
 class CropSettings:
-    """How training crops are cut and chosen (paper §3.4); the run's seed seeds them."""
+    """How training crops are cut and chosen (paper §3.4; checked in ``__post_init__``). The recipe's ``crops``
+    section; :class:`clipood.crops.sampling.CropConfig` is this with the seed the crops are drawn from."""
 
     num_crops: int = opt(32, "P random crops per training image (paper 256, released code 128)")
     num_selected: int = opt(8, "Q ID crops and Q negative crops kept per image (paper 32); 2Q <= P")
@@ -92,6 +113,44 @@ class CropSettings:
     grayscale: bool = opt(False, "random grayscale (paper: on; released code: off)")
     grayscale_p: float = opt(0.2, "probability of grayscale when grayscale is on")
     prompt: str = opt("a photo of a {}.", "text that ranks the crops, formatted with the class name")
+
+    def __post_init__(self) -> None:
+        self.scale = _pair("scale", self.scale)
+        self.ratio = _pair("ratio", self.ratio)
+        self.jitter = tuple(float(v) for v in self.jitter)  # type: ignore[assignment]
+        for name in ("num_crops", "num_selected"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ClipoodError(f"crop config: {name} must be an integer, got {v!r}")
+        P, Q = self.num_crops, self.num_selected
+        if P < 1:
+            raise ClipoodError(f"crop config: num_crops P={P} must be >= 1")
+        if Q < 1:
+            raise ClipoodError(f"crop config: num_selected Q={Q} must be >= 1")
+        if 2 * Q > P:
+            raise ClipoodError(f"crop config: num_selected Q={Q} needs num_crops P >= {2 * Q} (the top Q and bottom Q "
+                               f"crops must not overlap), got P={P}; raise num_crops or lower num_selected")
+        lo, hi = self.scale
+        if not (0 < lo <= hi <= 1):
+            raise ClipoodError(f"crop config: scale={self.scale} must satisfy 0 < min <= max <= 1")
+        lo, hi = self.ratio
+        if not (0 < lo <= hi):
+            raise ClipoodError(f"crop config: ratio={self.ratio} must satisfy 0 < min <= max")
+        if len(self.jitter) != 4 or any(v < 0 for v in self.jitter) or self.jitter[3] > 0.5:
+            raise ClipoodError(f"crop config: jitter={self.jitter} must be 4 values (brightness, contrast, saturation"
+                               f", hue) >= 0 with hue <= 0.5")
+        if not 0 <= self.grayscale_p <= 1:
+            raise ClipoodError(f"crop config: grayscale_p={self.grayscale_p} must be in [0, 1]")
+        if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:
+            raise ClipoodError(f"crop config: prompt {self.prompt!r} must contain exactly one '{{}}' for the class name")
+
+
+def _pair(name: str, v: Any) -> Tuple[float, float]:
+    try:
+        a, b = (float(x) for x in v)
+    except (TypeError, ValueError):
+        raise ClipoodError(f"crop config: {name} must be two numbers (min, max), got {v!r}") from None
+    return (a, b)
 
 
 @dataclass

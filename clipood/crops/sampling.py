@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..config.settings import CropSettings
 from ..errors import ClipoodError
 
 log = logging.getLogger("clipood")
@@ -29,52 +30,18 @@ log = logging.getLogger("clipood")
 
 # --------------------------------------------------------------------------------------------- config
 @dataclass
-class CropConfig:
-    """How crops are made and selected (help per field; checked in ``__post_init__``)."""
+class CropConfig(CropSettings):
+    """The recipe's crop settings (:class:`clipood.config.settings.CropSettings`, its defaults and checks) with the
+    seed the crops are drawn from: crops of image i depend only on (seed, i)."""
 
-    num_crops: int = 16                      #: P random crops per image (paper 256, official code 128)
-    num_selected: int = 4                    #: Q ID crops and Q negative crops per image (paper / code 32); 2Q ≤ P
-    scale: tuple[float, float] = (0.08, 1.0)  #: RandomResizedCrop area fraction range
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)  #: RandomResizedCrop aspect-ratio range (w / h)
-    flip: bool = True                        #: random horizontal flip, p = 0.5
-    color_jitter: bool = False               #: colour jitter on every crop (paper: on; official code: off)
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  #: brightness, contrast, saturation, hue
-    grayscale: bool = False                  #: random grayscale (paper: on; official code: off)
-    grayscale_p: float = 0.2                 #: probability of grayscale when ``grayscale`` is on
-    prompt: str = "a photo of a {}."         #: text that ranks the crops, formatted with the class name
-    seed: int = 0                            #: crop seed; crops of image i depend only on (seed, i)
+    seed: int = 0
 
     def __post_init__(self) -> None:
-        self.scale = _pair("scale", self.scale)
-        self.ratio = _pair("ratio", self.ratio)
-        self.jitter = tuple(float(v) for v in self.jitter)  # type: ignore[assignment]
-        for name in ("num_crops", "num_selected", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ClipoodError(f"crop config: {name} must be an integer, got {v!r}")
-        P, Q = self.num_crops, self.num_selected
-        if P < 1:
-            raise ClipoodError(f"crop config: num_crops P={P} must be >= 1")
-        if Q < 1:
-            raise ClipoodError(f"crop config: num_selected Q={Q} must be >= 1")
-        if 2 * Q > P:
-            raise ClipoodError(f"crop config: num_selected Q={Q} needs num_crops P >= {2 * Q} (the top Q and bottom Q "
-                               f"crops must not overlap), got P={P}; raise num_crops or lower num_selected")
-        lo, hi = self.scale
-        if not (0 < lo <= hi <= 1):
-            raise ClipoodError(f"crop config: scale={self.scale} must satisfy 0 < min <= max <= 1")
-        lo, hi = self.ratio
-        if not (0 < lo <= hi):
-            raise ClipoodError(f"crop config: ratio={self.ratio} must satisfy 0 < min <= max")
-        if len(self.jitter) != 4 or any(v < 0 for v in self.jitter) or self.jitter[3] > 0.5:
-            raise ClipoodError(f"crop config: jitter={self.jitter} must be 4 values (brightness, contrast, saturation"
-                               f", hue) >= 0 with hue <= 0.5")
-        if not 0 <= self.grayscale_p <= 1:
-            raise ClipoodError(f"crop config: grayscale_p={self.grayscale_p} must be in [0, 1]")
+        super().__post_init__()
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ClipoodError(f"crop config: seed must be an integer, got {self.seed!r}")
         if self.seed < 0:
             raise ClipoodError(f"crop config: seed={self.seed} must be >= 0")
-        if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:
-            raise ClipoodError(f"crop config: prompt {self.prompt!r} must contain exactly one '{{}}' for the class name")
 
     @classmethod
     def from_dict(cls, d: dict) -> "CropConfig":
@@ -85,14 +52,6 @@ class CropConfig:
 
             raise unknown("crop config field", extra[0], known)
         return cls(**d)
-
-
-def _pair(name: str, v: Any) -> tuple[float, float]:
-    try:
-        a, b = (float(x) for x in v)
-    except (TypeError, ValueError):
-        raise ClipoodError(f"crop config: {name} must be two numbers (min, max), got {v!r}") from None
-    return (a, b)
 
 
 # --------------------------------------------------------------------------------------------- making crops

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config.checks import cache_root, check_environment, check_locations, check_run_settings
 from ..config.compose import get
 from ..errors import ClipoodError
 from typing import TYPE_CHECKING
@@ -19,25 +18,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clipood")
 
-__all__ = ["Benchmark", "make_accelerator", "resolve_defaults", "setup_benchmark", "label_features",
+__all__ = ["Benchmark", "make_accelerator", "setup_benchmark", "label_features",
            "prepare_splits"]
 
 
-def make_accelerator(cfg):
+def make_accelerator(cpu: bool | None = None, log_with: str | None = None, output_dir: str | None = None):
     """An Accelerator on the GPU when there is one, else on the CPU (``cpu=True`` also enables multi-process
-    CPU runs under ``accelerate launch --multi_gpu --num_processes N``)."""
+    CPU runs under ``accelerate launch --multi_gpu --num_processes N``); ``log_with``: a tracker writing under
+    ``output_dir``."""
     import torch
     from accelerate import Accelerator
 
-    cpu = get(cfg, "cpu")
     if cpu is None:
         cpu = not torch.cuda.is_available()
     from ..training.trackers import BUILTIN_TRACKERS
 
-    log_with = cfg.get("log_with")
-    kwargs = {"log_with": log_with, "project_dir": cfg.get("output_dir")} if log_with else {}
+    kwargs = {"log_with": log_with, "project_dir": output_dir} if log_with else {}
     if log_with in BUILTIN_TRACKERS:  # clipood's own (log_with=jsonl): the recipe adds the instance per run
-        kwargs = {"project_dir": cfg.get("output_dir")}
+        kwargs = {"project_dir": output_dir}
     try:
         return Accelerator(cpu=bool(cpu), **kwargs)
     except (ValueError, ImportError) as e:
@@ -45,16 +43,33 @@ def make_accelerator(cfg):
                            f"built-in log_with=jsonl, or drop log_with") from None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Benchmark:
+    """What a run evaluates on (made once by :func:`setup_benchmark`, never changed): the backbone, the
+    evaluation splits, the mining corpus, the training pool's spec (None: the config's ``train_data``), the
+    mini world's folder and the notes results.md carries."""
+
     backbone: Any
-    splits: list[EvalSplit]
+    splits: tuple[EvalSplit, ...]
+    corpus: Any
+    train_spec: Any = None
+    world_dir: Path | None = None
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "splits", tuple(self.splits))
+        object.__setattr__(self, "notes", tuple(self.notes))
+
+
+@dataclass
+class _Data:
+    """The data half of a benchmark (no backbone yet): what :func:`_setup_data` finds."""
+
+    splits: list
     corpus: Any
     train_spec: Any = None
     world_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
-    #: mined negatives per ID label set (``tuple(classnames)``), filled by :func:`prepare_splits`
-    negatives: dict = field(default_factory=dict)
 
 
 def setup_benchmark(cfg, accelerator) -> Benchmark:
@@ -64,29 +79,31 @@ def setup_benchmark(cfg, accelerator) -> Benchmark:
     from ..datasets.checks import check_data
     from .report import convention_note
 
-    check_environment()
-    check_run_settings(cfg)
-    check_locations(cfg)  # output_dir writable, the cache a folder (an unwritable cache warns once)
-    resolve_defaults(cfg)
+    # the config is the recipe's: composed, resolved and checked once (clipood_recipes.configure), its folders
+    # and environment checked before torch was imported (load_settings)
     check_data(cfg)  # every data problem of every split, before any model work
-    bench = _setup_data(cfg, accelerator)
+    data = _setup_data(cfg, accelerator)
     from ..labels.prompts import check_class_names
 
-    for split in bench.splits if cfg["benchmark"] == "custom" else ():
+    for split in data.splits if cfg["benchmark"] == "custom" else ():
         # the user's names (folders, classnames), before the model loads: names the text encoder could not tell
         # apart. Named suites keep their label sets as published (ImageNet-1k has two 'missile' classes)
         check_class_names(split.classnames, f"the ID classes of split {split.name}")
+    notes = list(data.notes)
     if cfg["model"] == "clipood-mini" and cfg["benchmark"] != "mini":
-        bench.notes.append(MINI_ELSEWHERE)
-    bench.notes.append(convention_note(cfg["eval"]["convention"]))
-    bench.backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
-    if str(bench.backbone.identifier).split("|", 1)[-1].startswith("random"):
+        notes.append(MINI_ELSEWHERE)
+    notes.append(convention_note(cfg["eval"]["convention"]))
+    backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
+    if str(backbone.identifier).split("|", 1)[-1].startswith("random"):
         # any model without pretrained weights (not only clipood-tiny): said in results.md and the printed
         # summary (not in the log: an error line after it must stay the only line on stderr)
-        note = (f"> **{cfg['model']} has random weights (no pretrained tag or weights file): these numbers are "
-                f"meaningless.**")
-        bench.notes = [n for n in bench.notes if "random weights" not in n] + [note]
-    return bench
+        notes = [n for n in notes if n != TINY_NOTE] + [
+            f"> **{cfg['model']} has random weights (no pretrained tag or weights file): these numbers are "
+            f"meaningless.**"]
+    return Benchmark(backbone, data.splits, data.corpus, data.train_spec, data.world_dir, notes)
+
+
+TINY_NOTE = "> **clipood-tiny has random weights: these numbers are meaningless (smoke test only).**"
 
 
 MINI_ELSEWHERE = ("> **Warning: clipood-mini is the tiny CLIP of the embedded mini world (32-px rendered shapes, 98 "
@@ -94,26 +111,26 @@ MINI_ELSEWHERE = ("> **Warning: clipood-mini is the tiny CLIP of the embedded mi
                   "CLIP for your data (e.g. model=ViT-B-16 pretrained=openai).**")
 
 
-def _setup_data(cfg, accelerator) -> Benchmark:
+def _setup_data(cfg, accelerator) -> _Data:
+    """The splits, corpus, training pool and notes (the backbone is loaded by setup_benchmark once the data are
+    known to be there)."""
     from .protocol import EvalSplit
 
-    backbone = None  # loaded by setup_benchmark once the data are known to be there
     notes = []
     if cfg["model"] == "clipood-tiny":
-        notes.append("> **clipood-tiny has random weights: these numbers are meaningless (smoke test only).**")
+        notes.append(TINY_NOTE)
     if cfg["benchmark"] == "mini":
         from ..mini.build import MiniWorldConfig, build_world
         from ..mini.protocol import mini_corpus, mini_splits, mini_train_spec
 
-        m = cfg["mini"]
-        mcfg = MiniWorldConfig(seed=int(m["seed"]), train_per_class=int(m["train_per_class"]),
-                               test_per_class=int(m["test_per_class"]), ood_per_set=int(m["ood_per_set"]),
-                               style_per_class=int(m["style_per_class"]))
+        from ..config.settings import MiniSettings
+
+        mcfg = MiniWorldConfig.from_settings(MiniSettings(**cfg["mini"]))
         with accelerator.main_process_first():
-            world = build_world(mcfg, root=get(cfg, "mini.root"), progress=accelerator.is_main_process and cfg["progress"])
+            world = build_world(mcfg, progress=accelerator.is_main_process and cfg["progress"])
         corpus = mini_corpus(world) if not get(cfg, "negatives.corpus") else _corpus(cfg)
         notes.append(f"Mini world seed {mcfg.seed} ({world.name}).")
-        return Benchmark(backbone, mini_splits(world), corpus, mini_train_spec(world), world, notes)
+        return _Data(mini_splits(world), corpus, mini_train_spec(world), world, notes)
     from ..suites import check_suite, get_suite
 
     if cfg["benchmark"] == "custom":
@@ -138,7 +155,7 @@ def _setup_data(cfg, accelerator) -> Benchmark:
 
         ood = {k: as_ood_spec(spec_from_dict(v)) for k, v in cfg["ood_data"].items()}
         split = EvalSplit("base", {"id": id_spec}, ood, list(names), "custom datasets")
-        return Benchmark(backbone, [split], _corpus(cfg), None, None, notes)
+        return _Data([split], _corpus(cfg), None, None, notes)
 
     root = cfg.get("data_root")
     suite = get_suite(cfg["benchmark"], root=root, classes=cfg.get("classes"))
@@ -165,7 +182,7 @@ def _setup_data(cfg, accelerator) -> Benchmark:
         ood = suite.ood if kind == "new_style" else s_.ood
         groups = suite.groups if kind == "new_style" else s_.groups
         splits.append(EvalSplit(kind, {s_.name: s_.id}, ood, names(s_), s_.description, groups=groups))
-    return Benchmark(backbone, splits, _corpus(cfg), None, None, notes)
+    return _Data(splits, _corpus(cfg), None, None, notes)
 
 
 def mining_inputs(cfg, accelerator=None) -> tuple[list[str], Any]:
@@ -174,8 +191,8 @@ def mining_inputs(cfg, accelerator=None) -> tuple[list[str], Any]:
     folders, the mini world (built with ``accelerator`` if needed: its corpus is its captions' words). For
     ``clipood mine``."""
     if cfg["benchmark"] == "mini":
-        bench = _setup_data(cfg, accelerator)
-        return list(bench.splits[0].classnames), bench.corpus
+        data = _setup_data(cfg, accelerator)
+        return list(data.splits[0].classnames), data.corpus
     if cfg["benchmark"] == "custom":
         from ..datasets.dataset import build_dataset
         from ..datasets.specs import spec_from_dict
@@ -201,44 +218,23 @@ def _has_label_set(cfg) -> bool:
     return bool(get_suite(cfg["benchmark"]).label_set)
 
 
-def backbone_label(cfg) -> str:
+def backbone_label(model: str, pretrained: str | None = None) -> str:
     """``ViT-B-16 (openai)``, ``clipood-mini (shipped weights)``: the backbone as results.md names it."""
-    pre = cfg.get("pretrained")
-    if pre:
-        return f"{cfg['model']} ({Path(str(pre)).name if os.sep in str(pre) else pre})"
-    return f"{cfg['model']} ({'shipped weights' if cfg['model'] == 'clipood-mini' else 'no pretrained weights'})"
+    if pretrained:
+        return f"{model} ({Path(str(pretrained)).name if os.sep in str(pretrained) else pretrained})"
+    return f"{model} ({'shipped weights' if model == 'clipood-mini' else 'no pretrained weights'})"
 
 
-def data_label(cfg, split) -> str:
+def data_label(benchmark: str, split, *, mini_seed: int | None = None, id_data: dict | None = None) -> str:
     """What a split's images are, for its results.md heading: the mini world and its seed, the custom ID path,
     or the suite's description."""
-    if cfg["benchmark"] == "mini":
-        return f"mini world seed {get(cfg, 'mini.seed')}: {split.description}"
-    if cfg["benchmark"] == "custom":
-        spec = cfg.get("id_data") or {}
+    if benchmark == "mini":
+        return f"mini world seed {mini_seed}: {split.description}"
+    if benchmark == "custom":
+        spec = id_data or {}
         where = spec.get("path") or spec.get("list_file") or spec.get("path_or_name") or "id_data"
         return f"custom data: ID {where}, OOD {', '.join(split.ood_sets)}"
-    return f"{cfg['benchmark']}: {split.description}" if split.description else str(cfg["benchmark"])
-
-
-MINI_NEGATIVES = {"num": 40, "id_template": "a photo of a {}.", "noun_template": "a photo of a {}.",
-                  "adj_template": "a {} texture."}
-NEGLABEL_NEGATIVES = {"num": None, "id_template": "the nice {}.", "noun_template": "the nice {}.",
-                      "adj_template": "This is a {} photo."}
-
-
-def resolve_defaults(cfg) -> dict:
-    """Resolve ``None`` settings to the benchmark's defaults (in place; returns ``cfg``): the negative-label
-    settings, and the metric convention (openood for the ``openood-*`` suites, else hendrycks)."""
-    from ..metrics import default_convention  # not via clipood.suites: no torch before the config is checked
-
-    if cfg["eval"].get("convention") is None:
-        cfg["eval"]["convention"] = default_convention(cfg["benchmark"])
-    src = MINI_NEGATIVES if cfg["benchmark"] == "mini" else NEGLABEL_NEGATIVES
-    for k, v in src.items():
-        if cfg["negatives"].get(k) is None:
-            cfg["negatives"][k] = v
-    return cfg
+    return f"{benchmark}: {split.description}" if split.description else str(benchmark)
 
 
 def _corpus(cfg):
@@ -248,31 +244,35 @@ def _corpus(cfg):
     return load_word_file(path) if path else load_corpus()
 
 
-def label_features(backbone, classnames, corpus, cfg, accelerator=None):
+def label_features(backbone, classnames, corpus, negatives: dict, cache_dir, accelerator=None, progress=False):
     """Frozen text features C (K×D) of the ID names then the mined negatives, and the NegativeSet; mined and
-    encoded once per backbone, corpus and settings (cached; see `clipood.labels.label_features`)."""
+    encoded once per backbone, corpus and ``negatives`` settings (cached under ``cache_dir``; see
+    `clipood.labels.label_features`)."""
     from ..labels.label_features import label_text_features
 
-    return label_text_features(backbone, classnames, corpus, cfg["negatives"], cache_root(cfg),
-                               accelerator=accelerator, progress=bool(cfg.get("progress")))
+    return label_text_features(backbone, classnames, corpus, negatives, cache_dir, accelerator=accelerator,
+                               progress=bool(progress))
 
 
-def prepare_splits(bench: Benchmark, cfg, accelerator, local: bool = False) -> list[SplitFeatures]:
-    """Label features + cached image features for every split of the benchmark (with ``local``, patch
-    features too, for a method whose adapter requires ``local_features``)."""
+def prepare_splits(bench: Benchmark, negatives: dict, accelerator, *, batch_size: int, cache_dir, data_root=None,
+                   progress: bool = False, local: bool = False) -> list[SplitFeatures]:
+    """One label set per ID set (the ``negatives`` settings) + cached image features (encoded ``batch_size`` at a
+    time, cached under ``cache_dir``) for every split of the benchmark (with ``local``, patch features too, for a
+    method whose adapter requires ``local_features``)."""
+    from ..labels.label_set import LabelSet
     from .protocol import prepare_split
 
     out = []
-    labels = {}  # splits with the same ID classes (Base and unseen styles) share their label features
+    labels = {}  # splits with the same ID classes (Base and unseen styles) share one label set
     for split in bench.splits:
         key = tuple(split.classnames)
         if key not in labels:
-            labels[key] = label_features(bench.backbone, split.classnames, bench.corpus, cfg, accelerator)
-        C, num_id, negs = labels[key]
-        bench.negatives[key] = negs
-        sf = prepare_split(split, bench.backbone, C, num_id, negatives=negs.words,
-                           batch_size=cfg["eval"]["batch_size"], accelerator=accelerator,
-                           cache_dir=cache_root(cfg) / "features", progress=bool(cfg.get("progress")),
-                           root=cfg.get("data_root"), local=local)
+            C, num_id, negs = label_features(bench.backbone, split.classnames, bench.corpus, negatives, cache_dir,
+                                             accelerator, progress)
+            labels[key] = LabelSet.from_mined(split.classnames, C, negs, negatives)
+        ls = labels[key]
+        sf = prepare_split(split, bench.backbone, ls.features, ls.num_id, negatives=ls.neg_names,
+                           batch_size=batch_size, accelerator=accelerator, cache_dir=Path(cache_dir) / "features",
+                           progress=bool(progress), root=data_root, local=local, label_set=ls)
         out.append(sf)
     return out

@@ -46,6 +46,15 @@ class SplitFeatures:
     text_features: torch.Tensor
     num_id: int
     negatives: list[str] = field(default_factory=list)
+    #: the split's labels (names, templates, negatives with part of speech, these features): made once per ID set
+    label_set: "LabelSet | None" = None  # noqa: F821
+
+    def __post_init__(self) -> None:
+        if self.label_set is None:  # features given bare: the split's names, its negatives unnamed
+            from ..labels.label_set import LabelSet
+
+            self.label_set = LabelSet(tuple(self.split.classnames), self.text_features,
+                                      neg_names=tuple(self.negatives))
 
 
 LogitsFn = Callable[[Mapping[str, torch.Tensor], SplitFeatures], torch.Tensor]
@@ -63,8 +72,9 @@ def feature_batches(feats: Mapping[str, torch.Tensor], batch_size: int = 1024) -
 
 def zero_shot_logits(batch: Mapping[str, torch.Tensor] | torch.Tensor, sf: SplitFeatures) -> torch.Tensor:
     """Frozen CLIP: cos(v, c_i) for all K labels (B×K). Takes a batch dict (or, as before, a B×D tensor)."""
-    v = batch["image_features"] if isinstance(batch, Mapping) else batch
-    return v @ sf.text_features.T
+    from .scoring import frozen_logits
+
+    return frozen_logits(batch if isinstance(batch, Mapping) else {"image_features": batch}, sf.text_features)
 
 
 def zero_shot_local_logits(batch: Mapping[str, torch.Tensor], sf: SplitFeatures):
@@ -165,7 +175,7 @@ def evaluate_split(method: str, logits_fn: LogitsFn, sf: SplitFeatures, *, score
 
 def prepare_split(split: EvalSplit, backbone, text_features: torch.Tensor, num_id: int, *, negatives=(),
                   batch_size: int = 128, accelerator=None, cache_dir=None, progress: bool = True,
-                  root=None, on_corrupt: str = "error", local: bool = False) -> SplitFeatures:
+                  root=None, on_corrupt: str = "error", local: bool = False, label_set=None) -> SplitFeatures:
     """Encode every image of a split once (cached) and bundle it with its label features.
 
     ``local=True`` also stores patch features (``local``: N×T×D), for adapters whose ``requires`` names
@@ -184,4 +194,4 @@ def prepare_split(split: EvalSplit, backbone, text_features: torch.Tensor, num_i
 
     id_feats = {n: enc(s, n, is_id=True) for n, s in split.id_sets.items()}
     ood_feats = {n: enc(s, n) for n, s in split.ood_sets.items()}
-    return SplitFeatures(split, id_feats, ood_feats, text_features, num_id, list(negatives))
+    return SplitFeatures(split, id_feats, ood_feats, text_features, num_id, list(negatives), label_set)

@@ -9,6 +9,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from ..config.settings import EvalSettings
 from .protocol import SplitFeatures, evaluate_split
 
 __all__ = ["ScoredMethod", "evaluate_detectors", "zero_shot_detectors"]
@@ -26,11 +27,12 @@ class ScoredMethod:
     temperature: float = 1.0
 
 
-def evaluate_detectors(methods: list[ScoredMethod], sfs: list[SplitFeatures], cfg) -> tuple[list[dict], dict]:
-    """Rows for every method × split, and raw scores ``{split: {method: {set: scores}}}`` for the plots."""
+def evaluate_detectors(methods: list[ScoredMethod], sfs: list[SplitFeatures], ev: EvalSettings
+                       ) -> tuple[list[dict], dict]:
+    """Rows for every method × split, and raw scores ``{split: {method: {set: scores}}}`` for the plots, with
+    the ``eval`` settings (logit scale, grouping, metric convention)."""
     from .protocol import METRIC_KEYS
 
-    e = cfg["eval"]
     rows, raw = [], {}
     groups: dict[str, list[SplitFeatures]] = {}
     for sf in sfs:
@@ -40,11 +42,10 @@ def evaluate_detectors(methods: list[ScoredMethod], sfs: list[SplitFeatures], cf
         for m in methods:
             collapsed = []
             for sf in members:
-                r, sc = evaluate_split(m.name, m.logits_fn, sf, score=m.score, logit_scale=e["logit_scale"],
-                                       groups=e["groups"], temperature=m.temperature,
-                                       convention=e.get("convention") or "hendrycks",
-                                       remainder=e.get("group_remainder") or "drop",
-                                       lambda_local=float(e.get("lambda_local", 1.0)))
+                r, sc = evaluate_split(m.name, m.logits_fn, sf, score=m.score, logit_scale=ev.logit_scale,
+                                       groups=ev.groups, temperature=m.temperature,
+                                       convention=ev.convention or "hendrycks",
+                                       remainder=ev.group_remainder or "drop", lambda_local=float(ev.lambda_local))
                 if len(members) == 1:
                     rows += r
                     raw[split][m.name].update({k: v.numpy() for k, v in sc.items()})
@@ -62,17 +63,20 @@ def evaluate_detectors(methods: list[ScoredMethod], sfs: list[SplitFeatures], cf
     return rows, raw
 
 
-def zero_shot_detectors(cfg) -> list[ScoredMethod]:
+def zero_shot_detectors(ev: EvalSettings) -> list[ScoredMethod]:
     """Zero-shot NegLabel (always), the configured score's zero-shot baseline, and MCM where enabled."""
+    from ..scores import score_temperature
     from .protocol import zero_shot_local_logits, zero_shot_logits
 
-    methods = [ScoredMethod("NegLabel (zero-shot)", zero_shot_logits, "neglabel", 1.0)]
-    score = cfg["eval"]["score"]
-    if score == "glmcm":  # GL-MCM: MCM's T = 1 on raw cosines, global + best patch (needs patch features)
-        methods.append(ScoredMethod("GL-MCM (zero-shot)", zero_shot_local_logits, score, float(cfg["eval"]["logit_scale"])))
+    def method(name, logits_fn, score):
+        return ScoredMethod(name, logits_fn, score, score_temperature(score, ev.logit_scale))
+
+    methods = [method("NegLabel (zero-shot)", zero_shot_logits, "neglabel")]
+    score = ev.score
+    if score == "glmcm":  # GL-MCM: global + best patch (needs patch features)
+        methods.append(method("GL-MCM (zero-shot)", zero_shot_local_logits, score))
     elif score not in ("neglabel", "mcm", "adapter"):  # the tuned methods' score gets its zero-shot baseline too
-        methods.append(ScoredMethod(f"{score} (zero-shot)", zero_shot_logits, score, 1.0))
-    if cfg["eval"]["mcm"]:
-        # MCM: max softmax over ID labels of cos / T with T = 1 (logits are 100·cos, so temperature 100)
-        methods.insert(0, ScoredMethod("MCM (zero-shot)", zero_shot_logits, "mcm", float(cfg["eval"]["logit_scale"])))
+        methods.append(method(f"{score} (zero-shot)", zero_shot_logits, score))
+    if ev.mcm:
+        methods.insert(0, method("MCM (zero-shot)", zero_shot_logits, "mcm"))
     return methods

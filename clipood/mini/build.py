@@ -25,12 +25,13 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..config.settings import MiniSettings
 from ..errors import ClipoodError
 from ..io import make_temp_dir
 from .shapes import DIGIT_NAMES, OBJECTS, SHAPE_NAMES
@@ -42,23 +43,24 @@ OOD_SETS = ("textures", "digits", "shapes", "rare_shapes", "clutter")
 
 
 @dataclass
-class MiniWorldConfig:
-    """Settings of a mini-world benchmark. A different ``seed`` gives different images *and* a different
-    assignment of shapes to Base / unseen / OOD."""
+class MiniWorldConfig(MiniSettings):
+    """Settings of a mini-world benchmark: the recipe's ``mini`` section (:class:`clipood.config.settings.MiniSettings`:
+    seed, sizes, where it is built) and the world's fixed shape. A different ``seed`` gives different images *and*
+    a different assignment of shapes to Base / unseen / OOD."""
 
-    seed: int = 0
     image_size: int = 64
     num_base: int = 10
     num_new: int = 10
     num_ood_shapes: int = 14  # named in the corpus; the rest of the 48 shapes are "rare" (not named)
-    train_per_class: int = 16
-    test_per_class: int = 50
-    ood_per_set: int = 250
-    style_per_class: int = 30
     unseen_styles: tuple[str, ...] = ("sketch", "painting", "outline")
     #: WordNet words added to the corpus (0 by default: the tiny CLIP never saw them, they act as noise)
     distractor_nouns: int = 0
     distractor_adjectives: int = 0
+
+    @classmethod
+    def from_settings(cls, mini: MiniSettings) -> "MiniWorldConfig":
+        """The world the recipe's ``mini`` section names (its own fields; the shape stays the default)."""
+        return cls(**{f.name: getattr(mini, f.name) for f in fields(MiniSettings)})
 
     def __post_init__(self):
         n = self.num_base + self.num_new + self.num_ood_shapes
@@ -73,7 +75,8 @@ class MiniWorldConfig:
                 raise ClipoodError(f"mini world: {k} must be >= 1, got {getattr(self, k)}")
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "v": FORMAT_VERSION}, sort_keys=True)
+        what = {k: v for k, v in asdict(self).items() if k != "root"}  # where it is built does not change it
+        blob = json.dumps({**what, "v": FORMAT_VERSION}, sort_keys=True)
         return f"mini-world{FORMAT_VERSION}-s{self.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
@@ -144,6 +147,7 @@ def build_world(cfg: MiniWorldConfig | None = None, root: str | os.PathLike | No
     from tqdm.auto import tqdm
 
     cfg = cfg or MiniWorldConfig()
+    root = root if root is not None else cfg.root
     root = Path(root) if root is not None else default_cache_dir()
     final = root / cfg.key()
     if (final / "manifest.json").is_file() and not force:

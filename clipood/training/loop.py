@@ -324,7 +324,7 @@ def _replay_into_trackers(accelerator, history_path: Path, log_every: int) -> No
             accelerator.log(logs, step=rec["step"])
 
 
-def _ckpt(accelerator, ckpt_root, inner, opt, state, cfg):
+def _ckpt(accelerator, ckpt_root, inner, opt, state, cfg: TrainConfig):
     if accelerator.is_main_process:
         save_checkpoint(ckpt_root, inner.adapter, opt, dict(state), cfg.keep_checkpoints)
     accelerator.wait_for_everyone()

@@ -1,4 +1,5 @@
-"""Shared by the parity tests: compare with a reference (optionally logging the error), uneven batches, a tiny CLIP.
+"""Shared by the parity tests: compare with a reference (optionally logging the error), uneven batches (the tiny
+CLIP fixture ``tiny`` is the test-wide one of ``tests/conftest.py``).
 
 ``CLIPOOD_PARITY_LOG=path`` appends one JSON line per comparison ({"name", "max_abs_err", "n"}), so the largest
 error of each score against its reference can be reported; without it nothing is written.
@@ -9,7 +10,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 import torch
 
 TOL = 1e-6
@@ -43,13 +43,3 @@ def uneven_batches(x: np.ndarray, y: np.ndarray | None = None, sizes=(1, 63, 150
             out.append({"features": xb, "labels": yb} if as_dict else (xb, yb))
         at, i = at + s, i + 1
     return out
-
-
-@pytest.fixture(scope="session")
-def tiny():
-    """One tiny random CLIP (``clipood-tiny``: ViT, width 64, D 64); import it into a test module to use it (a
-    conftest.py here would shadow ``benchmarks/conftest.py``, which a benchmark imports by the name ``conftest``)."""
-    from clipood.clip.backbone import load_clip
-
-    torch.manual_seed(0)
-    return load_clip("clipood-tiny")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from parity_check import check, tiny  # noqa: F401 (fixture)
+from parity_check import check
 
 from adapters.clipn import (CLIPN_DEFAULTS, NoTextEncoder, atd_score, clipn_binary_opposite_loss, clipn_loss,
                             clipn_semantic_opposite_loss, ctw_score, ensemble_text_features,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from parity_check import check, tiny  # noqa: F401 (fixture)
+from parity_check import check
 
 from adapters.idlike import (IDLIKE_DEFAULTS, idlike_diversity_loss, idlike_loss, idlike_out_loss, idlike_score,
                              idlike_select_crops, ood_prompt_context)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from parity_check import check, tiny  # noqa: F401 (fixture)
+from parity_check import check
 
 from adapters.negprompt import (NEGPROMPT_DEFAULTS, negative_context_init, negprompt_score, negprompt_stage2_loss,
                                 negprompt_targets, negprompt_text_features, release_layout, split_release_layout)
