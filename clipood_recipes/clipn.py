@@ -246,6 +246,7 @@ class CLIPNRecipe(ZeroShotRecipe):
 
     def evaluate(self) -> None:
         from adapters.clipn import atd_score, ctw_score
+        from clipood.config.settings import EvalSettings, typed
         from clipood.evaluation.runner import evaluate_detectors
 
         scale, test = float(self.cfg["eval"]["logit_scale"]), float(self.cfg["clipn"]["test_scale"])
@@ -268,7 +269,7 @@ class CLIPNRecipe(ZeroShotRecipe):
             return atd_score(lo, ln), lo.argmax(1)
 
         methods = [scored_method("CLIPN-CTW", ctw, scale), scored_method("CLIPN-ATD", atd, scale)]
-        rows, raw = evaluate_detectors(methods, self.splits, self.cfg)
+        rows, raw = evaluate_detectors(methods, self.splits, typed(EvalSettings, self.cfg["eval"]))
         self.rows += rows
         for split, by_method in raw.items():
             self.raw[split].update(by_method)

@@ -189,6 +189,7 @@ class FinetuneRecipe(ZeroShotRecipe):
         return torch.cat([self.model.features(x.to(dev)).float().cpu() for x in h.split(256)])
 
     def evaluate(self) -> None:
+        from clipood.config.settings import EvalSettings, typed
         from clipood.evaluation.runner import evaluate_detectors
         from clipood.runtime.recipe import use_cpu_threads
 
@@ -211,7 +212,8 @@ class FinetuneRecipe(ZeroShotRecipe):
             other = []
         for group, names in ((same, list(methods)), (other, [n for n in methods if n not in fitted])):
             if group and names:
-                rows, raw = evaluate_detectors([methods[n] for n in names], group, self.cfg)
+                rows, raw = evaluate_detectors([methods[n] for n in names], group,
+                                               typed(EvalSettings, self.cfg["eval"]))
                 self.rows += rows
                 for split, by_method in raw.items():
                     self.raw[split].update(by_method)

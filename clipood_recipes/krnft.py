@@ -13,7 +13,7 @@ from clipood.crops.train_data import build_crop_data
 from clipood.evaluation.benchmark import backbone_label, data_label, make_accelerator, prepare_splits, setup_benchmark
 from clipood.evaluation.report import chance_warnings, plot_loss, split_heading, summary_table, write_outputs
 from clipood.evaluation.posthoc_eval import check_scores, evaluate_scores
-from clipood.evaluation.posthoc_run import PosthocRun
+from clipood.evaluation.posthoc_run import PosthocRun, PosthocSources
 from clipood.evaluation.runner import evaluate_detectors, zero_shot_detectors
 from clipood.io import write_json
 from clipood.runtime.recipe import seed_everything, setup_logging, use_cpu_threads
@@ -53,7 +53,7 @@ class ZeroShotRecipe:
         cfg = self.cfg
         self.claim()
         use_cpu_threads()
-        check_scores(cfg)                                                 # eval.scores names and options
+        check_scores(typed(EvalSettings, cfg["eval"]))                    # eval.scores names and options
         self.accelerator = make_accelerator(cfg["cpu"], cfg.get("log_with"), cfg["output_dir"])  # GPU if any
         setup_logging(self.accelerator.is_main_process)
         seed_everything(cfg["seed"])
@@ -73,8 +73,9 @@ class ZeroShotRecipe:
         if not self.cfg["eval"].get("scores"):
             return
         if getattr(self, "posthoc", None) is None:
-            self.posthoc = PosthocRun(self.cfg, self.bench, self.accelerator, self.splits)
-        rows, notes = evaluate_scores(self.posthoc, method, splits, self.cfg, {r["method"] for r in self.rows})
+            self.posthoc = PosthocRun(typed(EvalSettings, self.cfg["eval"]), posthoc_sources(self.cfg), self.bench,
+                                      self.accelerator, self.splits)
+        rows, notes = evaluate_scores(self.posthoc, method, splits, self.posthoc.ev, {r["method"] for r in self.rows})
         self.rows += rows
         self.notes += [n for n in notes if n not in self.notes]
 
@@ -225,3 +226,12 @@ def _whole_log(out: Path) -> list[dict]:
         except ValueError:
             continue
     return rows
+
+
+def posthoc_sources(cfg: dict) -> PosthocSources:
+    """What the post-hoc scores read from the run besides ``eval``: caches, data, ID template, training pool."""
+    return PosthocSources(cache_dir=cache_root(cfg), data_root=cfg.get("data_root"),
+                          id_template=cfg["negatives"].get("id_template") or "a photo of a {}.",
+                          train_data=cfg.get("train_data"), benchmark=cfg["benchmark"], classes=cfg.get("classes"),
+                          train_classes=cfg.get("train_classes"), shots=cfg.get("shots"), seed=int(cfg["seed"]),
+                          progress=bool(cfg.get("progress")))

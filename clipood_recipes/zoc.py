@@ -101,6 +101,7 @@ class ZOCRecipe(ZeroShotRecipe):
         return words
 
     def evaluate(self, backend=None) -> None:
+        from clipood.config.settings import EvalSettings, typed
         from clipood.evaluation.runner import evaluate_detectors
 
         z, bb = self.cfg["zoc"], self.bench.backbone
@@ -111,7 +112,7 @@ class ZOCRecipe(ZeroShotRecipe):
 
         name = f"ZOC ({z['generator']}{', k=' + str(z['k']) if z['generator'] == 'retrieval' else ''})"
         method = zoc_method(name, encode, vocab, z, float(self.cfg["eval"]["logit_scale"]), backend)
-        rows, raw = evaluate_detectors([method], self.splits, self.cfg)
+        rows, raw = evaluate_detectors([method], self.splits, typed(EvalSettings, self.cfg["eval"]))
         self.rows += rows
         for split, by_method in raw.items():
             self.raw[split].update(by_method)

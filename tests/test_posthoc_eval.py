@@ -93,7 +93,7 @@ def test_all_scores_on_an_openood_tree_in_one_command_and_a_second_run_does_noth
     assert len(list((tmp_path / "cache" / "posthoc").glob("*.safetensors"))) >= 6  # 5 fits (+ EOE's labels)
 
 
-def test_rows_match_gen_computed_by_hand():
+def test_rows_match_gen_computed_by_hand(tmp_path):
     """GEN rows (per set, the near group, the average) against sklearn's AUROC of the formula written here."""
     from types import SimpleNamespace
 
@@ -101,7 +101,8 @@ def test_rows_match_gen_computed_by_hand():
     from sklearn.metrics import roc_auc_score
 
     from clipood.evaluation.posthoc_eval import evaluate_scores
-    from clipood.evaluation.posthoc_run import PosthocRun
+    from clipood.config.settings import EvalSettings, typed
+    from clipood.evaluation.posthoc_run import PosthocRun, PosthocSources
     from clipood.evaluation.protocol import EvalSplit, SplitFeatures
 
     g = torch.Generator().manual_seed(0)
@@ -114,8 +115,9 @@ def test_rows_match_gen_computed_by_hand():
     sf = SplitFeatures(split, {"id": feats["id"]}, {"a": feats["a"], "b": feats["b"]}, text, 3)
     cfg = {"eval": {"scores": ["gen"], "logit_scale": 100.0, "convention": "hendrycks", "batch_size": 7},
            "cache_dir": None}
-    run = PosthocRun(cfg, SimpleNamespace(backbone=None), None, [sf])
-    rows, _ = evaluate_scores(run, None, [sf], cfg, set())
+    ev = typed(EvalSettings, cfg["eval"])
+    run = PosthocRun(ev, PosthocSources(cache_dir=tmp_path), SimpleNamespace(backbone=None), None, [sf])
+    rows, _ = evaluate_scores(run, None, [sf], ev, set())
 
     def gen(v):  # p = softmax(100·cos over the ID labels); S = −Σ_{top M=100} p^0.1 (1 − p)^0.1
         z = 100.0 * v.double().numpy() @ text[:3].double().numpy().T
@@ -146,12 +148,13 @@ def test_unknown_score_and_missing_label_file_fail_before_the_model(tmp_path, no
     assert no_model == []
 
 
-def test_two_id_datasets_in_one_split_are_collapsed_as_the_evaluation_does():
+def test_two_id_datasets_in_one_split_are_collapsed_as_the_evaluation_does(tmp_path):
     """Two ID datasets under one split name: a row per ID dataset (its own OOD average), then their mean."""
     from types import SimpleNamespace
 
     from clipood.evaluation.posthoc_eval import evaluate_scores
-    from clipood.evaluation.posthoc_run import PosthocRun
+    from clipood.config.settings import EvalSettings, typed
+    from clipood.evaluation.posthoc_run import PosthocRun, PosthocSources
     from clipood.evaluation.protocol import EvalSplit, SplitFeatures
 
     g = torch.Generator().manual_seed(1)
@@ -163,9 +166,10 @@ def test_two_id_datasets_in_one_split_are_collapsed_as_the_evaluation_does():
                                  {"o": {"features": unit(8), "labels": torch.zeros(8, dtype=torch.long)}}, unit(3), 2))
     cfg = {"eval": {"scores": ["msp"], "logit_scale": 100.0, "convention": "hendrycks", "batch_size": 4},
            "cache_dir": None}
-    run = PosthocRun(cfg, SimpleNamespace(backbone=None), None, sfs)
-    rows, _ = evaluate_scores(run, None, sfs, cfg, set())
-    alone = [evaluate_scores(run, None, [sf], cfg, set())[0] for sf in sfs]
+    ev = typed(EvalSettings, cfg["eval"])
+    run = PosthocRun(ev, PosthocSources(cache_dir=tmp_path), SimpleNamespace(backbone=None), None, sfs)
+    rows, _ = evaluate_scores(run, None, sfs, ev, set())
+    alone = [evaluate_scores(run, None, [sf], ev, set())[0] for sf in sfs]
     assert [r["dataset"] for r in rows] == ["c10", "c100", "average"]
     for r, a in zip(rows, alone):
         assert r["auroc"] == pytest.approx(a[-1]["auroc"]) and r["fpr95"] == pytest.approx(a[-1]["fpr95"])

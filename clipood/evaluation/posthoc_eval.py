@@ -28,7 +28,9 @@ import logging
 import torch
 
 from ..errors import ClipoodError, unknown
+from ..config.settings import EvalSettings
 from ..metrics import ood_metrics
+from ..scores import score_temperature
 from .posthoc_run import PosthocRun, make_score, score_options
 from .protocol import METRIC_KEYS, SplitFeatures, zero_shot_logits
 from .runner import ScoredMethod, evaluate_detectors
@@ -49,11 +51,11 @@ def _own(name: str) -> bool:
     return name in SCORES
 
 
-def requested(cfg) -> list[str]:
+def requested(ev: EvalSettings) -> list[str]:
     """The canonical names in ``eval.scores`` (aliases resolved, repeats dropped, order kept)."""
     from ..posthoc.registry import get_score
 
-    names = cfg["eval"].get("scores") or []
+    names = ev.scores or []
     if isinstance(names, str):
         names = [names]
     out = []
@@ -64,21 +66,21 @@ def requested(cfg) -> list[str]:
     return out
 
 
-def check_scores(cfg) -> None:
+def check_scores(ev: EvalSettings) -> None:
     """Every name and option of ``eval.scores`` / ``eval.score_options`` checked before any model work."""
     from ..posthoc.registry import _BY_NAME
     from ..scores import SCORES
 
-    names = cfg["eval"].get("scores") or []
+    names = ev.scores or []
     if isinstance(names, str):
         names = [names]
     for n in names:
         if not isinstance(n, str) or (n not in SCORES and n not in _BY_NAME):
             raise unknown("score in eval.scores", str(n), {**SCORES, **_BY_NAME})
-    for name in requested(cfg):
+    for name in requested(ev):
         if _own(name):
             continue
-        opts = score_options(cfg, name)
+        opts = score_options(ev, name)
         make_score(name, opts, envisioned=torch.zeros(1, 1) if "label_file" in opts else None)
         if name == "eoe" and not opts.get("label_file"):
             raise ClipoodError("eval.scores has eoe, which needs the envisioned-label file: set "
@@ -90,11 +92,11 @@ def check_scores(cfg) -> None:
                 raise ClipoodError(f"eval.score_options.{name}.label_file: {opts['label_file']} is not a file")
 
 
-def evaluate_scores(run: PosthocRun, method: ScoredMethod | None, splits: list[SplitFeatures], cfg,
+def evaluate_scores(run: PosthocRun, method: ScoredMethod | None, splits: list[SplitFeatures], ev: EvalSettings,
                     present: set[str]) -> tuple[list[dict], list[str]]:
     """Rows of ``eval.scores`` for zero-shot CLIP (``method=None``) or a trained method; rows already
     ``present`` (by name) are not repeated."""
-    names = requested(cfg)
+    names = requested(ev)
     if not names:
         return [], []
     tag = "zero-shot" if method is None else method.name
@@ -105,8 +107,8 @@ def evaluate_scores(run: PosthocRun, method: ScoredMethod | None, splits: list[S
         if row in present:
             continue
         if _own(name):  # the evaluation's own score, on this method's logits
-            t = float(cfg["eval"]["logit_scale"]) if name in ("mcm", "glmcm") else 1.0
-            rows += evaluate_detectors([ScoredMethod(row, logits_fn, name, t)], splits, cfg)[0]
+            t = score_temperature(name, ev.logit_scale)
+            rows += evaluate_detectors([ScoredMethod(row, logits_fn, name, t)], splits, ev)[0]
             continue
         from ..posthoc.registry import get_score
 
@@ -119,7 +121,7 @@ def evaluate_scores(run: PosthocRun, method: ScoredMethod | None, splits: list[S
         for sf in splits:
             groups.setdefault(sf.split.name, []).append(sf)
         for split, members in groups.items():
-            per = [_split_rows(row, run.score_split(score, sf, logits_fn), sf, cfg) for sf in members]
+            per = [_split_rows(row, run.score_split(score, sf, logits_fn), sf, ev.convention) for sf in members]
             rows += per[0] if len(per) == 1 else _collapsed(row, split, members, per)
     return rows, notes + (run.notes if method is None else [])
 
@@ -132,9 +134,9 @@ def _collapsed(method: str, split: str, members: list[SplitFeatures], per: list[
     return rows + [{"method": method, "split": split, "dataset": "average", **mean}]
 
 
-def _split_rows(method: str, scored: dict, sf: SplitFeatures, cfg) -> list[dict]:
+def _split_rows(method: str, scored: dict, sf: SplitFeatures, convention: str | None) -> list[dict]:
     """The evaluation's rows (``protocol.evaluate_split``'s layout) from precomputed scores."""
-    convention = cfg["eval"].get("convention") or "hendrycks"
+    convention = convention or "hendrycks"
     ood = {n: scored[f"ood/{n}"][0] for n in sf.ood_feats}
     rows, group_rows = [], []
     single = len(sf.id_feats) == 1

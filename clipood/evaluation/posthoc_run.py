@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from ..config.checks import cache_root
+from ..config.settings import EvalSettings
 from ..errors import ClipoodError
 from ..io import cache_write, load_safetensors, save_safetensors
 from .protocol import SplitFeatures
 
 log = logging.getLogger("clipood")
 
-__all__ = ["PosthocRun", "make_score", "score_options"]
+__all__ = ["PosthocRun", "PosthocSources", "make_score", "score_options"]
 
 #: options of a score that are not function parameters
 _FILE_OPTIONS = ("label_file", "remove_overlap", "deduplicate")
@@ -34,14 +36,32 @@ def tensor_key(*tensors: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class PosthocSources:
+    """What the post-hoc scores read besides the ``eval`` section: where caches and data live, the ID template
+    the envisioned labels are encoded with, and the training pool the fit data default to (the recipe builds it
+    from the run's settings)."""
+
+    cache_dir: Path
+    data_root: str | None = None
+    id_template: str = "a photo of a {}."
+    train_data: Any = None           #: the run's ``train_data`` spec (custom benchmarks)
+    benchmark: str = "mini"
+    classes: Any = None
+    train_classes: str | None = None
+    shots: int | None = None         #: the run's shots (None: a zero-shot run, DEFAULT_FIT_SHOTS)
+    seed: int = 0
+    progress: bool = False
+
+
 class PosthocRun:
     """What the post-hoc scores of one run share: made once per run, used for zero-shot and trained rows."""
 
-    def __init__(self, cfg, bench, accelerator, splits: list[SplitFeatures]):
-        self.cfg, self.bench, self.accelerator, self.splits = cfg, bench, accelerator, splits
+    def __init__(self, ev: EvalSettings, sources: PosthocSources, bench, accelerator, splits: list[SplitFeatures]):
+        self.ev, self.src, self.bench, self.accelerator, self.splits = ev, sources, bench, accelerator, splits
         self.backbone = bench.backbone
-        self.logit_scale = float(cfg["eval"]["logit_scale"])
-        self.cache = cache_root(cfg)
+        self.logit_scale = float(ev.logit_scale)
+        self.cache = Path(sources.cache_dir)
         self.notes: list[str] = []
         self._fit_ds = None
         self._feats: dict[tuple, dict] = {}
@@ -63,7 +83,7 @@ class PosthocRun:
     def score(self, name: str):
         """The (unfitted) :class:`~clipood.posthoc.scorer.PosthocScore` of ``name`` with the run's options."""
         if name not in self._scores:
-            opts = score_options(self.cfg, name)
+            opts = score_options(self.ev, name)
             envisioned = self._envisioned(opts) if opts.get("label_file") else None
             self._scores[name] = make_score(name, opts, envisioned)
         return self._scores[name]
@@ -76,7 +96,7 @@ class PosthocRun:
         labels = load_envisioned_labels(opts["label_file"], id_names=self.splits[0].split.classnames,
                                         remove_overlap=bool(opts.get("remove_overlap", False)),
                                         deduplicate=bool(opts.get("deduplicate", False)))
-        template = self.cfg["negatives"].get("id_template") or "a photo of a {}."
+        template = self.src.id_template or "a photo of a {}."
         path = self.cache / "posthoc" / f"text-{cache_key(self.backbone.identifier, template, labels)}.safetensors"
         if path.is_file():
             return load_safetensors(path)["features"]
@@ -90,15 +110,15 @@ class PosthocRun:
     def _dataset(self, spec):
         from ..datasets.dataset import build_dataset
 
-        return build_dataset(spec, transform=self.backbone.preprocess, root=self.cfg.get("data_root"))
+        return build_dataset(spec, transform=self.backbone.preprocess, root=self.src.data_root)
 
     def _encode(self, key: tuple, ds, pre_projection: bool) -> dict:
         if key not in self._feats:
             from ..clip.image_features import extract_features
 
             self._feats[key] = extract_features(
-                self.backbone, ds, batch_size=self.cfg["eval"]["batch_size"], accelerator=self.accelerator,
-                cache_dir=self.cache / "features", progress=bool(self.cfg.get("progress")),
+                self.backbone, ds, batch_size=self.ev.batch_size, accelerator=self.accelerator,
+                cache_dir=self.cache / "features", progress=bool(self.src.progress),
                 desc=f"{'/'.join(map(str, key))}", pre_projection=pre_projection)
         return self._feats[key]
 
@@ -110,36 +130,36 @@ class PosthocRun:
         from ..datasets.checks import training_dataset
         from ..datasets.fewshot import sample_few_shot
 
-        cfg = self.cfg
-        spec = cfg["eval"].get("fit_data") or self.bench.train_spec or cfg.get("train_data")
+        ev, src = self.ev, self.src
+        spec = ev.fit_data or self.bench.train_spec or src.train_data
         if not spec:
             raise ClipoodError("eval.scores has fitted scores but this benchmark has no training pool: name the ID "
                                "features to fit on with eval.fit_data (a dataset spec, e.g. eval.fit_data.path=DIR)")
         label_set = None
-        if cfg["benchmark"] not in ("mini", "custom"):
+        if src.benchmark not in ("mini", "custom"):
             from ..suites import get_suite
 
-            label_set = get_suite(cfg["benchmark"]).label_set
+            label_set = get_suite(src.benchmark).label_set
         base = self.splits[0].split
-        ds = training_dataset(spec, base.classnames, label_set=label_set, classes=cfg.get("classes"),
-                              mode=cfg.get("train_classes") or "exact", root=cfg.get("data_root"))
-        shots = cfg["eval"].get("fit_shots")
-        shots = cfg.get("shots", DEFAULT_FIT_SHOTS) if shots is None else shots
+        ds = training_dataset(spec, base.classnames, label_set=label_set, classes=src.classes,
+                              mode=src.train_classes or "exact", root=src.data_root)
+        shots = ev.fit_shots
+        shots = (DEFAULT_FIT_SHOTS if src.shots is None else src.shots) if shots is None else shots
         try:
-            idx = sample_few_shot([y for _, y in ds.samples], shots, seed=cfg["seed"], classnames=ds.classnames)
+            idx = sample_few_shot([y for _, y in ds.samples], shots, seed=src.seed, classnames=ds.classnames)
         except ClipoodError as e:
             raise ClipoodError(f"fit data of the fitted scores: {e} (set eval.fit_shots; 0 = every image)") from None
         ds.samples = [ds.samples[i] for i in idx]
         ds.transform = self.backbone.preprocess
         self._fit_ds = ds
         self.notes.append(f"fitted scores: fitted on {len(ds)} ID training images ({shots or 'all'} per class"
-                          f"{', eval.fit_data' if cfg['eval'].get('fit_data') else ', the training pool'})")
+                          f"{', eval.fit_data' if ev.fit_data else ', the training pool'})")
         return ds
 
     def fit_batches(self, key: str) -> list[dict]:
         ds = self.fit_dataset()
         f = self._encode(("fit", key), ds, key == "pre_projection_features")
-        bs = max(1, int(self.cfg["eval"]["batch_size"]))
+        bs = max(1, int(self.ev.batch_size))
         return [{key: f["features"][s:s + bs], "labels": f["labels"][s:s + bs]}
                 for s in range(0, f["features"].shape[0], bs)]
 
@@ -204,7 +224,7 @@ class PosthocRun:
             for name, f in sets.items():
                 pre = self.set_features(sf, kind, name, True)["features"] if info.pre_projection else None
                 scores, preds = [], []
-                bs = max(1, int(self.cfg["eval"]["batch_size"]))
+                bs = max(1, int(self.ev.batch_size))
                 for s in range(0, f["features"].shape[0], bs):
                     batch = {"image_features": f["features"][s:s + bs]}
                     if "local" in f:
@@ -238,7 +258,7 @@ class PosthocRun:
         std = normalization_std(self.backbone)
         dev = getattr(self.backbone, "device", "cpu")
         out = []
-        loader = DataLoader(ds, batch_size=max(1, int(self.cfg["eval"]["batch_size"])), shuffle=False,
+        loader = DataLoader(ds, batch_size=max(1, int(self.ev.batch_size)), shuffle=False,
                             collate_fn=getattr(ds, "collate_fn", None))
         for images, _ in loader:
             x = images.to(dev, getattr(self.backbone, "dtype", images.dtype))
@@ -247,9 +267,9 @@ class PosthocRun:
         return torch.cat(out)
 
 
-def score_options(cfg, name: str) -> dict[str, Any]:
+def score_options(ev: EvalSettings, name: str) -> dict[str, Any]:
     """``eval.score_options.<name>`` as a dict (checked to be a mapping)."""
-    opts = (cfg["eval"].get("score_options") or {}).get(name) or {}
+    opts = (ev.score_options or {}).get(name) or {}
     if not isinstance(opts, Mapping):
         raise ClipoodError(f"eval.score_options.{name} must be a mapping of parameters, got {opts!r}")
     return dict(opts)
