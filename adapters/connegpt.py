@@ -64,11 +64,20 @@ class ConNegPT(NegativePrompts):
             nn.init.zeros_(self.meta[2].bias)
 
     def negative_text_features(self, condition: torch.Tensor) -> torch.Tensor:
-        """B×M×D: the negative prompts of each image (unit rows), encoded once per distinct condition."""
+        """B×M×D: the negative prompts of each image (unit rows), encoded once per distinct condition; within a
+        :meth:`text_feature_scope` (a training step) a second call with the same distinct conditions (the
+        negative crops of the same images under ``train.condition=top_crop``) reuses the first one's features."""
         cond = F.normalize(condition.to(self.neg_ctx.dtype), dim=-1)
         uniq, inverse = torch.unique(cond, dim=0, return_inverse=True)
+        scope = self.__dict__.get("_feature_scope")
+        seen = scope.get("conditional") if scope is not None else None
+        if seen is not None and seen[0].shape == uniq.shape and torch.equal(seen[0], uniq):
+            return seen[1][inverse]
         ctx = self.neg_ctx[None] + self.meta(uniq)[:, None, :]                     # U×n×W
-        return self.bank.encode_per_image(ctx)[inverse]
+        feats = self.bank.encode_per_image(ctx)
+        if scope is not None:
+            scope["conditional"] = (uniq, feats)
+        return feats[inverse]
 
     def tuned_text_features(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """B×K×D for the given images: frozen ID rows, then that image's negative prompts."""

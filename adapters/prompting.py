@@ -13,7 +13,8 @@ frozen in the prompt; ``"tokens"`` learns every token of the phrase (:func:`cont
 
 ``ctx`` is one shared context (n×W), one per row (R×n×W), or one per (image, row) pair (B×R×n×W, conditional
 prompts as in CoCoOp): all sequences are encoded in chunks of ``chunk_size``, each chunk under activation
-checkpointing while gradients are needed, so memory grows with the chunk, not with B·R. The bank has no
+checkpointing while gradients are needed (when there is more than one chunk), so memory grows with the chunk,
+not with B·R. The bank has no
 parameters and is never saved; the text path stays outside every module tree.
 
 :class:`SharedTextFeatures` lets a training step encode each context once: inside
@@ -166,7 +167,8 @@ class PromptBank(nn.Module):
         return self._chunks(flat, rows).reshape(b, r, -1)
 
     def _chunks(self, flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        grad = torch.is_grad_enabled() and flat.requires_grad
+        # checkpointing bounds memory by one chunk; when everything fits in one chunk it would only recompute
+        grad = torch.is_grad_enabled() and flat.requires_grad and flat.shape[0] > self.chunk_size
         parts = []
         for s in range(0, flat.shape[0], self.chunk_size):
             e = min(s + self.chunk_size, flat.shape[0])

@@ -13,6 +13,7 @@ choosing another adapter starts from empty options (that adapter's defaults) unl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from pathlib import Path
@@ -139,9 +140,15 @@ def _kind(schema: type, dotted: str) -> tuple[str, Any]:
 
 
 def _field_type(cls: type, name: str) -> Any:
+    return _type_hints(cls)[name]
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict[str, Any]:
+    """A schema class's resolved field types (resolving them is slow: a comparison composes 14 configs)."""
     import typing
 
-    return typing.get_type_hints(cls)[name]
+    return typing.get_type_hints(cls)
 
 
 def _is_free(t: Any) -> bool:

@@ -168,10 +168,11 @@ def plot_histograms(raw: dict[str, dict[str, np.ndarray]], path: str | os.PathLi
         bins = np.linspace(allv.min(), allv.max() + 1e-12, 50)
         for name, v in raw[m].items():
             v = tf(np.asarray(v, dtype=float))
+            h, _ = np.histogram(v, bins=bins, density=True)   # stairs: the look of ax.hist, without its patches
             if name.startswith("id/"):
-                ax.hist(v, bins=bins, alpha=0.45, density=True, label=name)
+                ax.stairs(h, bins, fill=True, alpha=0.45, label=name)
             else:
-                ax.hist(v, bins=bins, histtype="step", linewidth=1.4, density=True, label=name)
+                ax.stairs(h, bins, linewidth=1.4, label=name)
         ax.set_title(m)
         ax.set_xlabel("log-odds of score (higher = more ID)" if prob else "score (higher = more ID)")
         ax.set_ylabel("density (share of the set per unit score)")
