@@ -157,6 +157,10 @@ class Adapter(nn.Module):
     #: Columns of the training cross-entropy L_cls: "all" (the K columns, KR-NFT's Eq. 7) or "id" (the N ID
     #: columns, CoOp's released loss); a task's ``options["cls_columns"]`` overrides it.
     cls_columns: str = "all"
+    #: True when each input row's outputs depend only on that row and the parameters (no batch statistics, no
+    #: shared prompts built from the batch): the training task may then score a step's ID and negative crops in
+    #: one call and split the outputs by rows (half the small ops of a step; FeatureTuning declares it).
+    rows_independent: ClassVar[bool] = False
     #: True when the adapter must see ID training features once before it scores (post-hoc statistics): the
     #: caller runs :meth:`fit` on batches of them first.
     needs_fit: ClassVar[bool] = False

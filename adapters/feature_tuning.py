@@ -157,6 +157,7 @@ class FeatureTuning(Adapter):
 
     config_cls = FeatureTuningConfig
     identity_at_init = True
+    rows_independent = True  # every row's cosines and base_cos use only that row's features
 
     def __init__(self, context: AdapterContext | torch.Tensor, num_id: int | None = None,
                  config: AdapterConfig | Mapping | None = None, **overrides: Any) -> None:

@@ -20,7 +20,7 @@ from clipood.training.task import PrepareInputs, TrainingTask
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = ("task_cls", "trains_stacked", "prepare", "init_from_base", "save_parts", "load_parts", "as_batch",
-         "needs_fit", "fit", "cls_columns", "text_feature_scope")
+         "needs_fit", "fit", "cls_columns", "text_feature_scope", "rows_independent")
 
 
 def _features(k=6, d=8, seed=0):
@@ -149,7 +149,8 @@ def _hook_probes(path: Path) -> list[str]:
 
 
 # the core is duck-typed (it never imports adapters): it reads these two declared hooks with a default
-CORE_DEFAULTS = {("clipood/training/task.py", "cls_columns"), ("clipood/training/task.py", "text_feature_scope")}
+CORE_DEFAULTS = {("clipood/training/task.py", "cls_columns"), ("clipood/training/task.py", "text_feature_scope"),
+                 ("clipood/training/task.py", "rows_independent")}
 
 
 def test_no_library_module_probes_for_a_hook():

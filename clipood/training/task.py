@@ -17,9 +17,9 @@ A whole step (ID crops, negative crops, the method's own terms) runs inside the 
 once per step.
 
 The adapter is duck-typed (any module with ``num_id``, ``base_text_features`` and ``requires``): the core never
-imports ``adapters``. It also reads two hooks the adapter contract declares with defaults (``adapters.contract``):
-``cls_columns`` ("all" when absent) and ``text_feature_scope()`` (none when absent); a stack delegates both to
-its tuner.
+imports ``adapters``. It also reads three hooks the adapter contract declares with defaults (``adapters.contract``):
+``cls_columns`` ("all" when absent), ``text_feature_scope()`` (none when absent), both delegated by a stack to
+its tuner, and ``rows_independent`` (False when absent: ID and negative crops in two calls).
 
 Hooks a TrainingTask subclass may use (each with a default here): ``extra_losses(o)`` (the method's own terms),
 ``term(name, o)`` (a configured term computed its own way), ``trains_stacked`` (it also trains the method stacked
@@ -29,6 +29,7 @@ on a trained prompt adapter) and ``prepare(inputs)`` (a typed data-preparation s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,21 @@ def adapter_inputs(batch: Mapping[str, torch.Tensor], prefix: str, requires=froz
     return out
 
 
+def split_rows(out: Any, n: int) -> tuple[Any, Any]:
+    """An adapter output over ``n + m`` stacked rows → the outputs of the first ``n`` and of the other ``m`` rows:
+    ``logits`` and per-row tensors (``base_cos`` of shape rows×K, extras whose first dimension is the rows) are
+    cut, per-label tensors (``base_cos`` of shape K, other extras) belong to both."""
+    rows = out.logits.shape[0]
+
+    def cut(t, part, min_dim=1):
+        if not torch.is_tensor(t) or t.ndim < min_dim or t.shape[0] != rows:
+            return t
+        return t[:n] if part == 0 else t[n:]
+
+    return tuple(dataclasses.replace(out, logits=cut(out.logits, i), base_cos=cut(out.base_cos, i, min_dim=2),
+                                     extras={k: cut(v, i) for k, v in out.extras.items()}) for i in (0, 1))
+
+
 class TrainingTask(nn.Module):
     """An adapter trained with ``Σ weight · term`` (Eq. 10 for KR-NFT: cls + λ1·ood + λ2·kr).
 
@@ -215,13 +231,23 @@ class TrainingTask(nn.Module):
         with self._feature_scope():
             return self._forward(batch)
 
+    def _adapter_outputs(self, batch: Mapping[str, torch.Tensor], requires: frozenset) -> tuple[Any, Any | None]:
+        """The adapter's outputs on the ID crops and (when a term needs them) the negative crops; an adapter that
+        declares ``rows_independent`` scores both in one call (the rows' outputs are what two calls give)."""
+        a = self.adapter
+        id_in = adapter_inputs(batch, "id", requires)
+        if not (self.needs_negatives and batch.get("neg_features") is not None):
+            return a(id_in), None
+        neg_in = adapter_inputs(batch, "neg", requires)
+        if not getattr(a, "rows_independent", False) or id_in.keys() != neg_in.keys():  # declared by the contract
+            return a(id_in), a(neg_in)
+        both = a({k: torch.cat([id_in[k], neg_in[k]]) for k in id_in})
+        return split_rows(both, id_in["image_features"].shape[0])
+
     def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         a = self.adapter
         requires = frozenset(a.requires)
-        id_out = a(adapter_inputs(batch, "id", requires))
-        neg_out = None
-        if self.needs_negatives and batch.get("neg_features") is not None:
-            neg_out = a(adapter_inputs(batch, "neg", requires))
+        id_out, neg_out = self._adapter_outputs(batch, requires)
         o = LossInputs(id_out, neg_out, batch, a.num_id, self.logit_scale, a.base_text_features, self.options)
         out: dict[str, torch.Tensor] = {}
         total = None
