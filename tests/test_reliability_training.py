@@ -137,10 +137,10 @@ def test_crash_while_checkpointing_then_resume(tmp_path, accelerator, monkeypatc
     fit(ref, CropTrainData(cache), cfg, accelerator, tmp_path / "ref", progress=False)
     real = engine.save_checkpoint
 
-    def dying(root, adapter, opt, state, keep):
+    def dying(root, adapter, opt, state, keep, **options):
         if state["step"] == 5:
             raise RuntimeError("simulated crash while writing a checkpoint")
-        return real(root, adapter, opt, state, keep)
+        return real(root, adapter, opt, state, keep, **options)
 
     monkeypatch.setattr(engine, "save_checkpoint", dying)
     out = tmp_path / "crash"

@@ -2,9 +2,11 @@
 state with the run's signature), the newest complete one, resume checks and the training log kept in step."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import torch
@@ -13,7 +15,8 @@ from ..config.compose import flat_leaves
 from ..errors import ClipoodError
 from ..io import load_safetensors, make_temp_dir, save_safetensors, write_json
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "check_resumable", "truncate_history",
+__all__ = ["save_checkpoint", "finish_pruning", "load_checkpoint", "latest_checkpoint", "check_resumable",
+           "truncate_history",
            "CHECKPOINT_FILES", "folder_digest"]
 
 
@@ -38,8 +41,13 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(ckpt_root: Path, adapter, optimizer, state: dict, keep: int) -> Path:
-    """Write ``step-NNNNNN/`` atomically (temporary folder, then rename) and prune old checkpoints."""
+def save_checkpoint(ckpt_root: Path, adapter, optimizer, state: dict, keep: int, *,
+                    prune_later: bool = False) -> Path:
+    """Write ``step-NNNNNN/`` atomically (temporary folder, then rename) and prune old checkpoints.
+
+    Pruning renames an old checkpoint out of the ``step-*`` names at once; with ``prune_later`` its files are then
+    deleted in a background thread (deleting is slow on some file systems and needs no CPU: the training loop
+    goes on meanwhile) and :func:`finish_pruning` waits for them."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{state['step']:06d}"
     tmp = make_temp_dir(ckpt_root, ".tmp-")
@@ -52,21 +60,37 @@ def save_checkpoint(ckpt_root: Path, adapter, optimizer, state: dict, keep: int)
         if final.exists():
             # never delete in place: a kill mid-delete would leave a half checkpoint under a valid name.
             # Renames are atomic; a kill between the two leaves the previous checkpoint as the latest.
-            _discard(final)
+            _discard(final, later=prune_later)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
-        _discard(old)
+        _discard(old, later=prune_later)
     return final
 
 
-def _discard(folder: Path) -> None:
-    """Rename out of the ``step-*`` namespace first (atomic), then delete."""
-    trash = folder.with_name(f".tmp-trash-{folder.name}-{os.getpid()}")
+_PRUNING: list[threading.Thread] = []
+_TRASH_IDS = itertools.count()
+
+
+def _discard(folder: Path, later: bool = False) -> None:
+    """Rename out of the ``step-*`` namespace first (atomic), then delete (``later``: in a background thread).
+    A ``.tmp-trash-*`` folder left by a killed process is removed by the next run (``.tmp-*`` in checkpoints/)."""
+    trash = folder.with_name(f".tmp-trash-{folder.name}-{os.getpid()}-{next(_TRASH_IDS)}")
     os.replace(folder, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    if not later:
+        shutil.rmtree(trash, ignore_errors=True)
+        return
+    t = threading.Thread(target=shutil.rmtree, args=(trash,), kwargs={"ignore_errors": True}, daemon=True)
+    t.start()
+    _PRUNING.append(t)
+
+
+def finish_pruning() -> None:
+    """Wait until the checkpoints pruned with ``prune_later`` are deleted."""
+    while _PRUNING:
+        _PRUNING.pop().join()
 
 
 CHECKPOINT_FILES = ("adapter.safetensors", "optimizer.safetensors", "optimizer.json", "trainer_state.json")

@@ -20,7 +20,8 @@ import torch
 
 from ..config.settings import TrainConfig
 from ..errors import ClipoodError
-from .checkpoints import check_resumable, latest_checkpoint, load_checkpoint, save_checkpoint, truncate_history
+from .checkpoints import (check_resumable, finish_pruning, latest_checkpoint, load_checkpoint, save_checkpoint,
+                          truncate_history)
 
 log = logging.getLogger("clipood")
 
@@ -101,10 +102,25 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """``torch.optim.AdamW`` or ``SGD`` (optionally Nesterov) over the trainable parameters."""
+    # foreach: one call per update op for all parameters (the default on GPUs; on the CPU torch loops in Python
+    # over the parameters, slower for many small ones, same values)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=cfg.nesterov)
+                           nesterov=cfg.nesterov, foreach=True)
+
+
+def optimizer_step(opt) -> None:
+    """``opt.step()``. An Accelerate optimizer with no gradient scaler, no XLA and synchronised gradients only calls
+    its torch optimizer: that is called directly (Accelerate's step looks up an optional package twice a step)."""
+    inner = getattr(opt, "optimizer", None)
+    state, grads = getattr(opt, "accelerator_state", None), getattr(opt, "gradient_state", None)
+    if (type(inner) in (torch.optim.AdamW, torch.optim.SGD) and getattr(opt, "scaler", True) is None
+            and state is not None and getattr(state, "distributed_type", "XLA") != "XLA"
+            and getattr(grads, "sync_gradients", False) is True):
+        inner.step()
+    else:
+        opt.step()
 
 
 def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total: int,
@@ -202,6 +218,15 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
     the same final weights as an uninterrupted run (bit-identical on CPU with one process). ``desc`` labels the
     progress bar (recipes: ``train <method>``).
     """
+    try:
+        return _fit(method, data, cfg, accelerator, output_dir, resume=resume, progress=progress,
+                    signature=signature, desc=desc)
+    finally:
+        finish_pruning()  # checkpoints pruned in the background are gone when fit returns or raises
+
+
+def _fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: str | os.PathLike, *,
+         resume: bool, progress: bool, signature: dict | None, desc: str) -> TrainResult:
     import time
 
     from tqdm.auto import tqdm
@@ -250,7 +275,7 @@ def fit(method, data: CropTrainData, cfg: TrainConfig, accelerator, output_dir: 
                 accelerator.backward(outd["loss"])
                 if cfg.grad_clip:
                     accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
+                optimizer_step(opt)
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 if step < total:  # the rate of the next step; at the end the optimiser keeps its last rate
@@ -326,5 +351,5 @@ def _replay_into_trackers(accelerator, history_path: Path, log_every: int) -> No
 
 def _ckpt(accelerator, ckpt_root, inner, opt, state, cfg: TrainConfig):
     if accelerator.is_main_process:
-        save_checkpoint(ckpt_root, inner.adapter, opt, dict(state), cfg.keep_checkpoints)
+        save_checkpoint(ckpt_root, inner.adapter, opt, dict(state), cfg.keep_checkpoints, prune_later=True)
     accelerator.wait_for_everyone()
