@@ -130,9 +130,34 @@ def score_cosines(cos: torch.Tensor | tuple[torch.Tensor, torch.Tensor], num_id:
     return s, logits[:, :num_id].argmax(1)
 
 
+def _fingerprint(*tensors: torch.Tensor | None, extra: tuple = ()) -> str:
+    """A content key of tensors (dtype, shape and bytes) and plain values: equal keys, equal inputs."""
+    import hashlib
+
+    h = hashlib.blake2b(repr(extra).encode("utf-8"), digest_size=16)
+    for t in tensors:
+        if t is None:
+            h.update(b"-")
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _label_key(sf: SplitFeatures) -> str:
+    """Everything of a split's labels a method may read: names, templates, negatives with parts of speech, the
+    label features."""
+    ls = sf.label_set
+    return _fingerprint(sf.text_features, ls.features, extra=(
+        tuple(sf.split.classnames), sf.num_id, tuple(sf.negatives), ls.id_names, ls.id_template, ls.neg_names,
+        ls.neg_pos, tuple(sorted(dict(ls.pos_templates).items()))))
+
+
 def evaluate_split(method: str, logits_fn: LogitsFn, sf: SplitFeatures, *, score: str = "neglabel",
                    logit_scale: float = 100.0, groups: int = 1, temperature: float = 1.0,
-                   convention: str = "hendrycks", remainder: str = "drop", lambda_local: float = 1.0):
+                   convention: str = "hendrycks", remainder: str = "drop", lambda_local: float = 1.0,
+                   reuse: dict | None = None):
     """Score every set of a split → (rows, raw scores {set name: 1-D tensor}).
 
     With one ID set, one row per OOD set, then one row per group of ``sf.split.groups`` (``dataset: "near"``,
@@ -140,12 +165,27 @@ def evaluate_split(method: str, logits_fn: LogitsFn, sf: SplitFeatures, *, score
     styles), one row per ID set averaged over the OOD sets (as the paper's Tab. 3). A final
     ``dataset: "average"`` row averages the per-set rows (not the group rows). ``remainder`` / ``lambda_local``:
     see :func:`score_cosines`.
+
+    ``reuse``: a dict shared by the calls of one evaluation. An OOD set whose features were already scored by
+    the same method and score settings under an equal label set (Base OOD sets, scored again with the unseen
+    styles) takes those scores: a method's logits depend on a split only through its label set (names,
+    features, negatives), so they are the same numbers, computed once.
     """
     opts = {"remainder": remainder, "lambda_local": lambda_local}
     raw: dict[str, torch.Tensor] = {}
     ood_scores = {}
+    labels = _label_key(sf) if reuse is not None else None
     for name, f in sf.ood_feats.items():
-        ood_scores[name], _ = _scores(logits_fn, f, sf, score, logit_scale, groups, temperature, **opts)
+        key = None
+        if reuse is not None:
+            key = (method, id(logits_fn), score, logit_scale, groups, temperature, remainder, lambda_local, labels,
+                   _fingerprint(f.get("features"), f.get("local")))
+        if key is not None and key in reuse:
+            ood_scores[name] = reuse[key]
+        else:
+            ood_scores[name], _ = _scores(logits_fn, f, sf, score, logit_scale, groups, temperature, **opts)
+            if key is not None:
+                reuse[key] = ood_scores[name]
         raw[f"ood/{name}"] = ood_scores[name]
     rows, group_rows = [], []
     single = len(sf.id_feats) == 1

@@ -34,6 +34,7 @@ def evaluate_detectors(methods: list[ScoredMethod], sfs: list[SplitFeatures], ev
     from .protocol import METRIC_KEYS
 
     rows, raw = [], {}
+    reuse: dict = {}  # OOD scores of a method under a label set, reused by a later split with the same ones
     groups: dict[str, list[SplitFeatures]] = {}
     for sf in sfs:
         groups.setdefault(sf.split.name, []).append(sf)
@@ -45,7 +46,8 @@ def evaluate_detectors(methods: list[ScoredMethod], sfs: list[SplitFeatures], ev
                 r, sc = evaluate_split(m.name, m.logits_fn, sf, score=m.score, logit_scale=ev.logit_scale,
                                        groups=ev.groups, temperature=m.temperature,
                                        convention=ev.convention or "hendrycks",
-                                       remainder=ev.group_remainder or "drop", lambda_local=float(ev.lambda_local))
+                                       remainder=ev.group_remainder or "drop", lambda_local=float(ev.lambda_local),
+                                       reuse=reuse)
                 if len(members) == 1:
                     rows += r
                     raw[split][m.name].update({k: v.numpy() for k, v in sc.items()})
