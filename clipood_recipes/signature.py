@@ -3,7 +3,7 @@
 Every leaf key of the recipe's schema is in the signature unless :data:`NOT_WEIGHTS` names it with the reason it
 cannot change the trained weights (where data lie, how a run reports, evaluation-only settings). A new setting
 added to a schema is therefore in the signature by default: forgetting it can only refuse a resume, never
-resume another setting's weights (``tests/test_run_signature.py`` changes every key of the schema in turn).
+resume another setting's weights (``tests/reliability/test_run_signature.py`` changes every key of the schema in turn).
 
 Folders the weights are trained from count by **content**, not by path: ``base_checkpoint`` and
 ``init_adapter`` enter as the sha256 of every file of the adapter folder (a retrained base refuses the resume; a

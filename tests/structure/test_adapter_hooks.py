@@ -18,7 +18,7 @@ import adapters
 from adapters.contract import BATCH_KEYS, Adapter, AdapterConfig, AdapterOutput
 from clipood.training.task import PrepareInputs, TrainingTask
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOOKS = ("task_cls", "trains_stacked", "prepare", "init_from_base", "save_parts", "load_parts", "as_batch",
          "needs_fit", "fit", "cls_columns", "text_feature_scope", "rows_independent")
 

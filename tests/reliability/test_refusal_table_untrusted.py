@@ -1,7 +1,7 @@
 """The bad-input battery, part 2 (issue "Nothing a config, a checkpoint or a detector folder holds can leak, hang,
 escape or silently change a result"): config files as an attack surface, stacking and resume, class names,
 detector folders and the weak outcomes of the red team, by kind. Same contract as part 1
-(``tests/test_bad_inputs_battery.py``): each case goes through a real entry point in-process and gets exit status
+(``tests/reliability/test_refusal_table.py``): each case goes through a real entry point in-process and gets exit status
 2, exactly one ``error: ...`` line naming the key or the file, no traceback, nothing written (the test folder is
 byte-for-byte as before: no half-written file, no temporary file, no lock file), and no model or mini world is
 loaded first (both are replaced by a function that fails the test).
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import make_image_folder
 
-import test_bad_inputs_battery as part1
+import test_refusal_table as part1
 
 K, Z, C = "krnft", "zeroshot", "cli"
 CUSTOM = ["benchmark=custom", "id_data.path={t}/id", "ood_data.o.path={t}/ood"]
@@ -330,7 +330,7 @@ def test_an_unexpected_exception_is_one_line_and_leaves_no_lock(existing, tmp_pa
         run(part1._recipe_main(Z))
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert e.value.code == 1 and len(err) == 1, err
-    assert err[0].startswith("error: unexpected RuntimeError at test_bad_inputs_untrusted.py:")  # the innermost frame
+    assert err[0].startswith("error: unexpected RuntimeError at test_refusal_table_untrusted.py:")  # the innermost frame
     assert "planted failure" in err[0]
     assert "CLIPOOD_TRACEBACK=1" in err[0] and "second line" not in err[0]
     if existing:

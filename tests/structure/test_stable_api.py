@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 #: dotted name → the leading parameters the README writes for it (name, default or inspect.Parameter.empty)
 E = inspect.Parameter.empty

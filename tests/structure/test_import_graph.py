@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "clipood"
 #: packages whose ``__init__`` is their public surface: ``clipood`` (the stable top-level names, lazily) and
 #: ``clipood.posthoc`` (the post-hoc scores package's API)

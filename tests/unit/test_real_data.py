@@ -176,7 +176,7 @@ def run_recipe(name, args):
     import runpy
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "recipes" / f"{name}.py"
+    script = Path(__file__).resolve().parents[2] / "recipes" / f"{name}.py"
     return runpy.run_path(str(script), run_name="recipe_under_test")["main"](args)
 
 

@@ -1,6 +1,6 @@
 """Prompt methods (LoCoOp, NegPT, ConNegPT, LAPT) and stacking, against hand computations.
 
-The registry-wide contract tests (tests/test_adapters.py) cover shapes, gradients, checkpoints and bad inputs
+The registry-wide contract tests (tests/methods/test_adapters.py) cover shapes, gradients, checkpoints and bad inputs
 of every adapter; here: LoCoOp's OOD-patch rule and entropy term on hand-worked numbers, ConNegPT's batching,
 LAPT's mixing targets, and stacking KR-NFT on a trained LoCoOp (reload in a fresh process, unseen classes).
 """

@@ -116,7 +116,7 @@ def test_documented_template_is_a_working_adapter(tmp_path, monkeypatch, clean_r
     """docs/adapter_template.py dropped into the package as is: discovered, zero-shot at init, trains, reloads."""
     from pathlib import Path
 
-    template = Path(__file__).resolve().parents[1] / "docs" / "adapter_template.py"
+    template = Path(__file__).resolve().parents[2] / "docs" / "adapter_template.py"
     (tmp_path / "my_adapter.py").write_text(template.read_text(encoding="utf-8"))
     monkeypatch.setattr(adapters, "__path__", [*adapters.__path__, str(tmp_path)])
     assert "my_adapter" in adapters.discover_adapters(refresh=True)

@@ -16,7 +16,7 @@ from clipood.labels.prompts import (
     load_label_file,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_import_does_not_load_open_clip():

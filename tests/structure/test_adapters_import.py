@@ -16,7 +16,7 @@ from adapters import base
 from clipood_recipes._compat import import_adapters
 from clipood.errors import ClipoodError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_marker_and_compat_import():
