@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from clipood.config.checks import cache_root
+from clipood.config.records import DataSettings
 from clipood.config.settings import EvalSettings, typed
 from clipood.crops.train_data import build_crop_data
 from clipood.evaluation.benchmark import backbone_label, data_label, make_accelerator, prepare_splits, setup_benchmark
@@ -20,7 +21,7 @@ from clipood.runtime.recipe import seed_everything, setup_logging, use_cpu_threa
 from clipood.runtime.run_lock import claim_output_dir, release_output_dirs
 from clipood.training.loop import CropTrainData, fit
 
-from .configure import check_option_folders, train_config
+from .configure import check_option_folders, run_crops, train_config
 from .signature import check_resume, run_signature
 from .methods import (adapter_detector, adapter_requires, build_training_task, save_trained_adapter,
                       trains_text_encoder)
@@ -57,7 +58,10 @@ class ZeroShotRecipe:
         self.accelerator = make_accelerator(cfg["cpu"], cfg.get("log_with"), cfg["output_dir"])  # GPU if any
         setup_logging(self.accelerator.is_main_process)
         seed_everything(cfg["seed"])
-        self.bench = setup_benchmark(cfg, self.accelerator)              # data checked, then the backbone
+        self.data = DataSettings.from_config(cfg)                        # where the images and words are
+        self.bench = setup_benchmark(self.data, self.accelerator, model=cfg["model"],  # data checked, then the
+                                     pretrained=cfg.get("pretrained"),  # backbone
+                                     convention=cfg["eval"]["convention"], progress=bool(cfg["progress"]))
         self.splits = prepare_splits(self.bench, cfg["negatives"], self.accelerator,  # label sets, image features
                                      batch_size=cfg["eval"]["batch_size"], cache_dir=cache_root(cfg),
                                      data_root=cfg.get("data_root"), progress=cfg["progress"], local=self.local)
@@ -147,8 +151,10 @@ class KRNFTRecipe(ZeroShotRecipe):
         accelerator, out, tcfg = self.accelerator, Path(cfg["output_dir"]), train_config(cfg)
         local = "local_features" in adapter_requires(cfg)
         use_cpu_threads("encode")                                        # crops: the image encoder
-        crops = build_crop_data(self.bench, self.splits[0], cfg, accelerator, local,  # Q ID + Q neg crops, cached
-                                check_schedule=True)  # batch size and warm-up against the sample, before crops
+        data = self.data if cfg is self.cfg else DataSettings.from_config(cfg)  # a variant's own training pool
+        crops = build_crop_data(self.bench, self.splits[0], data, run_crops(cfg), accelerator, local,  # Q ID + Q
+                                shots=cfg["shots"], seed=cfg["seed"], progress=bool(cfg["progress"]),  # neg crops
+                                train=tcfg)  # batch size and warm-up checked against the sample, before crops
         task = build_training_task(cfg, self.splits[0], self.bench, accelerator)  # adapter + weighted loss terms
         data = CropTrainData(crops, condition=tcfg.condition)
         self._start_trackers(cfg)
