@@ -54,7 +54,8 @@ class ZeroShotRecipe:
         cfg = self.cfg
         self.claim()
         use_cpu_threads()
-        check_scores(typed(EvalSettings, cfg["eval"]))                    # eval.scores names and options
+        self.ev = ev = typed(EvalSettings, cfg["eval"])                 # the evaluation section, once
+        check_scores(ev)                                                 # eval.scores names and options
         self.accelerator = make_accelerator(cfg["cpu"], cfg.get("log_with"), cfg["output_dir"])  # GPU if any
         setup_logging(self.accelerator.is_main_process)
         seed_everything(cfg["seed"])
@@ -63,9 +64,8 @@ class ZeroShotRecipe:
                                      pretrained=cfg.get("pretrained"),  # backbone
                                      convention=cfg["eval"]["convention"], progress=bool(cfg["progress"]))
         self.splits = prepare_splits(self.bench, cfg["negatives"], self.accelerator,  # label sets, image features
-                                     batch_size=cfg["eval"]["batch_size"], cache_dir=cache_root(cfg),
-                                     data_root=cfg.get("data_root"), progress=cfg["progress"], local=self.local)
-        ev = typed(EvalSettings, cfg["eval"])  # the evaluation section, as its schema object
+                                     batch_size=ev.batch_size, cache_dir=self.data.cache_dir,
+                                     data_root=self.data.data_root, progress=cfg["progress"], local=self.local)
         self.rows, self.raw = evaluate_detectors(zero_shot_detectors(ev), self.splits, ev)
         self.notes = list(self.bench.notes) + chance_warnings(
             self.rows, {sf.split.name: sf.num_id for sf in self.splits}, cfg["model"])
@@ -77,8 +77,7 @@ class ZeroShotRecipe:
         if not self.cfg["eval"].get("scores"):
             return
         if getattr(self, "posthoc", None) is None:
-            self.posthoc = PosthocRun(typed(EvalSettings, self.cfg["eval"]), posthoc_sources(self.cfg), self.bench,
-                                      self.accelerator, self.splits)
+            self.posthoc = PosthocRun(self.ev, posthoc_sources(self.cfg), self.bench, self.accelerator, self.splits)
         rows, notes = evaluate_scores(self.posthoc, method, splits, self.posthoc.ev, {r["method"] for r in self.rows})
         self.rows += rows
         self.notes += [n for n in notes if n not in self.notes]
@@ -180,7 +179,8 @@ class KRNFTRecipe(ZeroShotRecipe):
         cfg = cfg or self.cfg
         use_cpu_threads("encode")
         detector, splits, notes = adapter_detector(cfg, self.adapter, self.splits, self.bench)
-        rows, raw = evaluate_detectors([detector], splits, typed(EvalSettings, cfg["eval"]))
+        ev = self.ev if cfg is self.cfg else typed(EvalSettings, cfg["eval"])  # a variant's own evaluation section
+        rows, raw = evaluate_detectors([detector], splits, ev)
         self.notes += notes
         self.rows += rows
         self._posthoc_rows(detector, splits)                             # issue 22: eval.scores on its logits
