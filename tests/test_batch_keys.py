@@ -10,10 +10,13 @@ import torch
 def _cache(n: int = 3, q: int = 2, d: int = 4, t: int = 5):
     g = torch.Generator().manual_seed(0)
     img = torch.arange(n).repeat_interleave(q)
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
     return SimpleNamespace(image_labels=torch.zeros(n, dtype=torch.long), id_image=img, neg_image=img,
-                           id_features=torch.randn(n * q, d, generator=g), neg_features=torch.randn(n * q, d, generator=g),
-                           id_labels=torch.zeros(n * q, dtype=torch.long), top_features=torch.randn(n, d, generator=g),
-                           id_local=torch.randn(n * q, t, d, generator=g), neg_local=torch.randn(n * q, t, d, generator=g))
+                           id_features=r(n * q, d), neg_features=r(n * q, d), top_features=r(n, d),
+                           id_labels=torch.zeros(n * q, dtype=torch.long), id_local=r(n * q, t, d),
+                           neg_local=r(n * q, t, d))
 
 
 def test_the_adapter_contract_uses_the_cores_keys():
