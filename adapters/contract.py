@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipood.batch_keys import ADAPTER_KEYS
 from clipood.errors import ClipoodError, did_you_mean, unknown
 from clipood.training.task import TrainingTask
 
@@ -42,7 +43,7 @@ from .context import AdapterContext, as_context
 
 #: every batch key an adapter may name in ``requires`` (``pre_projection_features``: B×F image features before
 #: the final projection, :func:`clipood.clip.pre_projection.pre_projection_features`, for post-hoc scores)
-BATCH_KEYS = ("image_features", "local_features", "condition_features", "pre_projection_features")
+BATCH_KEYS = ADAPTER_KEYS  # defined once, in the core (clipood.batch_keys)
 
 __all__ = [
     "Adapter", "AdapterConfig", "AdapterOutput", "BATCH_KEYS", "check_bool", "check_choice", "check_float",

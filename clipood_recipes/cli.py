@@ -74,6 +74,7 @@ def _mine(argv):
     folders of ``id_data`` for ``benchmark=custom``, or the mini world."""
     from clipood.clip.backbone import load_clip
     from clipood.config.checks import cache_root
+    from clipood.config.records import DataSettings
     from clipood.evaluation.benchmark import label_features, make_accelerator, mining_inputs
     from clipood.runtime.recipe import setup_logging, use_cpu_threads
 
@@ -84,7 +85,7 @@ def _mine(argv):
     use_cpu_threads()
     accelerator = make_accelerator(cfg.get("cpu"))
     setup_logging(accelerator.is_main_process)
-    names, corpus = mining_inputs(cfg, accelerator)
+    names, corpus = mining_inputs(DataSettings.from_config(cfg), accelerator, progress=bool(cfg.get("progress")))
     backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
     _, _, negs = label_features(backbone, names, corpus, cfg["negatives"], cache_root(cfg), accelerator,
                                 cfg.get("progress"))

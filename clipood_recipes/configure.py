@@ -19,7 +19,8 @@ from clipood.config.compose import compose, describe, load_yaml, parse_overrides
 from clipood.errors import ClipoodError, unknown
 from clipood.config.defaults import resolve_defaults
 
-__all__ = ["load_settings", "presets", "compose_settings", "check_training", "train_config", "compose_variant"]
+__all__ = ["load_settings", "presets", "compose_settings", "check_training", "train_config", "run_crops",
+           "compose_variant"]
 
 RESETS = {"adapter.name": "adapter.options"}
 
@@ -123,27 +124,54 @@ def _fields(schema: type) -> set[str]:
     return {f.name for f in dataclasses.fields(schema)}
 
 
+#: the typed sections built from a config, by the content they were built from (``train_config``,
+#: ``run_crops``): the check when the config is composed and the recipe share one object, so each is built once
+_BUILT: dict[str, Any] = {}
+
+
+def _built_once(kind: str, values: Any, build) -> Any:
+    import json
+
+    key = kind + json.dumps(values, sort_keys=True, default=repr)
+    if key not in _BUILT:
+        if len(_BUILT) > 256:  # a long-lived process (tests, notebooks): keep the memo small
+            _BUILT.clear()
+        _BUILT[key] = build()
+    return _BUILT[key]
+
+
 def train_config(cfg: dict):
-    """The ``train`` section as a checked :class:`clipood.training.loop.TrainConfig` (seed: the run's, unless set)."""
+    """The ``train`` section as a checked :class:`clipood.config.settings.TrainConfig` (seed: the run's, unless
+    set), built once per content (read only: every caller shares the object)."""
     from clipood.config.settings import TrainConfig
 
-    t = dict(cfg["train"])
-    if t.get("seed") is None:
-        t["seed"] = cfg["seed"]
-    return TrainConfig(**t)
+    def build():
+        t = dict(cfg["train"])
+        if t.get("seed") is None:
+            t["seed"] = cfg["seed"]
+        return TrainConfig(**t)
+
+    return _built_once("train", [cfg["train"], cfg["seed"]], build)
+
+
+def run_crops(cfg: dict):
+    """The ``crops`` section as a checked :class:`clipood.crops.sampling.CropConfig` seeded by the run's seed,
+    built once per content (read only: every caller shares the object)."""
+    from clipood.crops.train_data import crop_config
+
+    return _built_once("crops", [cfg["crops"], cfg["seed"]], lambda: crop_config(cfg["crops"], cfg["seed"]))
 
 
 def check_training(cfg: dict) -> None:
     """Loss weights, optimisation, crops, shots, groups and the adapter's options (read only)."""
     from clipood.training.task import check_loss_weights
-    from clipood.crops.train_data import crop_config
 
     check_loss_weights(cfg["losses"])
     t = train_config(cfg)
     if t.max_steps and t.warmup_steps > t.max_steps:
         raise ClipoodError(f"train.warmup_steps={t.warmup_steps} is longer than the training "
                            f"(train.max_steps={t.max_steps}); lower train.warmup_steps")
-    crop_config(cfg["crops"], cfg["seed"])
+    run_crops(cfg)
     shots = cfg["shots"]
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
         raise ClipoodError(f"shots={shots!r} is invalid; use an integer >= 1 (or 0 for every training image)")

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from clipood.config.checks import cache_root
+from clipood.config.records import DataSettings
 from clipood.config.settings import EvalSettings, typed
 from clipood.crops.train_data import build_crop_data
 from clipood.evaluation.benchmark import backbone_label, data_label, make_accelerator, prepare_splits, setup_benchmark
@@ -20,7 +21,7 @@ from clipood.runtime.recipe import seed_everything, setup_logging, use_cpu_threa
 from clipood.runtime.run_lock import claim_output_dir, release_output_dirs
 from clipood.training.loop import CropTrainData, fit
 
-from .configure import check_option_folders, train_config
+from .configure import check_option_folders, run_crops, train_config
 from .signature import check_resume, run_signature
 from .methods import (adapter_detector, adapter_requires, build_training_task, save_trained_adapter,
                       trains_text_encoder)
@@ -53,15 +54,18 @@ class ZeroShotRecipe:
         cfg = self.cfg
         self.claim()
         use_cpu_threads()
-        check_scores(typed(EvalSettings, cfg["eval"]))                    # eval.scores names and options
+        self.ev = ev = typed(EvalSettings, cfg["eval"])                 # the evaluation section, once
+        check_scores(ev)                                                 # eval.scores names and options
         self.accelerator = make_accelerator(cfg["cpu"], cfg.get("log_with"), cfg["output_dir"])  # GPU if any
         setup_logging(self.accelerator.is_main_process)
         seed_everything(cfg["seed"])
-        self.bench = setup_benchmark(cfg, self.accelerator)              # data checked, then the backbone
+        self.data = DataSettings.from_config(cfg)                        # where the images and words are
+        self.bench = setup_benchmark(self.data, self.accelerator, model=cfg["model"],  # data checked, then the
+                                     pretrained=cfg.get("pretrained"),  # backbone
+                                     convention=cfg["eval"]["convention"], progress=bool(cfg["progress"]))
         self.splits = prepare_splits(self.bench, cfg["negatives"], self.accelerator,  # label sets, image features
-                                     batch_size=cfg["eval"]["batch_size"], cache_dir=cache_root(cfg),
-                                     data_root=cfg.get("data_root"), progress=cfg["progress"], local=self.local)
-        ev = typed(EvalSettings, cfg["eval"])  # the evaluation section, as its schema object
+                                     batch_size=ev.batch_size, cache_dir=self.data.cache_dir,
+                                     data_root=self.data.data_root, progress=cfg["progress"], local=self.local)
         self.rows, self.raw = evaluate_detectors(zero_shot_detectors(ev), self.splits, ev)
         self.notes = list(self.bench.notes) + chance_warnings(
             self.rows, {sf.split.name: sf.num_id for sf in self.splits}, cfg["model"])
@@ -73,8 +77,7 @@ class ZeroShotRecipe:
         if not self.cfg["eval"].get("scores"):
             return
         if getattr(self, "posthoc", None) is None:
-            self.posthoc = PosthocRun(typed(EvalSettings, self.cfg["eval"]), posthoc_sources(self.cfg), self.bench,
-                                      self.accelerator, self.splits)
+            self.posthoc = PosthocRun(self.ev, posthoc_sources(self.cfg), self.bench, self.accelerator, self.splits)
         rows, notes = evaluate_scores(self.posthoc, method, splits, self.posthoc.ev, {r["method"] for r in self.rows})
         self.rows += rows
         self.notes += [n for n in notes if n not in self.notes]
@@ -147,8 +150,10 @@ class KRNFTRecipe(ZeroShotRecipe):
         accelerator, out, tcfg = self.accelerator, Path(cfg["output_dir"]), train_config(cfg)
         local = "local_features" in adapter_requires(cfg)
         use_cpu_threads("encode")                                        # crops: the image encoder
-        crops = build_crop_data(self.bench, self.splits[0], cfg, accelerator, local,  # Q ID + Q neg crops, cached
-                                check_schedule=True)  # batch size and warm-up against the sample, before crops
+        data = self.data if cfg is self.cfg else DataSettings.from_config(cfg)  # a variant's own training pool
+        crops = build_crop_data(self.bench, self.splits[0], data, run_crops(cfg), accelerator, local,  # Q ID + Q
+                                shots=cfg["shots"], seed=cfg["seed"], progress=bool(cfg["progress"]),  # neg crops
+                                train=tcfg)  # batch size and warm-up checked against the sample, before crops
         task = build_training_task(cfg, self.splits[0], self.bench, accelerator)  # adapter + weighted loss terms
         data = CropTrainData(crops, condition=tcfg.condition)
         self._start_trackers(cfg)
@@ -174,7 +179,8 @@ class KRNFTRecipe(ZeroShotRecipe):
         cfg = cfg or self.cfg
         use_cpu_threads("encode")
         detector, splits, notes = adapter_detector(cfg, self.adapter, self.splits, self.bench)
-        rows, raw = evaluate_detectors([detector], splits, typed(EvalSettings, cfg["eval"]))
+        ev = self.ev if cfg is self.cfg else typed(EvalSettings, cfg["eval"])  # a variant's own evaluation section
+        rows, raw = evaluate_detectors([detector], splits, ev)
         self.notes += notes
         self.rows += rows
         self._posthoc_rows(detector, splits)                             # issue 22: eval.scores on its logits

@@ -193,6 +193,8 @@ def eval_raw_scores(methods, sf: SplitFeatures, cfg: dict) -> dict[str, dict[str
 def train_and_score(cfg: dict, sf: SplitFeatures, crops: CropCache, out_dir: Path, monkeypatch):
     """The recipe's train → save → evaluate step (``cfg`` from :func:`recipe_config`) on a given crop cache
     instead of crops cut from images. Returns (trained adapter, raw scores of the tuned method)."""
+    from clipood.config.records import DataSettings
+    from clipood.config.settings import EvalSettings, typed
     from clipood.evaluation.benchmark import Benchmark
     from clipood_recipes import krnft
 
@@ -202,6 +204,7 @@ def train_and_score(cfg: dict, sf: SplitFeatures, crops: CropCache, out_dir: Pat
     recipe = krnft.KRNFTRecipe(cfg)
     recipe.accelerator, recipe.splits = accelerator(), [sf]
     recipe.bench = Benchmark(backbone=None, splits=[sf.split], corpus=None)
+    recipe.data, recipe.ev = DataSettings.from_config(cfg), typed(EvalSettings, cfg["eval"])  # what setup builds
     recipe.rows, recipe.raw = [], {sf.split.name: {}}
     adapter = recipe.train()
     recipe.evaluate()

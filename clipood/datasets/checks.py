@@ -1,7 +1,8 @@
 """The up-front data check: every data problem of a run, before any model is loaded, in one message.
 
-`check_data(cfg)` reads the configured benchmark (a named suite with its unseen-class / unseen-style suites, or
-``custom`` specs) and the training data of a training recipe, and reports all problems of all splits at once,
+`check_data(data)` reads the benchmark of a run's data record (:class:`clipood.config.records.DataSettings`:
+a named suite with its unseen-class / unseen-style suites, or ``custom`` specs) and the training data of a
+training recipe, and reports all problems of all splits at once,
 de-duplicated: missing paths, unreadable HF specs (columns, splits, no rows), empty or flat folders, missing or
 unexpected class folders, and a missing or mismatched ``train_data``. It scans folders and list files (no image is
 decoded); a run that passes it does not fail later on its data layout.
@@ -15,9 +16,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import ClipoodError
+
+if TYPE_CHECKING:
+    from ..config.records import DataSettings
 
 TRAIN_CLASS_MODES = ("exact", "subset")
 
@@ -29,10 +33,6 @@ def _norm(name: str) -> str:
 def _listed(items: Sequence[str], limit: int = 10) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
-
-
-def _is_training(cfg) -> bool:
-    return "losses" in cfg
 
 
 def _train_label_set(spec, label_set: str | None, classes):
@@ -84,19 +84,20 @@ def training_dataset(train_spec: Any, id_classnames: Sequence[str], *, label_set
     return ds
 
 
-def _suite_entries(cfg) -> tuple[list, list[str]]:
-    """[(where, spec)] of every dataset the configured suites evaluate, and the problems found on the way."""
+def _suite_entries(data: DataSettings) -> tuple[list, list[str], bool]:
+    """[(where, spec)] of every dataset the configured suites evaluate, the problems found on the way, and
+    whether the Base suite has a label set."""
     from ..suites import get_suite, suite_classnames
 
-    root = cfg.get("data_root")
+    root = data.data_root
     problems: list[str] = []
     try:
-        base = get_suite(cfg["benchmark"], root=root, classes=cfg.get("classes"))
+        base = get_suite(data.benchmark, root=root, classes=data.classes)
     except ClipoodError as e:
         return [], [str(e)], True
     suites = [("base", base)]
-    for kind in ("new_class", "new_style"):
-        for n in cfg.get(f"{kind}_suites") or []:
+    for kind, names in (("new_class", data.new_class_suites), ("new_style", data.new_style_suites)):
+        for n in names:
             try:
                 suites.append((kind, get_suite(n, root=root)))
             except ClipoodError as e:
@@ -106,11 +107,11 @@ def _suite_entries(cfg) -> tuple[list, list[str]]:
         ood = base.ood if kind == "new_style" else s.ood  # unseen styles keep the Base OOD sets
         entries.append((f"{kind} ID {s.name}", s.id))
         entries += [(f"{kind} OOD {n}", spec) for n, spec in ood.items()]
-    if _is_training(cfg):
-        spec = cfg.get("train_data")
+    if data.training:
+        spec = data.train_data
         if not spec:
             problems.append(f"no training data: set train_data (a dataset spec, e.g. {{type: imagefolder, path: "
-                            f"imagenet/train}}) for benchmark {cfg['benchmark']}")
+                            f"imagenet/train}}) for benchmark {data.benchmark}")
         else:
             try:
                 names = suite_classnames(base, root) if base.label_set else None
@@ -128,14 +129,13 @@ def _missing_paths(spec, root) -> list[str]:
     return [rel for rel, f in zip(_required_paths(spec), _required_paths(full)) if not Path(f).exists()]
 
 
-def _custom_entries(cfg) -> tuple[list, list[str]]:
+def _custom_entries(data: DataSettings) -> tuple[list, list[str], bool]:
     from .specs import as_ood_spec, spec_from_dict
 
     problems, entries = [], []
-    if not cfg.get("id_data") or not cfg.get("ood_data"):
+    if not data.id_data or not data.ood_data:
         problems.append("benchmark=custom needs id_data (a dataset spec) and ood_data (name: spec, ...)")
-    for key, value in (("id_data", cfg.get("id_data")), *((f"ood_data.{k}", v) for k, v in
-                                                          (cfg.get("ood_data") or {}).items())):
+    for key, value in (("id_data", data.id_data), *((f"ood_data.{k}", v) for k, v in data.ood_data.items())):
         if not value:
             continue
         try:
@@ -143,25 +143,25 @@ def _custom_entries(cfg) -> tuple[list, list[str]]:
             entries.append((key, as_ood_spec(spec) if key.startswith("ood_data") else spec))
         except ClipoodError as e:
             problems.append(f"{key}: {e}")
-    if _is_training(cfg):
-        if not cfg.get("train_data"):
+    if data.training:
+        if not data.train_data:
             problems.append("no training data: set train_data (a dataset spec with the ID classes) for "
                             "benchmark=custom")
         else:
-            entries.append(("train", ("train", cfg["train_data"], None, None)))
+            entries.append(("train", ("train", data.train_data, None, None)))
     return entries, problems, False
 
 
-def check_data(cfg) -> None:
+def check_data(data: DataSettings) -> None:
     """Raise ONE ClipoodError listing every data problem of the run (see the module docstring); None if fine."""
     from .dataset import build_dataset
     from .specs import spec_to_dict
 
-    bench = cfg.get("benchmark")
+    bench = data.benchmark
     if bench == "mini":
         return
-    root = cfg.get("data_root")
-    entries, problems, named = _custom_entries(cfg) if bench == "custom" else _suite_entries(cfg)
+    root = data.data_root
+    entries, problems, named = _custom_entries(data) if bench == "custom" else _suite_entries(data)
     seen: dict[str, str] = {}
     located: dict[str, list[str]] = {}  # message → where it happened (one line for a problem shared by sets)
     id_names = None
@@ -196,8 +196,8 @@ def check_data(cfg) -> None:
         if not names:
             continue  # the ID set's own problem is reported above
         try:
-            training_dataset(spec, names, label_set=label_set, classes=cfg.get("classes"),
-                             mode=cfg.get("train_classes") or "exact", root=root)
+            training_dataset(spec, names, label_set=label_set, classes=data.classes,
+                             mode=data.train_classes or "exact", root=root)
         except ClipoodError as e:
             problems.append(f"train_data: {e}")
     problems += [f"{', '.join(w)}: {msg}" for msg, w in located.items()]

@@ -7,13 +7,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config.compose import get
 from ..errors import ClipoodError
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..config.records import DataSettings
     from .protocol import EvalSplit, SplitFeatures
 
 log = logging.getLogger("clipood")
@@ -72,35 +71,37 @@ class _Data:
     notes: list[str] = field(default_factory=list)
 
 
-def setup_benchmark(cfg, accelerator) -> Benchmark:
-    """The benchmark named by ``cfg['benchmark']`` (``mini`` = the embedded default) and the backbone. Data are
-    checked first (a missing file is reported before minutes of weight loading)."""
+def setup_benchmark(data: DataSettings, accelerator, *, model: str, pretrained: str | None = None,
+                    convention: str = "hendrycks", progress: bool = False) -> Benchmark:
+    """The benchmark ``data`` names (``benchmark='mini'`` = the embedded default) and the backbone ``model`` /
+    ``pretrained``; ``convention``: the metric convention results.md states. Data are checked first (a missing
+    file is reported before minutes of weight loading)."""
     from ..clip.backbone import load_clip
     from ..datasets.checks import check_data
     from .report import convention_note
 
-    # the config is the recipe's: composed, resolved and checked once (clipood_recipes.configure), its folders
-    # and environment checked before torch was imported (load_settings)
-    check_data(cfg)  # every data problem of every split, before any model work
-    data = _setup_data(cfg, accelerator)
+    # the records are the recipe's: built once from the config it composed, resolved and checked
+    # (clipood_recipes.configure), its folders and environment checked before torch was imported (load_settings)
+    check_data(data)  # every data problem of every split, before any model work
+    found = _setup_data(data, accelerator, tiny=model == "clipood-tiny", progress=progress)
     from ..labels.prompts import check_class_names
 
-    for split in data.splits if cfg["benchmark"] == "custom" else ():
+    for split in found.splits if data.benchmark == "custom" else ():
         # the user's names (folders, classnames), before the model loads: names the text encoder could not tell
         # apart. Named suites keep their label sets as published (ImageNet-1k has two 'missile' classes)
         check_class_names(split.classnames, f"the ID classes of split {split.name}")
-    notes = list(data.notes)
-    if cfg["model"] == "clipood-mini" and cfg["benchmark"] != "mini":
+    notes = list(found.notes)
+    if model == "clipood-mini" and data.benchmark != "mini":
         notes.append(MINI_ELSEWHERE)
-    notes.append(convention_note(cfg["eval"]["convention"]))
-    backbone = load_clip(cfg["model"], cfg.get("pretrained"), device=accelerator.device)
+    notes.append(convention_note(convention))
+    backbone = load_clip(model, pretrained, device=accelerator.device)
     if str(backbone.identifier).split("|", 1)[-1].startswith("random"):
         # any model without pretrained weights (not only clipood-tiny): said in results.md and the printed
         # summary (not in the log: an error line after it must stay the only line on stderr)
         notes = [n for n in notes if n != TINY_NOTE] + [
-            f"> **{cfg['model']} has random weights (no pretrained tag or weights file): these numbers are "
+            f"> **{model} has random weights (no pretrained tag or weights file): these numbers are "
             f"meaningless.**"]
-    return Benchmark(backbone, data.splits, data.corpus, data.train_spec, data.world_dir, notes)
+    return Benchmark(backbone, found.splits, found.corpus, found.train_spec, found.world_dir, notes)
 
 
 TINY_NOTE = "> **clipood-tiny has random weights: these numbers are meaningless (smoke test only).**"
@@ -111,37 +112,35 @@ MINI_ELSEWHERE = ("> **Warning: clipood-mini is the tiny CLIP of the embedded mi
                   "CLIP for your data (e.g. model=ViT-B-16 pretrained=openai).**")
 
 
-def _setup_data(cfg, accelerator) -> _Data:
+def _setup_data(data: DataSettings, accelerator, *, tiny: bool = False, progress: bool = False) -> _Data:
     """The splits, corpus, training pool and notes (the backbone is loaded by setup_benchmark once the data are
-    known to be there)."""
+    known to be there); ``tiny``: the backbone is clipood-tiny (a note says its numbers are meaningless)."""
     from .protocol import EvalSplit
 
     notes = []
-    if cfg["model"] == "clipood-tiny":
+    if tiny:
         notes.append(TINY_NOTE)
-    if cfg["benchmark"] == "mini":
+    if data.benchmark == "mini":
         from ..mini.build import MiniWorldConfig, build_world
         from ..mini.protocol import mini_corpus, mini_splits, mini_train_spec
 
-        from ..config.settings import MiniSettings
-
-        mcfg = MiniWorldConfig.from_settings(MiniSettings(**cfg["mini"]))
+        mcfg = MiniWorldConfig.from_settings(data.mini)
         with accelerator.main_process_first():
-            world = build_world(mcfg, progress=accelerator.is_main_process and cfg["progress"])
-        corpus = mini_corpus(world) if not get(cfg, "negatives.corpus") else _corpus(cfg)
+            world = build_world(mcfg, progress=accelerator.is_main_process and progress)
+        corpus = mini_corpus(world) if not data.corpus else _corpus(data.corpus)
         notes.append(f"Mini world seed {mcfg.seed} ({world.name}).")
         return _Data(mini_splits(world), corpus, mini_train_spec(world), world, notes)
     from ..suites import check_suite, get_suite
 
-    if cfg["benchmark"] == "custom":
+    if data.benchmark == "custom":
         # any dataset specs: id_data (one spec) and ood_data (name → spec), e.g. generated ImageFolders
         from ..datasets.dataset import build_dataset
         from ..datasets.specs import spec_from_dict
 
-        if not cfg.get("id_data") or not cfg.get("ood_data"):
+        if not data.id_data or not data.ood_data:
             raise ClipoodError("benchmark=custom needs id_data (a dataset spec) and ood_data (name: spec, ...)")
-        id_spec = spec_from_dict(cfg["id_data"])
-        names = build_dataset(id_spec, root=cfg.get("data_root")).classnames
+        id_spec = spec_from_dict(data.id_data)
+        names = build_dataset(id_spec, root=data.data_root).classnames
         from ..datasets.folders import looks_like_wordnet_ids
 
         if looks_like_wordnet_ids(names):  # IDs the ImageNet-1k list does not know (known ones are named already)
@@ -153,14 +152,14 @@ def _setup_data(cfg, accelerator) -> _Data:
                                "folder per class, or set classnames in id_data)")
         from ..datasets.specs import as_ood_spec
 
-        ood = {k: as_ood_spec(spec_from_dict(v)) for k, v in cfg["ood_data"].items()}
+        ood = {k: as_ood_spec(spec_from_dict(v)) for k, v in data.ood_data.items()}
         split = EvalSplit("base", {"id": id_spec}, ood, list(names), "custom datasets")
-        return _Data([split], _corpus(cfg), None, None, notes)
+        return _Data([split], _corpus(data.corpus), None, None, notes)
 
-    root = cfg.get("data_root")
-    suite = get_suite(cfg["benchmark"], root=root, classes=cfg.get("classes"))
-    extra = [("new_class", n) for n in cfg.get("new_class_suites") or []]
-    extra += [("new_style", n) for n in cfg.get("new_style_suites") or []]
+    root = data.data_root
+    suite = get_suite(data.benchmark, root=root, classes=data.classes)
+    extra = [("new_class", n) for n in data.new_class_suites]
+    extra += [("new_style", n) for n in data.new_style_suites]
     suites = [("base", suite)] + [(k, get_suite(n, root=root)) for k, n in extra]
     problems = []
     for _, s_ in suites:  # report every missing file of every suite at once
@@ -182,40 +181,40 @@ def _setup_data(cfg, accelerator) -> _Data:
         ood = suite.ood if kind == "new_style" else s_.ood
         groups = suite.groups if kind == "new_style" else s_.groups
         splits.append(EvalSplit(kind, {s_.name: s_.id}, ood, names(s_), s_.description, groups=groups))
-    return _Data(splits, _corpus(cfg), None, None, notes)
+    return _Data(splits, _corpus(data.corpus), None, None, notes)
 
 
-def mining_inputs(cfg, accelerator=None) -> tuple[list[str], Any]:
+def mining_inputs(data: DataSettings, accelerator=None, *, progress: bool = False) -> tuple[list[str], Any]:
     """The Base split's ID class names and the mining corpus, reading only what names the classes: a named
     suite's label set (no dataset at all; a half-split suite scans its ID folder), a custom ``id_data``'s class
     folders, the mini world (built with ``accelerator`` if needed: its corpus is its captions' words). For
     ``clipood mine``."""
-    if cfg["benchmark"] == "mini":
-        data = _setup_data(cfg, accelerator)
-        return list(data.splits[0].classnames), data.corpus
-    if cfg["benchmark"] == "custom":
+    if data.benchmark == "mini":
+        found = _setup_data(data, accelerator, progress=progress)
+        return list(found.splits[0].classnames), found.corpus
+    if data.benchmark == "custom":
         from ..datasets.dataset import build_dataset
         from ..datasets.specs import spec_from_dict
         from ..datasets.folders import looks_like_wordnet_ids
 
-        if not cfg.get("id_data"):
+        if not data.id_data:
             raise ClipoodError("benchmark=custom needs id_data (a dataset spec) to name the ID classes")
-        names = list(build_dataset(spec_from_dict(cfg["id_data"]), root=cfg.get("data_root")).classnames)
+        names = list(build_dataset(spec_from_dict(data.id_data), root=data.data_root).classnames)
         if not names or looks_like_wordnet_ids(names):
             raise ClipoodError("benchmark=custom: the ID dataset names no classes (or only unknown WordNet IDs); "
                                "use one folder per class, or pass id_data.classnames=[name, ...]")
-        return names, _corpus(cfg)
+        return names, _corpus(data.corpus)
     from ..suites import get_suite, suite_classnames
 
-    suite = get_suite(cfg["benchmark"], root=cfg.get("data_root") if not _has_label_set(cfg) else None,
-                      classes=cfg.get("classes"))
-    return suite_classnames(suite, cfg.get("data_root")), _corpus(cfg)
+    suite = get_suite(data.benchmark, root=data.data_root if not _has_label_set(data.benchmark) else None,
+                      classes=data.classes)
+    return suite_classnames(suite, data.data_root), _corpus(data.corpus)
 
 
-def _has_label_set(cfg) -> bool:
+def _has_label_set(benchmark: str) -> bool:
     from ..suites import get_suite
 
-    return bool(get_suite(cfg["benchmark"]).label_set)
+    return bool(get_suite(benchmark).label_set)
 
 
 def backbone_label(model: str, pretrained: str | None = None) -> str:
@@ -237,10 +236,10 @@ def data_label(benchmark: str, split, *, mini_seed: int | None = None, id_data: 
     return f"{benchmark}: {split.description}" if split.description else str(benchmark)
 
 
-def _corpus(cfg):
+def _corpus(path: str | None):
+    """The mining corpus: the word file ``path`` (``negatives.corpus``), else the shipped WordNet lists."""
     from ..negatives import load_corpus, load_word_file
 
-    path = get(cfg, "negatives.corpus")
     return load_word_file(path) if path else load_corpus()
 
 

@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 
+from ..batch_keys import FROM_FEATURE_CACHE
 from ..errors import ClipoodError
 from ..metrics import ood_metrics
 from ..scores import compute_score, neglabel_log_odds
@@ -59,15 +60,11 @@ class SplitFeatures:
 
 LogitsFn = Callable[[Mapping[str, torch.Tensor], SplitFeatures], torch.Tensor]
 
-#: evaluation-feature key → batch key handed to a method
-_BATCH_KEYS = {"features": "image_features", "local": "local_features"}
-
-
 def feature_batches(feats: Mapping[str, torch.Tensor], batch_size: int = 1024) -> Iterator[dict[str, torch.Tensor]]:
     """Slices of encoded features as method batches: ``image_features`` (+ ``local_features`` when stored)."""
     n = feats["features"].shape[0]
     for s in range(0, n, batch_size):
-        yield {dst: feats[src][s:s + batch_size] for src, dst in _BATCH_KEYS.items() if src in feats}
+        yield {dst: feats[src][s:s + batch_size] for src, dst in FROM_FEATURE_CACHE.items() if src in feats}
 
 
 def zero_shot_logits(batch: Mapping[str, torch.Tensor] | torch.Tensor, sf: SplitFeatures) -> torch.Tensor:

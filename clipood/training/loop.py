@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import torch
 
+from ..batch_keys import CONDITION, ID_LABELS, LOCAL, train_key
 from ..config.settings import TrainConfig
 from ..errors import ClipoodError
 from .checkpoints import (check_resumable, finish_pruning, latest_checkpoint, load_checkpoint, save_checkpoint,
@@ -44,26 +45,38 @@ class CropTrainData:
         self.condition = condition
 
     def epoch_batches(self, epoch: int, seed: int, batch_size: int, world: int) -> list[list[int]]:
+        """One epoch's global batches: a permutation of the images cut by :func:`batch_sizes`."""
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
         perm = torch.randperm(self.n, generator=g).tolist()
-        batches = [perm[s:s + batch_size] for s in range(0, self.n, batch_size)]
-        # a final short batch must split evenly over processes (parity with 1 process), else it is dropped
-        if batches and len(batches[-1]) % world != 0:
-            batches.pop()
-        return batches
+        out, start = [], 0
+        for size in batch_sizes(self.n, batch_size, world):
+            out.append(perm[start:start + size])
+            start += size
+        return out
 
     def collate(self, positions: list[int], device) -> dict[str, torch.Tensor]:
         c = self.cache
         idr = torch.cat([self.id_rows[p] for p in positions])
         ngr = torch.cat([self.neg_rows[p] for p in positions])
-        batch = {"id_features": c.id_features[idr], "id_labels": c.id_labels[idr],
-                 "neg_features": c.neg_features[ngr]}
+        batch = {train_key("id"): c.id_features[idr], ID_LABELS: c.id_labels[idr],
+                 train_key("neg"): c.neg_features[ngr]}
         if self.condition == "top_crop":
-            batch["id_condition"] = c.top_features[c.id_image[idr]]
-            batch["neg_condition"] = c.top_features[c.neg_image[ngr]]
+            batch[train_key("id", CONDITION)] = c.top_features[c.id_image[idr]]
+            batch[train_key("neg", CONDITION)] = c.top_features[c.neg_image[ngr]]
         if getattr(c, "id_local", None) is not None:  # patch features, when some adapter asked for them
-            batch["id_local"], batch["neg_local"] = c.id_local[idr], c.neg_local[ngr]
+            batch[train_key("id", LOCAL)], batch[train_key("neg", LOCAL)] = c.id_local[idr], c.neg_local[ngr]
         return {k: v.to(device) for k, v in batch.items()}
+
+
+def batch_sizes(n_images: int, batch_size: int, world: int = 1) -> list[int]:
+    """Sizes of one epoch's global batches of ``n_images`` images: full batches of ``batch_size``, then the
+    remainder, which is kept only when it splits evenly over the ``world`` processes (parity with 1 process).
+    The one rule of an epoch: :meth:`CropTrainData.epoch_batches` cuts by it and :func:`check_schedule` counts
+    with it."""
+    sizes = [batch_size] * (n_images // batch_size) + ([n_images % batch_size] if n_images % batch_size else [])
+    if sizes and sizes[-1] % world != 0:
+        sizes.pop()
+    return sizes
 
 
 def _rows_by_image(owner: torch.Tensor, n: int) -> list[torch.Tensor]:
@@ -159,25 +172,29 @@ class _StopFlag:
 
 
 def total_steps(data: "CropTrainData", cfg: TrainConfig, world: int) -> int:
-    """Optimiser steps of the whole run (checks the batch size against processes and images first)."""
-    if cfg.batch_size % world != 0:
-        raise ClipoodError(f"train.batch_size={cfg.batch_size} must be divisible by the number of processes ({world})")
-    if cfg.batch_size > data.n:
-        raise ClipoodError(f"train.batch_size={cfg.batch_size} is larger than the {data.n} training images; lower it")
-    total = len(data.epoch_batches(0, _seed(cfg), cfg.batch_size, world)) * cfg.epochs
-    return min(total, cfg.max_steps) if cfg.max_steps else total
+    """Optimiser steps of the whole run on ``data`` (:func:`run_steps` of its images)."""
+    return run_steps(cfg, data.n, world)
+
+
+def run_steps(train: "TrainConfig | dict", n_images: int, world: int = 1) -> int:
+    """Optimiser steps of a run on ``n_images`` training images: :func:`batch_sizes` per epoch × epochs, cut at
+    ``max_steps``. The batch size must split over the processes and fit the images."""
+    get = train.get if isinstance(train, dict) else lambda k, d=None: getattr(train, k, d)
+    bs, epochs, max_steps = get("batch_size"), get("epochs"), get("max_steps", 0)
+    if bs % world != 0:
+        raise ClipoodError(f"train.batch_size={bs} must be divisible by the number of processes ({world})")
+    if bs > n_images:
+        raise ClipoodError(f"train.batch_size={bs} is larger than the {n_images} training images; lower it")
+    total = len(batch_sizes(n_images, bs, world)) * epochs
+    return min(total, max_steps) if max_steps else total
 
 
 def check_schedule(train: "TrainConfig | dict", n_images: int, world: int = 1) -> int:
-    """Optimiser steps of a run on ``n_images`` training images (the count :func:`total_steps` gives), known
-    before any crop is encoded: the batch size must fit the images and the warm-up must fit the run."""
+    """Optimiser steps of a run on ``n_images`` training images (:func:`run_steps`, the count the loop runs),
+    known before any crop is encoded: the warm-up must also fit the run."""
+    total = run_steps(train, n_images, world)
     get = train.get if isinstance(train, dict) else lambda k, d=None: getattr(train, k, d)
-    bs, epochs, max_steps, warm = get("batch_size"), get("epochs"), get("max_steps", 0), get("warmup_steps", 0)
-    if bs > n_images:
-        raise ClipoodError(f"train.batch_size={bs} is larger than the {n_images} training images; lower it")
-    per_epoch = n_images // bs + (1 if n_images % bs and (n_images % bs) % world == 0 else 0)
-    total = per_epoch * epochs
-    total = min(total, max_steps) if max_steps else total
+    bs, epochs, warm = get("batch_size"), get("epochs"), get("warmup_steps", 0)
     if warm > total:
         raise ClipoodError(f"train.warmup_steps={warm} is longer than the training ({total} steps: {n_images} "
                            f"images, train.batch_size={bs}, train.epochs={epochs}); lower train.warmup_steps")

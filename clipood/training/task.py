@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .. import losses as L
+from ..batch_keys import CONDITION, ID_LABELS, IMAGE, TRAIN_SUFFIX, train_key
 from ..errors import ClipoodError, unknown
 
 
@@ -83,8 +84,8 @@ def _cls(o: LossInputs) -> torch.Tensor:
     the N ID columns only with ``options["cls_columns"] == "id"`` (CoOp / LoCoOp as released)."""
     logits = o.logit_scale * o.id_out.logits
     if o.options.get("cls_columns", "all") == "id":
-        return L.classification_loss(logits[:, : o.num_id], o.batch["id_labels"], num_id=o.num_id)
-    return L.classification_loss(logits, o.batch["id_labels"], num_id=o.num_id,
+        return L.classification_loss(logits[:, : o.num_id], o.batch[ID_LABELS], num_id=o.num_id)
+    return L.classification_loss(logits, o.batch[ID_LABELS], num_id=o.num_id,
                                  groups=int(o.options.get("cls_groups", 1)), seed=int(o.options.get("seed", 0)))
 
 
@@ -115,14 +116,14 @@ def _frozen_logits(o: LossInputs, feats: torch.Tensor) -> torch.Tensor:
 def _kr_logit(o: LossInputs) -> torch.Tensor:
     """KR on logits (Fig. 4c): tuned vs frozen logits of the same crops."""
     t = torch.cat([o.id_out.logits] + ([o.neg_out.logits] if o.neg_out is not None else []))
-    f = torch.cat([o.batch["id_features"]] + ([o.batch["neg_features"]] if o.neg_out is not None else []))
+    f = torch.cat([o.batch[train_key("id")]] + ([o.batch[train_key("neg")]] if o.neg_out is not None else []))
     return L.kr_logit_loss(o.logit_scale * t, _frozen_logits(o, f))
 
 
 def _kr_prob(o: LossInputs) -> torch.Tensor:
     """KR on probabilities (Fig. 4c): KL(frozen softmax ‖ tuned softmax)."""
     t = torch.cat([o.id_out.logits] + ([o.neg_out.logits] if o.neg_out is not None else []))
-    f = torch.cat([o.batch["id_features"]] + ([o.batch["neg_features"]] if o.neg_out is not None else []))
+    f = torch.cat([o.batch[train_key("id")]] + ([o.batch[train_key("neg")]] if o.neg_out is not None else []))
     return L.kr_prob_loss(o.logit_scale * t, _frozen_logits(o, f))
 
 
@@ -145,18 +146,14 @@ def check_loss_weights(loss_weights: Mapping[str, float]) -> None:
         raise ClipoodError("every loss weight is 0: nothing to train (set e.g. losses.cls=1)")
 
 
-#: adapter batch key ← crop-batch key suffix (``id_`` / ``neg_`` prefix)
-_BATCH_SOURCES = {"image_features": "features", "condition_features": "condition", "local_features": "local"}
-
-
 def adapter_inputs(batch: Mapping[str, torch.Tensor], prefix: str, requires=frozenset({"image_features"})) -> dict:
     """The adapter batch for the ``id`` or ``neg`` crops: ``image_features`` always, ``condition_features``
     when the batch has it, ``local_features`` when the adapter requires it (and the batch has it: otherwise the
     adapter names what is missing)."""
-    out = {"image_features": batch[f"{prefix}_features"]}
-    for key, suffix in _BATCH_SOURCES.items():
-        src = batch.get(f"{prefix}_{suffix}")
-        if key != "image_features" and src is not None and (key == "condition_features" or key in requires):
+    out = {IMAGE: batch[train_key(prefix, IMAGE)]}
+    for key in TRAIN_SUFFIX:
+        src = batch.get(train_key(prefix, key))
+        if key != IMAGE and src is not None and (key == CONDITION or key in requires):
             out[key] = src
     return out
 
@@ -236,13 +233,13 @@ class TrainingTask(nn.Module):
         declares ``rows_independent`` scores both in one call (the rows' outputs are what two calls give)."""
         a = self.adapter
         id_in = adapter_inputs(batch, "id", requires)
-        if not (self.needs_negatives and batch.get("neg_features") is not None):
+        if not (self.needs_negatives and batch.get(train_key("neg")) is not None):
             return a(id_in), None
         neg_in = adapter_inputs(batch, "neg", requires)
         if not getattr(a, "rows_independent", False) or id_in.keys() != neg_in.keys():  # declared by the contract
             return a(id_in), a(neg_in)
         both = a({k: torch.cat([id_in[k], neg_in[k]]) for k in id_in})
-        return split_rows(both, id_in["image_features"].shape[0])
+        return split_rows(both, id_in[IMAGE].shape[0])
 
     def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         a = self.adapter

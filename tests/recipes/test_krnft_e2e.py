@@ -78,13 +78,16 @@ def pipeline_cfg(mini, cache, *extra):
 def counted_pipeline(cfg, monkeypatch):
     """setup_benchmark → prepare_splits → build_crop_data, as the recipe runs them, counting image encodes."""
     from clipood.config.checks import cache_root
+    from clipood.config.records import DataSettings
     from clipood.evaluation.benchmark import make_accelerator, prepare_splits, setup_benchmark
     from clipood.runtime.recipe import seed_everything
     from clipood.crops.train_data import build_crop_data
+    from clipood_recipes.configure import run_crops
 
     acc = make_accelerator(cfg["cpu"])
     seed_everything(cfg["seed"])  # clipood-tiny's random weights come from the global RNG, as in the recipe
-    bench = setup_benchmark(cfg, acc)
+    data = DataSettings.from_config(cfg)
+    bench = setup_benchmark(data, acc, model=cfg["model"], pretrained=cfg["pretrained"])
     calls = []
     encode = bench.backbone.encode_images
 
@@ -95,7 +98,7 @@ def counted_pipeline(cfg, monkeypatch):
     monkeypatch.setattr(bench.backbone, "encode_images", counting)
     sfs = prepare_splits(bench, cfg["negatives"], acc, batch_size=cfg["eval"]["batch_size"],
                          cache_dir=cache_root(cfg), progress=False)
-    crops = build_crop_data(bench, sfs[0], cfg, acc)
+    crops = build_crop_data(bench, sfs[0], data, run_crops(cfg), acc, shots=cfg["shots"], seed=cfg["seed"])
     return sfs, crops, calls
 
 

@@ -200,6 +200,7 @@ def test_histograms_of_many_methods_are_a_grid_with_labelled_axes(figures, tmp_p
 def test_mine_needs_only_the_label_set(tmp_path, monkeypatch):
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
+    from clipood.config.records import DataSettings
     from clipood.evaluation.benchmark import mining_inputs
     from clipood_recipes.configure import load_settings
     from clipood_recipes.settings import MineSettings
@@ -208,13 +209,14 @@ def test_mine_needs_only_the_label_set(tmp_path, monkeypatch):
     monkeypatch.delenv("CLIPOOD_DATA", raising=False)
     (tmp_path / "w.txt").write_text("apple\nriver\n")
     cfg = load_settings(MineSettings, ["benchmark=imagenet", "negatives.corpus=w.txt", f"output_dir={tmp_path}/o"])
-    names, corpus = mining_inputs(cfg)
+    names, corpus = mining_inputs(DataSettings.from_config(cfg))
     assert names == list(IMAGENET_CLASSNAMES) and len(names) == 1000 and sorted(corpus.nouns) == ["apple", "river"]
 
 
 def test_custom_mining_reads_only_the_id_class_folders(tmp_path, monkeypatch):
     from helpers import make_image_folder
 
+    from clipood.config.records import DataSettings
     from clipood.evaluation.benchmark import mining_inputs
 
     monkeypatch.chdir(tmp_path)
@@ -223,18 +225,19 @@ def test_custom_mining_reads_only_the_id_class_folders(tmp_path, monkeypatch):
     (tmp_path / "w.txt").write_text("apple\n")
     cfg = {"benchmark": "custom", "id_data": {"path": "mydata/test"}, "data_root": None,   # relative: cwd
            "negatives": {"corpus": "w.txt"}}
-    names, _ = mining_inputs(cfg)
+    names, _ = mining_inputs(DataSettings.from_config(cfg))
     assert names == ["golden retriever", "tabby cat"]
 
 
 def test_missing_paths_message_lists_every_path(tmp_path):
+    from clipood.config.records import DataSettings
     from clipood.datasets.checks import check_data
 
     (tmp_path / "id" / "a").mkdir(parents=True)
-    cfg = {"benchmark": "custom", "data_root": str(tmp_path), "id_data": {"path": "id"},
-           "ood_data": {f"o{i}": {"path": f"gone{i:02d}"} for i in range(31)}}
+    data = DataSettings(benchmark="custom", data_root=str(tmp_path), id_data={"path": "id"},
+                        ood_data={f"o{i}": {"path": f"gone{i:02d}"} for i in range(31)})
     with pytest.raises(ClipoodError) as e:
-        check_data(cfg)
+        check_data(data)
     msg = str(e.value)
     assert "31 path(s) missing" in msg and all(f"gone{i:02d}" in msg for i in range(31)) and "..." not in msg
 

@@ -38,6 +38,7 @@ def test_16_bit_grayscale_png_is_scaled_not_clipped(tmp_path):
 
 def test_random_weights_are_said_in_the_results_for_any_model(tmp_path, monkeypatch):
     import clipood.clip.backbone
+    from clipood.config.records import DataSettings
     from clipood.evaluation.benchmark import setup_benchmark
     from clipood_recipes.configure import compose_settings
     from clipood_recipes.settings import ZeroShotSettings
@@ -48,10 +49,12 @@ def test_random_weights_are_said_in_the_results_for_any_model(tmp_path, monkeypa
                                               f"ood_data.o.path={tmp_path / 'ood'}"])
     fake = SimpleNamespace(identifier="ViT-B-32|random:0123456789abcdef")
     monkeypatch.setattr(clipood.clip.backbone, "load_clip", lambda *a, **k: fake)
-    bench = setup_benchmark(cfg, SimpleNamespace(device="cpu", is_main_process=True))
+    data = DataSettings.from_config(cfg)
+    bench = setup_benchmark(data, SimpleNamespace(device="cpu", is_main_process=True), model=cfg["model"])
     assert any("ViT-B-32 has random weights" in n for n in bench.notes), bench.notes
     fake.identifier = "ViT-B-32|openai"
-    assert not any("random weights" in n for n in setup_benchmark(cfg, SimpleNamespace(device="cpu")).notes)
+    assert not any("random weights" in n
+                   for n in setup_benchmark(data, SimpleNamespace(device="cpu"), model=cfg["model"]).notes)
 
 
 def test_local_dir_without_weights_is_refused(tmp_path):

@@ -15,12 +15,7 @@ import ast
 from helpers import ROOT
 
 WHOLE = {"dict", "Mapping", "RunSettings", "TrainRunSettings", "AblationSettings", "ZeroShotSettings"}
-STILL_TAKE_THE_CONFIG = {
-    "clipood/crops/train_data.py": {"build_crop_data"},
-    "clipood/datasets/checks.py": {"_is_training", "_suite_entries", "_custom_entries", "check_data"},
-    "clipood/evaluation/benchmark.py": {"setup_benchmark", "_setup_data", "mining_inputs", "_has_label_set",
-                                        "_corpus"},
-}
+STILL_TAKE_THE_CONFIG: dict[str, set[str]] = {}  # every core function takes sections or records now
 
 
 def _annotation(arg: ast.arg) -> str | None:

@@ -1,4 +1,5 @@
-"""Work a run does once: composing the config, resolving the benchmark's defaults, each check, the data check.
+"""Work a run does once: composing the config, resolving the benchmark's defaults, each check, the data check,
+building the typed ``train`` and ``crops`` sections.
 
 The KR-NFT recipe runs in-process (``recipes/krnft.py``'s ``main``) on a tiny mini world with the random-weight
 ``clipood-tiny`` backbone and 2 training steps, with every step of interest wrapped by a counter.
@@ -39,6 +40,27 @@ def _count_run_steps(monkeypatch) -> dict:
     return calls
 
 
+def _count_builds(monkeypatch) -> dict:
+    """Constructions of the run's ``TrainConfig`` and ``CropConfig`` (the composed schema's own default instances
+    are made from the classes the schema holds, not counted here)."""
+    import clipood.config.settings as settings
+    import clipood.crops.sampling as sampling
+    import clipood_recipes.configure as configure
+    import clipood_recipes.settings  # noqa: F401  (imported first: the schema holds the unpatched classes)
+
+    built: dict[str, int] = {}
+    monkeypatch.setattr(configure, "_BUILT", {})  # nothing built by an earlier test in this process
+    for module, name in ((settings, "TrainConfig"), (sampling, "CropConfig")):
+        original = getattr(module, name)
+
+        def post_init(self, _original=original, _name=name):
+            built[_name] = built.get(_name, 0) + 1
+            _original.__post_init__(self)
+
+        monkeypatch.setattr(module, name, type(name, (original,), {"__post_init__": post_init}))
+    return built
+
+
 def test_a_default_recipe_run_checks_and_resolves_once(tmp_path, monkeypatch):
     import importlib.util
 
@@ -47,6 +69,7 @@ def test_a_default_recipe_run_checks_and_resolves_once(tmp_path, monkeypatch):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     calls = _count_run_steps(monkeypatch)
+    built = _count_builds(monkeypatch)
     out = tmp_path / "out"
     script.main([*SMALL, f"mini.root={tmp_path / 'worlds'}", f"output_dir={out}"])
     assert json.loads((out / "results.json").read_text())  # the run went through
@@ -54,6 +77,8 @@ def test_a_default_recipe_run_checks_and_resolves_once(tmp_path, monkeypatch):
     assert calls.pop("compose") == 2, "compose: the preset's stage, then the command line on top of it"
     assert calls == {"check_environment": 1, "check_locations": 1, "check_run_settings": 1, "resolve_defaults": 1,
                      "check_data": 1}
+    # the checks when the config is composed and the training stage share one object of each
+    assert built == {"TrainConfig": 1, "CropConfig": 1}
 
 
 def test_composing_never_writes_into_the_given_layers_or_config():

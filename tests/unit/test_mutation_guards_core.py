@@ -113,6 +113,7 @@ def test_training_samples_are_relabelled_to_the_id_order(two_class_train):
 
 
 def test_up_front_check_reads_the_train_classes_mode(tmp_path, two_class_train):
+    from clipood.config.records import DataSettings
     from clipood.datasets.checks import check_data
 
     make_image_folder(tmp_path / "id", {n: (10 * i, 0, 0) for i, n in enumerate(ID_ORDER)}, n=1, size=12)
@@ -121,8 +122,8 @@ def test_up_front_check_reads_the_train_classes_mode(tmp_path, two_class_train):
            "ood_data": {"x": {"path": str(tmp_path / "ood")}}, "train_data": {"path": str(two_class_train)},
            "losses": {"cls": 1.0}}
     with pytest.raises(ClipoodError, match="train_data: .*no images of 1 ID class.*bird"):
-        check_data(cfg)
-    check_data({**cfg, "train_classes": "subset"})
+        check_data(DataSettings.from_config(cfg))
+    check_data(DataSettings.from_config({**cfg, "train_classes": "subset"}))
 
 
 # ------------------------------------------------------------------------------------------------ caches

@@ -233,14 +233,15 @@ def test_mismatched_training_classes_fail_before_the_model(tmp_path, no_model):
 def test_unlabelled_hf_ood_set_is_accepted(tmp_path):
     import datasets
 
+    from clipood.config.records import DataSettings
     from clipood.datasets.checks import check_data
 
     colour_folder(tmp_path / "id", ["cat", "dog"])
     ims = [Image.fromarray(np.full((6, 6, 3), v, dtype=np.uint8)) for v in (1, 2)]
     datasets.Dataset.from_dict({"image": ims}, features=datasets.Features({"image": datasets.Image()})) \
         .save_to_disk(tmp_path / "hf_ood")
-    check_data({"benchmark": "custom", "data_root": str(tmp_path), "id_data": {"path": "id"},
-                "ood_data": {"u": {"type": "hf", "path_or_name": "hf_ood", "from_disk": True}}})
+    check_data(DataSettings(benchmark="custom", data_root=str(tmp_path), id_data={"path": "id"},
+                            ood_data={"u": {"type": "hf", "path_or_name": "hf_ood", "from_disk": True}}))
 
 
 def test_training_on_a_wordnet_tree_ranks_crops_with_class_names(tmp_path):
@@ -353,9 +354,11 @@ def test_imagenet_suite_subset_and_shipped_training_layout(tmp_path):
     """The shipped ImageNet config (train_data: imagenet/train with WordNet-ID folders) on a 3-class subset:
     evaluation labels, prompts and crop-ranking prompts all come from the class names."""
     from clipood.clip.backbone import load_clip
+    from clipood.config.records import DataSettings
     from clipood.datasets.checks import check_data
     from clipood.datasets.dataset import build_dataset
     from clipood.crops.train_data import build_crop_data
+    from clipood_recipes.configure import run_crops
     from clipood_recipes.configure import compose_settings
     from clipood_recipes.settings import TrainRunSettings
     from clipood.suites import get_suite, suite_classnames
@@ -375,7 +378,7 @@ def test_imagenet_suite_subset_and_shipped_training_layout(tmp_path):
     cfg.update(benchmark="imagenet", data_root=str(tmp_path), classes=subset, shots=1, progress=False,
                train_data={"type": "imagefolder", "path": "imagenet/train"}, cache_dir=str(tmp_path / "cache"))
     cfg["crops"].update(num_crops=2, num_selected=1)
-    check_data(cfg)  # the subset is complete in val and train: no problem
+    check_data(DataSettings.from_config(cfg))  # the subset is complete in val and train: no problem
     bb = load_clip("clipood-tiny")
     seen = []
     orig = bb.encode_text
@@ -388,13 +391,14 @@ def test_imagenet_suite_subset_and_shipped_training_layout(tmp_path):
         class split:
             classnames = ["great white shark", "tench", "rooster"]
 
-    crops = build_crop_data(Bench(), SF(), cfg, None)
+    crops = build_crop_data(Bench(), SF(), DataSettings.from_config(cfg), run_crops(cfg), None, shots=cfg["shots"],
+                            seed=cfg["seed"])
     assert seen == [["great white shark", "tench", "rooster"]]
     # each training image keeps the label of its folder's class, by name
     assert crops.image_labels.tolist() == [0, 1, 2]
     cfg["classes"] = None
     with pytest.raises(ClipoodError, match="996 of the 1000 classes of label set imagenet"):
-        check_data(cfg)
+        check_data(DataSettings.from_config(cfg))
 
 
 def test_openood_subset_selects_listed_labels(tmp_path):
