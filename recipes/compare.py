@@ -52,7 +52,7 @@ def main(argv):
     for i, (name, overrides) in enumerate(plan, 1):
         v = ready.get(name) or compose(name, overrides)   # a stacked variant: its base has trained by now
         if recipe.accelerator.is_main_process:
-            print(f"[{i}/{len(plan)}] {name}: training into {v['output_dir']}", flush=True)
+            print(f"[{i}/{len(plan) + len(started)}] {name}: training into {v['output_dir']}", flush=True)
         start = time.time()
         trained[name] = (recipe.train(v), v)
         recipe.evaluate(v)
