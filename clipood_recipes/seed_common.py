@@ -16,23 +16,9 @@ import torch
 from clipood.evaluation.protocol import SplitFeatures
 from clipood.evaluation.runner import ScoredMethod
 
-__all__ = ["scored_method", "score_matrix", "with_features", "accelerate_steps", "SEED_PRESETS", "seed_hand_over"]
-
-#: ``preset=<method>_mini`` of recipes/krnft.py (and ``clipood train``) → the recipe that runs it
-#: (recipes/<recipe>.py with its own ``preset=mini``: recipes/configs/<recipe>_mini.yaml)
-SEED_PRESETS = {"clipn_mini": "clipn", "zoc_mini": "zoc", "finetune_mini": "finetune"}
+__all__ = ["scored_method", "score_matrix", "with_features", "accelerate_steps"]
 
 ScoreFn = Callable[[Mapping[str, torch.Tensor], SplitFeatures], tuple[torch.Tensor, torch.Tensor]]
-
-
-def seed_hand_over(argv) -> tuple[str, list[str]] | None:
-    """``(recipe, argv for it)`` when the command line's preset (its last ``preset=``) is one of
-    :data:`SEED_PRESETS`, else None (the training recipe's own presets, and its error for an unknown one). The
-    recipe gets the rest of the command line in order, with its own ``preset=mini`` first."""
-    given = [a.split("=", 1)[1] for a in argv if a.startswith("preset=")]
-    if not given or given[-1] not in SEED_PRESETS:
-        return None
-    return SEED_PRESETS[given[-1]], ["preset=mini", *(a for a in argv if not a.startswith("preset="))]
 
 
 def score_matrix(score: torch.Tensor, pred: torch.Tensor, num_id: int, logit_scale: float) -> torch.Tensor:

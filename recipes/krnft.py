@@ -26,7 +26,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def main(argv):
-    from clipood_recipes.seed_common import seed_hand_over
+    from clipood_recipes.seed_settings import seed_hand_over
 
     handed = seed_hand_over(argv)   # preset=clipn_mini / zoc_mini / finetune_mini: that method's own recipe
     if handed is not None:

@@ -67,7 +67,7 @@ def test_installed_train_command_hands_over_too(tmp_path, capsys):
 
 def test_unknown_and_krnft_presets_stay_the_training_recipes(capsys):
     from clipood.errors import ClipoodError
-    from clipood_recipes.seed_common import seed_hand_over
+    from clipood_recipes.seed_settings import seed_hand_over
 
     with pytest.raises(ClipoodError, match=r"unknown preset 'clipn_mino' \(did you mean 'locoop_mini'|unknown preset "
                                            r"'clipn_mino'") as e:
