@@ -63,8 +63,9 @@ def _load1() -> float | None:
 def methods() -> list[str]:
     import adapters
     from efficiency_scale import ZERO_SHOT
+    from efficiency_seed import SEED
 
-    return list(ZERO_SHOT) + adapters.list_adapters()
+    return list(ZERO_SHOT) + adapters.list_adapters() + list(SEED)
 
 
 def pytest_generate_tests(metafunc):

@@ -1,5 +1,6 @@
 """The efficiency suite behind ``pytest --benchmark`` (paper Tab. 7): one :class:`Scale` (backbone, label set,
-batch; built in ``benchmarks/efficiency_scale.py`` with each method) and one :func:`measure_method` per method — every registered adapter plus zero-shot NegLabel and MCM.
+batch; built in ``benchmarks/efficiency_scale.py`` with each method) and one :func:`measure_method` per method — every registered adapter plus zero-shot NegLabel and MCM, and the
+seed methods with recipes of their own (CLIPN, ZOC, the fine-tuned encoder: ``benchmarks/efficiency_seed.py``).
 
 What is measured, per method, on the same backbone and label set:
 
@@ -37,8 +38,8 @@ from clipood.efficiency import measure as bench
 from clipood.scores import mcm_score, neglabel_score
 
 from efficiency_scale import (BATCH_ID, BATCH_NEG, DISPLAY, LOGIT_SCALE, MIN_TOTAL_S, OPTIONS, PAPER, TEST_BATCH,
-                              ZERO_SHOT, Scale, _fake_friendly, _one_chunk, _stub_text_encoder, build, train_batch,
-                              training_task)
+                              ZERO_SHOT, Scale, _fake_friendly, _no_grad, _one_chunk, _reset_caches,
+                              _stub_text_encoder, build, train_batch, training_task)
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -66,24 +67,21 @@ def measure_methods(sc: Scale, names: list[str]) -> dict[str, dict[str, Any]]:
     each time is the minimum over the rounds (the least disturbed call; medians are kept in ``timing``). On a
     CPU at one thread the clock is the process's CPU time (:attr:`Scale.clock`), which preemption does not
     inflate."""
+    from efficiency_seed import SEED, measure_seed_test, measure_seed_train
+
     timer = bench.InterleavedTimer(sc.device, clock=sc.clock)
     sc.time_backbone(timer)
-    started = [(name, *_measure_test(sc, name, timer)) for name in names]
+    started = [(name, *(measure_seed_test if name in SEED else _measure_test)(sc, name, timer)) for name in names]
     timer.run()
     for name, row, adapter in started:
-        if adapter is None:
+        if name in SEED:                           # CLIPN, ZOC, the fine-tuned encoder: benchmarks/efficiency_seed.py
+            measure_seed_train(sc, row, adapter, timer)
+        elif adapter is None:
             row["train"] = None
         else:
             _measure_train(sc, name, row, adapter, timer)
     timer.run()
     return {name: row for name, row, _ in started}
-
-
-def _no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
-    def call():
-        with torch.no_grad():
-            return fn()
-    return call
 
 
 def _measure_test(sc: Scale, name: str, timer: bench.InterleavedTimer) -> tuple[dict[str, Any], Any]:
@@ -159,7 +157,9 @@ def _measure_train(sc: Scale, name: str, row: dict[str, Any], adapter, timer: be
     task = training_task(sc, adapter)
     batch = train_batch(sc)
     params = [p for p in adapter.parameters() if p.requires_grad]
-    with _fake_friendly(), _one_chunk(adapter):
+    # the configured chunks (not _one_chunk): with more than one chunk a prompt bank checkpoints, and its backward
+    # recomputes each chunk's forward (adapters/prompting.py); in one chunk it does not
+    with _fake_friendly():
         fl = bench.count_flops(lambda: task(batch)["loss"], lambda out: torch.autograd.grad(out, params),
                                modules=modules, fake=True)
     if sc.name == "mini":                          # small enough to count for real too: the fake count must agree
@@ -227,16 +227,6 @@ def _one_off_labels(adapter) -> Callable[[], Any] | None:
     if _image_conditional(adapter):
         return None
     return adapter.tuned_text_features
-
-
-def _reset_caches(adapter) -> None:
-    """Drop cached label features (those made on fake or stand-in tensors) by re-setting the mode."""
-    if adapter is None:
-        return
-    adapter.train(adapter.training)
-    base = getattr(adapter, "base", None)
-    if base is not None:
-        base.train(base.training)
 
 
 def now_iso() -> str:

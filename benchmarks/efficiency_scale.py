@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -233,13 +233,33 @@ def training_task(sc: Scale, adapter) -> TrainingTask:
     return task
 
 
+# (both used here and by benchmarks/efficiency.py, which imports them: the split at the scale/measure seam
+# had left them on the other side)
+def _no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def call():
+        with torch.no_grad():
+            return fn()
+    return call
+
+
+def _reset_caches(adapter) -> None:
+    """Drop cached label features (those made on fake or stand-in tensors) by re-setting the mode."""
+    if adapter is None:
+        return
+    adapter.train(adapter.training)
+    base = getattr(adapter, "base", None)
+    if base is not None:
+        base.train(base.training)
+
+
 @contextlib.contextmanager
 def _fake_friendly():
     """Fake tensors have no values: give the two value-dependent steps of the methods a shape-only twin.
 
     ``torch.unique(rows, dim=0)`` (ConNegPT: encode each distinct condition once) → every row distinct, which is
     exact for this suite's random conditions; LoCoOp's and SCT's "any OOD patch?" branch → always taken (their
-    entropies are element-wise work, which FLOP counts do not include).
+    entropies are element-wise work, which FLOP counts do not include); ConNegPT's ``torch.equal`` of a step's
+    conditions with the first call's → False (the ID and negative crops here are different random features).
     """
     import adapters.locoop as locoop
     import adapters.sct as sct
@@ -259,17 +279,26 @@ def _fake_friendly():
         mask = locoop.ood_patch_mask(scaled.detach(), labels, top_k).float()
         return -(locoop.patch_entropy(scaled, log_eps) * (eps + confidence)[:, None] * mask).sum() / mask.numel()
 
+    def equal(a, b):  # ConNegPT's "same conditions as the step's first call?": never, for these random crops
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        return False if isinstance(a, FakeTensor) or isinstance(b, FakeTensor) else real_equal(a, b)
+
+    real_equal = torch.equal
     torch.unique, locoop.locoop_entropy_loss, sct.sct_entropy_loss = unique, entropy, sct_entropy
+    torch.equal = equal
     try:
         yield
     finally:
         torch.unique, locoop.locoop_entropy_loss, sct.sct_entropy_loss = real_unique, real_entropy, real_sct
+        torch.equal = real_equal
 
 
 @contextlib.contextmanager
 def _one_chunk(adapter):
-    """Encode all prompts in one chunk while counting on fake tensors (fewer fake calls, the same FLOPs: every
-    sequence costs the same in any chunk; the real runs keep the configured chunk size)."""
+    """Encode all prompts in one chunk while counting test-time FLOPs on fake tensors (fewer fake calls, the same
+    FLOPs without gradients: every sequence costs the same in any chunk; the real runs keep the configured chunk
+    size). Not for training steps: there the chunking decides whether the backward recomputes (checkpointing)."""
     from adapters.prompting import PromptBank
 
     if adapter is None:

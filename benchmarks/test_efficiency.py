@@ -35,6 +35,23 @@ def nft_params(d: int, h: int) -> int:
     return 4 * d + 4 * (d * h + h + h * d + d)
 
 
+def block_params(w: int) -> int:
+    """A pre-norm transformer block: LN (2W) + attention (in 3W² + 3W, out W² + W) + LN (2W) + MLP W → 4W → W
+    (4W² + 4W + 4W² + W)."""
+    return 12 * w * w + 13 * w
+
+
+def clipn_params(vocab: int, length: int, w: int, layers: int, d: int, prompts: int) -> int:
+    """CLIPN's "no" text path: token + positional embeddings, the blocks, final LN, projection W×D and the
+    ``prompts`` additive prompts of L×W."""
+    return vocab * w + length * w + layers * block_params(w) + 2 * w + w * d + prompts * length * w
+
+
+def finetune_params(w: int, d: int, blocks: int) -> int:
+    """The fine-tuned copy of the image tower's last ``blocks`` blocks, its final LN and projection W×D."""
+    return blocks * block_params(w) + 2 * w + w * d
+
+
 def _need(config, scale):
     if scale not in scale_names(config):
         pytest.skip(f"scale {scale} not selected (--bench-scale)")
@@ -71,6 +88,10 @@ def test_parameter_counts_exact(benchmark, request, scale):
         assert get_row(cfg, scale, "lsn")["params"] == 16 * width + 3 * 1000 * 16 * width == 24_584_192
         assert get_row(cfg, scale, "negprompt")["params"] == 2 * 4 * width == 4_096             # NEGA_CTX = 2
         assert get_row(cfg, scale, "neglabel")["params"] == get_row(cfg, scale, "mcm")["params"] == 0
+        # issue 23's seed methods with recipes of their own (transformer block: 12·W² + 13·W)
+        assert get_row(cfg, scale, "clipn")["params"] == clipn_params(49_408, 77, 512, 12, 512, 16) == 64_058_880
+        assert get_row(cfg, scale, "zoc")["params"] == 0                                          # retrieval
+        assert get_row(cfg, scale, "finetune")["params"] == finetune_params(768, 512, 1) == 7_482_624
 
 
 def test_acceptance_vit_b_16(benchmark, request):

@@ -182,9 +182,13 @@ class CLIPNRecipe(ZeroShotRecipe):
     trained = False  # the Base classes are never trained on: CLIPN learns from captions
 
     def setup(self) -> None:
-        if self.cfg["clipn"]["checkpoint"]:
-            check_checkpoint_file(self.cfg["clipn"]["checkpoint"])  # before any model or image is touched
+        self.check()
         super().setup()
+
+    def check(self) -> None:
+        """Before any model or image is touched (also the comparison's extra=[clipn])."""
+        if self.cfg["clipn"]["checkpoint"]:
+            check_checkpoint_file(self.cfg["clipn"]["checkpoint"])
 
     def train(self):
         from adapters.clipn import NoTextEncoder

@@ -124,12 +124,16 @@ class FinetuneRecipe(ZeroShotRecipe):
     trained = True
 
     def setup(self) -> None:
+        self.check()
+        super().setup()
+
+    def check(self) -> None:
+        """The finetune section, before any work (also the comparison's extra=[finetune])."""
         f = self.cfg["finetune"]
-        self.scores = check_scores(f["scores"])  # before any work
+        self.scores = check_scores(f["scores"])
         for k in ("steps", "batch_size", "trainable_blocks", "knn_k", "vim_dim"):
             if isinstance(f[k], bool) or not isinstance(f[k], int) or f[k] < 1:
                 raise ClipoodError(f"finetune.{k} must be an integer >= 1, got {f[k]!r}")
-        super().setup()
 
     def _trunk_features(self, spec, what: str, classnames=None):
         from clipood.clip.image_features import extract_features

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 from clipood.config.settings import RunSettings, opt, section
 
 __all__ = ["CLIPNSettings", "CLIPNRunSettings", "ZOCSettings", "ZOCRunSettings", "FinetuneSettings",
-           "FinetuneRunSettings", "SEED_RECIPE_SETTINGS"]
+           "FinetuneRunSettings", "SEED_RECIPE_SETTINGS", "SEED_PRESETS", "seed_hand_over"]
 
 
 @dataclass
@@ -95,3 +95,19 @@ class FinetuneRunSettings(RunSettings):
 
 SEED_RECIPE_SETTINGS: dict[str, type] = {"clipn": CLIPNRunSettings, "zoc": ZOCRunSettings,
                                          "finetune": FinetuneRunSettings}
+
+
+#: ``preset=<method>_mini`` of recipes/krnft.py (and ``clipood train``) → the recipe that runs it
+#: (recipes/<recipe>.py with its own ``preset=mini``: recipes/configs/<recipe>_mini.yaml). Here, not in
+#: seed_common: the training recipe looks it up first, and a config error must still exit before torch loads.
+SEED_PRESETS = {"clipn_mini": "clipn", "zoc_mini": "zoc", "finetune_mini": "finetune"}
+
+
+def seed_hand_over(argv) -> tuple[str, list[str]] | None:
+    """``(recipe, argv for it)`` when the command line's preset (its last ``preset=``) is one of
+    :data:`SEED_PRESETS`, else None (the training recipe's own presets, and its error for an unknown one). The
+    recipe gets the rest of the command line in order, with its own ``preset=mini`` first."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("preset=")]
+    if not given or given[-1] not in SEED_PRESETS:
+        return None
+    return SEED_PRESETS[given[-1]], ["preset=mini", *(a for a in argv if not a.startswith("preset="))]

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from clipood.config.settings import TrainConfig
 from clipood.config.settings import CropSettings, EvalSettings, RunSettings, opt, section
+
+from .seed_settings import CLIPNSettings, FinetuneSettings, ZOCSettings
 
 __all__ = ["AdapterSettings", "LossWeights", "TrainRunSettings", "AblationSettings", "ZeroShotSettings",
            "MineSettings", "BuildMiniSettings", "CompareSettings", "RECIPE_SETTINGS"]
@@ -89,6 +91,14 @@ class CompareSettings(AblationSettings):
     output_dir: str = opt("outputs/compare", "folder of the combined table; variants train in sub-folders")
     stack_on: Dict[str, Any] = opt({}, "variant: the earlier variant whose trained adapter it stacks on")
     detector: str = opt("KR-NFT", "the variant (or NegLabel (zero-shot)) saved as output_dir/detector/")
+    extra: List[str] = opt([], "seed methods with recipes of their own, evaluated after the variants on the same "
+                               "setup (their rows in the same tables): clipn (CLIPN-CTW, CLIPN-ATD), zoc, finetune "
+                               "(post-hoc scores on the fine-tuned encoder); [] = none (each adds more time than a "
+                               "variant: README)")
+    clipn: CLIPNSettings = section(CLIPNSettings, "CLIPN (extra: clipn), as recipes/clipn.py")
+    zoc: ZOCSettings = section(ZOCSettings, "ZOC (extra: zoc), as recipes/zoc.py")
+    finetune: FinetuneSettings = section(FinetuneSettings, "the fine-tuned encoder (extra: finetune), as "
+                                                           "recipes/finetune.py")
 
 
 RECIPE_SETTINGS: dict[str, type] = {"krnft": TrainRunSettings, "ablation": AblationSettings,

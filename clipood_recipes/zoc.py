@@ -77,6 +77,11 @@ class ZOCRecipe(ZeroShotRecipe):
     title = "ZOC (candidate labels per image) vs zero-shot MCM / NegLabel"
 
     def setup(self) -> None:
+        self.check()
+        super().setup()
+
+    def check(self) -> None:
+        """The zoc section, before any work (also the comparison's extra=[zoc])."""
         z = self.cfg["zoc"]
         if z["generator"] not in ("retrieval", "captioner"):
             raise ClipoodError(f"zoc.generator={z['generator']!r}: choose retrieval (offline) or captioner "
@@ -88,7 +93,6 @@ class ZOCRecipe(ZeroShotRecipe):
                 raise ClipoodError(f"zoc.{key}={z[key]}: no such file or folder")
         if z["template"].count("{}") != 1:
             raise ClipoodError(f"zoc.template={z['template']!r} must hold one '{{}}' for the label")
-        super().setup()
 
     def vocabulary(self) -> list[str]:
         """``zoc.vocabulary`` (a word file), else the nouns of the benchmark's mining corpus."""

@@ -13,7 +13,10 @@ train the adapter with L = L_cls + λ1·L_ood + λ2·L_kr (Eq. 10) → evaluate 
 adapter on Base / unseen classes / unseen styles → results.json, results.md, plots, adapter, checkpoints.
 
 Presets (``preset=NAME``, complete files in recipes/configs/krnft_NAME.yaml): ``mini`` (the default),
-``paper`` (§4.1 on ImageNet) and ``official`` (the released code's settings).
+``paper`` (§4.1 on ImageNet) and ``official`` (the released code's settings). ``preset=clipn_mini``,
+``zoc_mini`` and ``finetune_mini`` hand the command line over to recipes/clipn.py, zoc.py and finetune.py (their
+own ``preset=mini``, recipes/configs/<method>_mini.yaml): CLIPN, ZOC and the fine-tuned encoder train and evaluate
+through this entry point too.
 """
 from pathlib import Path
 
@@ -23,6 +26,15 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def main(argv):
+    from clipood_recipes.seed_settings import seed_hand_over
+
+    handed = seed_hand_over(argv)   # preset=clipn_mini / zoc_mini / finetune_mini: that method's own recipe
+    if handed is not None:
+        name, rest = handed
+        import runpy
+
+        return runpy.run_path(str(Path(__file__).resolve().parent / f"{name}.py"), run_name="clipood_recipe")[
+            "main"](rest)
     from clipood_recipes.configure import load_settings
     from clipood_recipes.settings import TrainRunSettings
 
